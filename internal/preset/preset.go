@@ -1,0 +1,236 @@
+// Package preset turns a kdeliver.Semantics into kgo options and checks a
+// built client's effective options against it. It is shared by the producer,
+// consumer and eos packages so that a semantics means the same everywhere.
+package preset
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/plugin/kotel"
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/propagation"
+
+	"github.com/kdeliver/kdeliver"
+	"github.com/kdeliver/kdeliver/internal/shared"
+)
+
+// DefaultClientID is the Kafka client ID when none is set.
+const DefaultClientID = "kdeliver"
+
+// Base returns the options every kdeliver client gets from the shared
+// settings: client ID, logger and OpenTelemetry hooks. The tracer is returned
+// so callers can start process spans joined to the record traces.
+func Base(s *shared.Settings, group string) ([]kgo.Opt, *kotel.Tracer) {
+	id := s.ClientID
+	if id == "" {
+		id = DefaultClientID
+	}
+	tp := s.TracerProvider
+	if tp == nil {
+		tp = otel.GetTracerProvider()
+	}
+	mp := s.MeterProvider
+	if mp == nil {
+		mp = otel.GetMeterProvider()
+	}
+	prop := otel.GetTextMapPropagator()
+	if len(prop.Fields()) == 0 {
+		// The global propagator is a no-op until the application sets one;
+		// W3C trace context is what joins produce and consume in one trace.
+		prop = propagation.NewCompositeTextMapPropagator(propagation.TraceContext{}, propagation.Baggage{})
+	}
+	topts := []kotel.TracerOpt{kotel.TracerProvider(tp), kotel.TracerPropagator(prop), kotel.ClientID(id)}
+	if group != "" {
+		topts = append(topts, kotel.ConsumerGroup(group))
+	}
+	tracer := kotel.NewTracer(topts...)
+	k := kotel.NewKotel(kotel.WithTracer(tracer), kotel.WithMeter(kotel.NewMeter(kotel.MeterProvider(mp))))
+	opts := []kgo.Opt{kgo.ClientID(id), kgo.WithHooks(k.Hooks()...)}
+	if s.Logger != nil {
+		opts = append(opts, kgo.WithLogger(slogLogger{s.Logger}))
+	}
+	return opts, tracer
+}
+
+// Producer describes a producer to build.
+type Producer struct {
+	Semantics       kdeliver.Semantics
+	TransactionalID string        // ExactlyOnce only
+	LeaderAck       bool          // AtMostOnce only: acks=1 instead of acks=0
+	DeliveryTimeout time.Duration // AtLeastOnce and ExactlyOnce; 0 means the default
+}
+
+// Timeout is the effective delivery timeout.
+func (p Producer) Timeout() time.Duration {
+	if p.DeliveryTimeout > 0 {
+		return p.DeliveryTimeout
+	}
+	return kdeliver.DefaultDeliveryTimeout
+}
+
+// Validate lists what is wrong with p itself.
+func (p Producer) Validate(ps *kdeliver.Problems) {
+	ps.Add(!p.Semantics.Valid(), fmt.Sprintf("semantics %s is not valid: choose kdeliver.AtMostOnce, AtLeastOnce or ExactlyOnce", p.Semantics))
+	ps.Add(p.Semantics == kdeliver.ExactlyOnce && p.TransactionalID == "", "ExactlyOnce needs a transactional ID, unique and stable per producer instance: pass producer.WithTransactionalID")
+	ps.Add(p.Semantics != kdeliver.ExactlyOnce && p.TransactionalID != "", fmt.Sprintf("a transactional ID is only used by ExactlyOnce, not %s: remove WithTransactionalID or choose ExactlyOnce", p.Semantics))
+	ps.Add(p.Semantics != kdeliver.AtMostOnce && p.LeaderAck, fmt.Sprintf("leader-only acks (acks=1) can lose acknowledged records, which %s forbids: remove WithLeaderAck", p.Semantics))
+	ps.Add(p.Semantics == kdeliver.AtMostOnce && p.DeliveryTimeout > 0, "AtMostOnce does not retry, so a delivery timeout has no effect: remove WithDeliveryTimeout")
+	ps.Add(p.DeliveryTimeout < 0 || (p.DeliveryTimeout > 0 && p.DeliveryTimeout < time.Second), fmt.Sprintf("delivery timeout %v is below the 1s minimum", p.DeliveryTimeout))
+}
+
+// Opts returns the kgo options of p's preset.
+func (p Producer) Opts() []kgo.Opt {
+	switch p.Semantics {
+	case kdeliver.AtMostOnce:
+		acks := kgo.NoAck()
+		if p.LeaderAck {
+			acks = kgo.LeaderAck()
+		}
+		return []kgo.Opt{
+			kgo.DisableIdempotentWrite(),
+			kgo.RequiredAcks(acks),
+			kgo.RecordRetries(0),
+			kgo.MaxProduceRequestsInflightPerBroker(1),
+		}
+	case kdeliver.AtLeastOnce:
+		return []kgo.Opt{
+			kgo.RequiredAcks(kgo.AllISRAcks()),
+			kgo.RecordDeliveryTimeout(p.Timeout()),
+			// Without this an idempotent producer ignores the delivery
+			// timeout and ctx for requests whose response was lost, and
+			// Produce can block for ever. Failing such a record may mean
+			// it was written after all: a re-send may duplicate, which
+			// at-least-once allows.
+			kgo.AllowIdempotentProduceCancellation(),
+		}
+	case kdeliver.ExactlyOnce:
+		return []kgo.Opt{
+			kgo.RequiredAcks(kgo.AllISRAcks()),
+			kgo.TransactionalID(p.TransactionalID),
+			kgo.RecordDeliveryTimeout(p.Timeout()),
+		}
+	}
+	return nil
+}
+
+// Check compares a built client's effective producer options with p's
+// preset, so a raw kgo.Opt cannot weaken it.
+func (p Producer) Check(cl *kgo.Client, ps *kdeliver.Problems) {
+	acks := cl.OptValue(kgo.RequiredAcks).(kgo.Acks)
+	noIdem := cl.OptValue(kgo.DisableIdempotentWrite).(bool)
+	txn := cl.OptValues(kgo.TransactionalID)
+	txnID, hasTxn := txn[0].(string), txn[1].(bool)
+	switch p.Semantics {
+	case kdeliver.AtMostOnce:
+		want := kgo.NoAck()
+		if p.LeaderAck {
+			want = kgo.LeaderAck()
+		}
+		ps.Add(acks != want, fmt.Sprintf("a raw option set acks=%s, but AtMostOnce uses acks=%s: remove the kgo.RequiredAcks option (use producer.WithLeaderAck for acks=1)", acksName(acks), acksName(want)))
+		ps.Add(!noIdem, "a raw option enabled idempotence, which retries and so is not AtMostOnce: remove it or choose AtLeastOnce")
+		ps.Add(hasTxn, "a raw option set a transactional ID, which AtMostOnce does not use: remove kgo.TransactionalID or choose ExactlyOnce")
+		ps.Add(cl.OptValue(kgo.RecordRetries).(int64) > 0, "a raw option enabled record retries, which can duplicate under AtMostOnce: remove kgo.RecordRetries")
+	case kdeliver.AtLeastOnce, kdeliver.ExactlyOnce:
+		ps.Add(acks != kgo.AllISRAcks(), fmt.Sprintf("a raw option set acks=%s, but %s needs acks=all: remove the kgo.RequiredAcks option", acksName(acks), p.Semantics))
+		ps.Add(noIdem, fmt.Sprintf("a raw option disabled idempotence, which %s needs against duplicates and reordering on retry: remove kgo.DisableIdempotentWrite", p.Semantics))
+		ps.Add(cl.OptValue(kgo.RecordRetries).(int64) < 1<<62, fmt.Sprintf("a raw option capped record retries, but %s retries until the delivery timeout: remove kgo.RecordRetries and use producer.WithDeliveryTimeout", p.Semantics))
+		if p.Semantics == kdeliver.AtLeastOnce {
+			ps.Add(hasTxn, "a raw option set a transactional ID under AtLeastOnce: choose ExactlyOnce instead")
+		} else {
+			ps.Add(txnID != p.TransactionalID, fmt.Sprintf("a raw option changed the transactional ID to %q: use producer.WithTransactionalID only", txnID))
+		}
+	}
+}
+
+// Consumer describes a consumer to build.
+type Consumer struct {
+	Semantics kdeliver.Semantics
+	Group     string
+	Topics    []string
+}
+
+// Validate lists what is wrong with c itself.
+func (c Consumer) Validate(ps *kdeliver.Problems) {
+	ps.Add(!c.Semantics.Valid(), fmt.Sprintf("semantics %s is not valid: choose kdeliver.AtMostOnce, AtLeastOnce or ExactlyOnce", c.Semantics))
+	ps.Add(c.Group == "", "the consumer group is empty: name the group whose offsets record progress")
+	ps.Add(len(c.Topics) == 0, "no topics to consume: name at least one")
+	for _, t := range c.Topics {
+		ps.Add(t == "", "a topic name is empty")
+	}
+}
+
+// Opts returns the kgo options of c's preset. Offsets are always committed
+// by kdeliver, never on a timer.
+func (c Consumer) Opts() []kgo.Opt {
+	opts := []kgo.Opt{
+		kgo.ConsumerGroup(c.Group),
+		kgo.ConsumeTopics(c.Topics...),
+		kgo.DisableAutoCommit(),
+		// A group with no committed offset starts at the beginning, and an
+		// out-of-range offset resets to the earliest record still kept:
+		// nothing is skipped. (kgo's default rewinds a minute.)
+		kgo.ConsumeStartOffset(kgo.NewOffset().AtStart()),
+		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
+	}
+	if c.Semantics == kdeliver.ExactlyOnce {
+		opts = append(opts, kgo.FetchIsolationLevel(kgo.ReadCommitted()))
+	}
+	return opts
+}
+
+// Check compares a built client's effective consumer options with c's preset.
+func (c Consumer) Check(cl *kgo.Client, ps *kdeliver.Problems) {
+	ps.Add(!cl.OptValue(kgo.DisableAutoCommit).(bool) || cl.OptValue(kgo.GreedyAutoCommit).(bool) || cl.OptValue(kgo.AutoCommitMarks).(bool),
+		fmt.Sprintf("a raw option enabled auto-commit, which commits %s on a timer regardless of processing: remove it", c.Semantics))
+	iso := cl.OptValue(kgo.FetchIsolationLevel).(kgo.IsolationLevel)
+	if c.Semantics == kdeliver.ExactlyOnce {
+		ps.Add(iso != kgo.ReadCommitted(), "a raw option set read_uncommitted, but ExactlyOnce reads committed records only: remove kgo.FetchIsolationLevel")
+	}
+	ps.Add(cl.OptValue(kgo.ConsumerGroup).(string) != c.Group, "a raw option changed the consumer group: pass it as the group argument only")
+}
+
+func acksName(a kgo.Acks) string {
+	switch a {
+	case kgo.NoAck():
+		return "0"
+	case kgo.LeaderAck():
+		return "1"
+	case kgo.AllISRAcks():
+		return "all"
+	}
+	return "?"
+}
+
+type slogLogger struct{ l *slog.Logger }
+
+func (s slogLogger) Level() kgo.LogLevel {
+	ctx := context.Background()
+	switch {
+	case s.l.Enabled(ctx, slog.LevelDebug):
+		return kgo.LogLevelDebug
+	case s.l.Enabled(ctx, slog.LevelInfo):
+		return kgo.LogLevelInfo
+	case s.l.Enabled(ctx, slog.LevelWarn):
+		return kgo.LogLevelWarn
+	case s.l.Enabled(ctx, slog.LevelError):
+		return kgo.LogLevelError
+	}
+	return kgo.LogLevelNone
+}
+
+func (s slogLogger) Log(level kgo.LogLevel, msg string, keyvals ...any) {
+	lvl := slog.LevelDebug
+	switch level {
+	case kgo.LogLevelError:
+		lvl = slog.LevelError
+	case kgo.LogLevelWarn:
+		lvl = slog.LevelWarn
+	case kgo.LogLevelInfo:
+		lvl = slog.LevelInfo
+	}
+	s.l.Log(context.Background(), lvl, msg, keyvals...)
+}
