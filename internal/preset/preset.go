@@ -79,7 +79,7 @@ func (p Producer) Validate(ps *kdeliver.Problems) {
 	ps.Add(p.Semantics != kdeliver.ExactlyOnce && p.TransactionalID != "", fmt.Sprintf("a transactional ID is only used by ExactlyOnce, not %s: remove WithTransactionalID or choose ExactlyOnce", p.Semantics))
 	ps.Add(p.Semantics != kdeliver.AtMostOnce && p.LeaderAck, fmt.Sprintf("leader-only acks (acks=1) can lose acknowledged records, which %s forbids: remove WithLeaderAck", p.Semantics))
 	ps.Add(p.Semantics == kdeliver.AtMostOnce && p.DeliveryTimeout > 0, "AtMostOnce does not retry, so a delivery timeout has no effect: remove WithDeliveryTimeout")
-	ps.Add(p.DeliveryTimeout < 0 || (p.DeliveryTimeout > 0 && p.DeliveryTimeout < time.Second), fmt.Sprintf("delivery timeout %v is below the 1s minimum", p.DeliveryTimeout))
+	ps.Add(p.DeliveryTimeout < 0 || (p.DeliveryTimeout > 0 && p.DeliveryTimeout < time.Second), fmt.Sprintf("delivery timeout %v is below the 1s minimum: pass at least 1s to WithDeliveryTimeout, or leave it out for the default", p.DeliveryTimeout))
 }
 
 // Opts returns the kgo options of p's preset.

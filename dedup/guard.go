@@ -1,0 +1,279 @@
+package dedup
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/kdeliver/kdeliver"
+	"github.com/kdeliver/kdeliver/internal/shared"
+)
+
+// Default lease and TTL of a [Guard].
+const (
+	DefaultLease = 30 * time.Second
+	DefaultTTL   = 24 * time.Hour
+)
+
+// Option configures a [Guard]. kdeliver.Option values (logger) are Options
+// too.
+type Option interface{ Apply(shared.Config) }
+
+type option func(*config)
+
+// Apply implements Option.
+func (o option) Apply(c shared.Config) {
+	if gc, ok := c.(*config); ok {
+		o(gc)
+		return
+	}
+	c.Reject("a dedup option was passed to another package's constructor")
+}
+
+type config struct {
+	shared   shared.Settings
+	problems []string
+	lease    time.Duration
+	ttl      time.Duration
+	key      func(*kgo.Record) string
+}
+
+func (c *config) Shared() *shared.Settings { return &c.shared }
+func (c *config) Reject(p string)          { c.problems = append(c.problems, p) }
+
+// WithLease sets how long a reservation stays held while the side effect
+// runs, overriding [DefaultLease]. It must exceed the longest side effect: a
+// lease that expires mid-run lets a redelivery run the side effect again.
+// A crash leaves the key held until the lease expires, so the lease is also
+// how long a redelivered record waits after a crash.
+func WithLease(d time.Duration) Option {
+	return option(func(c *config) { c.lease = d })
+}
+
+// WithTTL sets how long a key stays done after its side effect, overriding
+// [DefaultTTL]. It must cover the window in which a duplicate can arrive:
+// redelivery after a crash or rebalance, and producer re-sends. It must
+// exceed the lease.
+func WithTTL(d time.Duration) Option {
+	return option(func(c *config) { c.ttl = d })
+}
+
+// WithKey sets how a record's key is derived, overriding [DefaultKey]. A
+// key must be the same for every delivery of one message and differ between
+// messages; an empty key is an error.
+func WithKey(f func(*kgo.Record) string) Option {
+	return option(func(c *config) { c.key = f })
+}
+
+// Outcome is what [Guard.Do] did with a key.
+type Outcome uint8
+
+const (
+	// Processed means the side effect ran and succeeded, and the key was
+	// confirmed.
+	Processed Outcome = iota + 1
+	// Duplicate means the key was already done: the side effect was not run.
+	Duplicate
+)
+
+func (o Outcome) String() string {
+	switch o {
+	case Processed:
+		return "processed"
+	case Duplicate:
+		return "duplicate"
+	}
+	return fmt.Sprintf("Outcome(%d)", uint8(o))
+}
+
+// ErrNoKey is returned by [Guard.Handler] for a record whose key function
+// returned "": nothing identifies it, so it was not processed. Fix the key
+// function or have the producer stamp [HeaderMessageID].
+var ErrNoKey = errors.New("dedup: record has no key")
+
+// Guard runs a side effect at most once per key while keeping at-least-once:
+// a key is reserved, the side effect runs, and only a success marks the key
+// done. A failure releases the key, so the redelivered record runs again.
+// Under an at-least-once consumer this makes the effect of each record
+// happen once, with the limits below.
+//
+// Limits: a process that dies after the side effect and before Confirm
+// leaves the key unmarked, and the redelivered record runs again once the
+// lease expires. [Guard.DoTx] closes that window when the side effect and
+// the mark can share a transaction (pgstore.Store.ConfirmTx,
+// redisstore.Store.ConfirmTx). Keys are kept for the TTL only.
+//
+// A Guard is safe for concurrent use. Two callers with the same key never
+// run the side effect at the same time: the second waits while the first
+// holds the lease.
+type Guard struct {
+	store     Store
+	namespace string
+	lease     time.Duration
+	ttl       time.Duration
+	key       func(*kgo.Record) string
+	log       *slog.Logger
+}
+
+// NewGuard returns a guard over store. namespace is prepended to every key,
+// so that consumers with different side effects sharing one store do not
+// see each other's keys: use the consumer group, or the name of the side
+// effect. It returns an error wrapping [kdeliver.ErrInvalidConfig] listing
+// every problem with the arguments and options.
+func NewGuard(store Store, namespace string, opts ...Option) (*Guard, error) {
+	c := config{lease: DefaultLease, ttl: DefaultTTL, key: DefaultKey}
+	for _, o := range opts {
+		o.Apply(&c)
+	}
+	var ps kdeliver.Problems
+	for _, p := range c.problems {
+		ps.Add(true, p)
+	}
+	ps.Add(store == nil, "the store is nil: pass dedup.NewMemory, redisstore.New or pgstore.New")
+	ps.Add(namespace == "", "the namespace is empty: name the consumer group or the side effect")
+	ps.Add(c.lease <= 0, "the lease must be positive")
+	ps.Add(c.ttl <= c.lease, fmt.Sprintf("the TTL (%s) must exceed the lease (%s): a key must stay done longer than a run can take", c.ttl, c.lease))
+	ps.Add(c.key == nil, "the key function is nil")
+	if err := ps.Err("dedup guard", 0); err != nil {
+		return nil, err
+	}
+	log := c.shared.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Guard{store: store, namespace: namespace + ":", lease: c.lease, ttl: c.ttl, key: c.key, log: log}, nil
+}
+
+// Key returns the store key of a record: the namespace followed by the key
+// function's result, or "" when the key function returns "".
+func (g *Guard) Key(r *kgo.Record) string {
+	k := g.key(r)
+	if k == "" {
+		return ""
+	}
+	return g.namespace + k
+}
+
+// Do runs fn unless key is done, and marks key done when fn succeeds.
+//
+// It reserves key; while another caller holds it, Do waits and asks again
+// until ctx ends. When the key is done it returns [Duplicate] without
+// running fn. Otherwise it runs fn: on success it confirms the key and
+// returns [Processed]; on failure it releases the key and returns fn's
+// error, so a retry runs fn again. A store error is returned before fn runs.
+//
+// key is used as given: [Guard.Key] adds the namespace to a record's key.
+// After fn succeeded, Confirm is retried (even if ctx is canceled) for up to
+// the lease, since failing to mark would let a redelivery run fn again.
+func (g *Guard) Do(ctx context.Context, key string, fn func(ctx context.Context) error) (Outcome, error) {
+	return g.do(ctx, key, func(ctx context.Context) (bool, error) { return false, fn(ctx) })
+}
+
+// DoTx is [Guard.Do] for a side effect that marks key done in its own
+// transaction: fn must confirm key with the given TTL inside the
+// transaction that holds the side effect (pgstore.Store.ConfirmTx,
+// redisstore.Store.ConfirmTx), so that the side effect and the mark commit
+// together and no crash can separate them. DoTx does not confirm.
+func (g *Guard) DoTx(ctx context.Context, key string, fn func(ctx context.Context, key string, ttl time.Duration) error) (Outcome, error) {
+	return g.do(ctx, key, func(ctx context.Context) (bool, error) { return true, fn(ctx, key, g.ttl) })
+}
+
+func (g *Guard) do(ctx context.Context, key string, fn func(ctx context.Context) (confirmed bool, err error)) (Outcome, error) {
+	if key == "" {
+		return 0, ErrNoKey
+	}
+	token, err := g.reserve(ctx, key)
+	if err != nil {
+		return 0, err
+	}
+	if token == "" {
+		return Duplicate, nil
+	}
+	confirmed, err := fn(ctx)
+	if err != nil {
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), min(g.lease, 5*time.Second))
+		defer cancel()
+		if rerr := g.store.Release(rctx, key, token); rerr != nil {
+			// The lease expires on its own; a retry just waits for it.
+			g.log.Warn("dedup: release failed; the key stays held until its lease expires", "error", rerr)
+		}
+		return 0, err
+	}
+	if !confirmed {
+		if err := g.confirm(ctx, key); err != nil {
+			return 0, err
+		}
+	}
+	return Processed, nil
+}
+
+// reserve returns the lease token, "" when key is done.
+func (g *Guard) reserve(ctx context.Context, key string) (string, error) {
+	wait := 10 * time.Millisecond
+	maxWait := min(g.lease/4, time.Second)
+	for {
+		st, token, err := g.store.Reserve(ctx, key, g.lease)
+		if err != nil {
+			return "", fmt.Errorf("dedup: reserve: %w", err)
+		}
+		switch st {
+		case Acquired:
+			return token, nil
+		case Done:
+			return "", nil
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return "", fmt.Errorf("dedup: waiting for a key held by another consumer: %w", ctx.Err())
+		case <-t.C:
+		}
+		wait = min(2*wait, maxWait)
+	}
+}
+
+func (g *Guard) confirm(ctx context.Context, key string) error {
+	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), g.lease)
+	defer cancel()
+	wait := 50 * time.Millisecond
+	for {
+		err := g.store.Confirm(cctx, key, g.ttl)
+		if err == nil {
+			return nil
+		}
+		if cctx.Err() != nil {
+			return fmt.Errorf("dedup: the side effect ran but could not be marked done; a redelivery will run it again: %w", err)
+		}
+		g.log.Warn("dedup: confirm failed; retrying", "error", err)
+		t := time.NewTimer(wait)
+		select {
+		case <-cctx.Done():
+			t.Stop()
+		case <-t.C:
+		}
+		wait = min(2*wait, time.Second)
+	}
+}
+
+// Handler wraps a record handler so that records already processed are
+// skipped: a record whose key is done returns nil without calling h; a
+// record whose h fails is released for redelivery. Its signature matches
+// consumer.Handler. A record with no key returns [ErrNoKey].
+//
+// Use it under an at-least-once consumer: the consumer commits after the
+// handler returns nil, and the guard absorbs the redeliveries.
+func (g *Guard) Handler(h func(ctx context.Context, r *kgo.Record) error) func(ctx context.Context, r *kgo.Record) error {
+	return func(ctx context.Context, r *kgo.Record) error {
+		key := g.Key(r)
+		if key == "" {
+			return fmt.Errorf("%w: %s", ErrNoKey, Position(r))
+		}
+		_, err := g.Do(ctx, key, func(ctx context.Context) error { return h(ctx, r) })
+		return err
+	}
+}
