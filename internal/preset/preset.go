@@ -186,9 +186,11 @@ func (c Consumer) Opts() []kgo.Opt {
 func (c Consumer) Check(cl *kgo.Client, ps *kdeliver.Problems) {
 	ps.Add(!cl.OptValue(kgo.DisableAutoCommit).(bool) || cl.OptValue(kgo.GreedyAutoCommit).(bool) || cl.OptValue(kgo.AutoCommitMarks).(bool),
 		fmt.Sprintf("a raw option enabled auto-commit, which commits %s on a timer regardless of processing: remove it", c.Semantics))
-	iso := cl.OptValue(kgo.FetchIsolationLevel).(kgo.IsolationLevel)
+	// OptValue gives the isolation level as its wire value: 1 is
+	// read_committed.
+	iso, _ := cl.OptValue(kgo.FetchIsolationLevel).(int8)
 	if c.Semantics == kdeliver.ExactlyOnce {
-		ps.Add(iso != kgo.ReadCommitted(), "a raw option set read_uncommitted, but ExactlyOnce reads committed records only: remove kgo.FetchIsolationLevel")
+		ps.Add(iso != 1, "a raw option set read_uncommitted, but ExactlyOnce reads committed records only: remove kgo.FetchIsolationLevel")
 	}
 	ps.Add(cl.OptValue(kgo.ConsumerGroup).(string) != c.Group, "a raw option changed the consumer group: pass it as the group argument only")
 }
