@@ -38,7 +38,7 @@ func TestNewRefuses(t *testing.T) {
 		{"amo backoff", addrs, "g", topics, kdeliver.AtMostOnce, []Option{WithBackoff(time.Millisecond, time.Second)}, []string{"never retries"}},
 		{"amo max attempts", addrs, "g", topics, kdeliver.AtMostOnce, []Option{WithMaxAttempts(3)}, []string{"never retries"}},
 		{"backoff zero", addrs, "g", topics, alo, []Option{WithBackoff(0, time.Second)}, []string{"backoff 0s..1s"}},
-		{"backoff inverted", addrs, "g", topics, alo, []Option{WithBackoff(2 * time.Second, time.Second)}, []string{"backoff 2s..1s"}},
+		{"backoff inverted", addrs, "g", topics, alo, []Option{WithBackoff(2*time.Second, time.Second)}, []string{"backoff 2s..1s"}},
 		{"max attempts zero", addrs, "g", topics, alo, []Option{WithMaxAttempts(0)}, []string{"max attempts 0"}},
 		{"max poll zero", addrs, "g", topics, alo, []Option{WithMaxPollRecords(0)}, []string{"max poll records 0"}},
 		{"nil option", addrs, "g", topics, alo, []Option{nil}, []string{"option is nil"}},
