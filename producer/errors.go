@@ -75,7 +75,9 @@ func advice(err error) string {
 		return "the producer was closed: create a new one"
 	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
 		return "the context ended first; the record may still have been written: re-send it if it must arrive (a re-send may duplicate)"
-	case errors.Is(err, kgo.ErrRecordTimeout), errors.Is(err, kgo.ErrRecordRetries), kerr.IsRetriable(err):
+	case errors.Is(err, kgo.ErrRecordRetries):
+		return "it was not retried (AtMostOnce never retries) or ran out of retries; it may still have been written: re-send it only if a duplicate is acceptable"
+	case errors.Is(err, kgo.ErrRecordTimeout), kerr.IsRetriable(err):
 		return "the brokers did not acknowledge it within the delivery timeout (check broker health and min.insync.replicas); it may still have been written: re-send it if it must arrive (a re-send may duplicate)"
 	case errors.Is(err, kerr.InvalidProducerEpoch), errors.Is(err, kerr.ProducerFenced):
 		return "another producer with this transactional ID took over: close this one"
