@@ -1,0 +1,70 @@
+// Package integration starts Apache Kafka for tests: one call gives a test a
+// running cluster of one or three nodes, node faults (clean stop, SIGKILL,
+// pause, restart) and the checks that durability tests need.
+//
+//	func TestSomething(t *testing.T) {
+//		c := integration.Start(t, integration.WithNodes(3))
+//		ctx := context.Background()
+//		if err := c.CreateTopic(ctx, "orders", 3); err != nil {
+//			t.Fatal(err)
+//		}
+//		cl := c.Client(t) // a *kgo.Client seeded with c.Brokers()
+//		...
+//	}
+//
+// # Backends
+//
+// A [Cluster] runs on one of four backends, chosen in this order:
+//
+//  1. [WithBackend], else the KDELIVER_KAFKA_BACKEND environment variable
+//     (external, container, process or kfake).
+//  2. external when KDELIVER_KAFKA_BROKERS is set (comma separated host:port):
+//     a cluster someone else runs. Nodes cannot be stopped or killed.
+//  3. process when KDELIVER_KAFKA_HOME is set: Kafka's jars run as host
+//     processes (java -cp 'libs/*' kafka.Kafka). The folder holds the jars,
+//     directly or in libs/, as in a Kafka download or the cache that
+//     .ci/kafka/fetch fills (~/.cache/kdeliver/kafka-VERSION).
+//  4. container when a Docker API answers (DOCKER_HOST or the default socket):
+//     testcontainers-go runs the official apache/kafka image
+//     ([DefaultImage]; KDELIVER_KAFKA_IMAGE overrides it). Nodes use host
+//     networking on distinct 127.0.0.1 ports.
+//  5. kfake, franz-go's in-process fake broker, with a logged notice. kfake
+//     keeps no replicas, so tests of replication, fencing or durability
+//     prove nothing on it.
+//
+// Set KDELIVER_REQUIRE_KAFKA=1 (CI does) to make any fall back to kfake a
+// failure: [Start] calls t.Fatal and [New] returns [ErrKafkaRequired]. A test
+// that needs real Kafka can also call [Cluster.RequireReal].
+//
+// # Nodes
+//
+// Nodes are numbered 1..[Cluster.Nodes], the same numbers Kafka uses as
+// node.id, so [Cluster.Leader] returns a number that [Cluster.Kill] takes.
+// Every node is a broker and a KRaft controller (combined mode). A cluster of
+// three has replication factor 3, min.insync.replicas 2 and unclean leader
+// election off for every topic, the consumer offsets and the transaction
+// state; a single node has replication factor 1 and min.insync.replicas 1.
+// Auto topic creation is off: use [Cluster.CreateTopic].
+//
+// [Cluster.Restart] brings a node back on the same ports with the same log
+// directory, as after a crash or a reboot.
+//
+// # Lifecycle
+//
+// [Start] registers the cluster's teardown with t.Cleanup; [New] leaves it to
+// the caller's [Cluster.Close], which fits a TestMain that shares one cluster
+// among the tests of a package (real Kafka takes seconds to start). Every
+// wait in this package is bounded by a context or a documented timeout.
+//
+// # Helpers for durability tests
+//
+// [StartHelper] runs a test function of the current test binary as a
+// separate process that a test can SIGKILL or SIGSTOP ([Process]);
+// [ReadCommitted] reads a topic fully with read_committed isolation, and
+// [AuditValues] counts what is missing, duplicated or unexpected.
+//
+// # Concurrency
+//
+// A [Cluster]'s methods are safe to call from several goroutines, but node
+// operations on the same node must not overlap.
+package integration

@@ -1,0 +1,157 @@
+package integration
+
+import (
+	"crypto/rand"
+	"encoding/base64"
+	"fmt"
+	"net"
+	"slices"
+	"strconv"
+	"strings"
+)
+
+// nodePorts are the loopback ports of one node.
+type nodePorts struct {
+	broker     int // PLAINTEXT listener, for clients and replication
+	controller int // CONTROLLER listener, for the KRaft quorum
+}
+
+// brokerProps returns the server properties of node (1-based) in a
+// combined-mode cluster on 127.0.0.1. Settings follow Kafka's system tests,
+// scaled for two cores (see shared/notes/kafka.md).
+func brokerProps(node int, ports []nodePorts, logDir string, extra map[string]string) map[string]string {
+	n := len(ports)
+	rf := min(3, n)
+	minISR := 1
+	if rf >= 3 {
+		minISR = 2
+	}
+	voters := make([]string, n)
+	for i, p := range ports {
+		voters[i] = fmt.Sprintf("%d@127.0.0.1:%d", i+1, p.controller)
+	}
+	me := ports[node-1]
+	props := map[string]string{
+		"process.roles":                                    "broker,controller",
+		"node.id":                                          strconv.Itoa(node),
+		"controller.quorum.voters":                         strings.Join(voters, ","),
+		"listeners":                                        fmt.Sprintf("PLAINTEXT://127.0.0.1:%d,CONTROLLER://127.0.0.1:%d", me.broker, me.controller),
+		"advertised.listeners":                             fmt.Sprintf("PLAINTEXT://127.0.0.1:%d", me.broker),
+		"controller.listener.names":                        "CONTROLLER",
+		"inter.broker.listener.name":                       "PLAINTEXT",
+		"listener.security.protocol.map":                   "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+		"log.dirs":                                         logDir,
+		"num.network.threads":                              "2",
+		"num.io.threads":                                   "2",
+		"num.replica.fetchers":                             "1",
+		"num.recovery.threads.per.data.dir":                "1",
+		"background.threads":                               "2",
+		"log.cleaner.threads":                              "1",
+		"log.cleaner.dedupe.buffer.size":                   strconv.Itoa(16 << 20),
+		"group.initial.rebalance.delay.ms":                 "0",
+		"num.partitions":                                   "1",
+		"default.replication.factor":                       strconv.Itoa(rf),
+		"min.insync.replicas":                              strconv.Itoa(minISR),
+		"unclean.leader.election.enable":                   "false",
+		"auto.create.topics.enable":                        "false",
+		"offsets.topic.replication.factor":                 strconv.Itoa(rf),
+		"offsets.topic.num.partitions":                     "6",
+		"transaction.state.log.replication.factor":         strconv.Itoa(rf),
+		"transaction.state.log.min.isr":                    strconv.Itoa(minISR),
+		"transaction.state.log.num.partitions":             "6",
+		"share.coordinator.state.topic.replication.factor": strconv.Itoa(rf),
+		"share.coordinator.state.topic.min.isr":            strconv.Itoa(minISR),
+	}
+	for k, v := range extra {
+		props[k] = v
+	}
+	return props
+}
+
+// propsFile renders properties in Java's .properties format, sorted.
+func propsFile(props map[string]string) string {
+	keys := make([]string, 0, len(props))
+	for k := range props {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	var b strings.Builder
+	for _, k := range keys {
+		fmt.Fprintf(&b, "%s=%s\n", k, props[k])
+	}
+	return b.String()
+}
+
+// propsEnv renders properties as the official apache/kafka image reads them:
+// KAFKA_ + the key in upper case, '.' as '_', '_' as '__', '-' as '___'.
+func propsEnv(props map[string]string) map[string]string {
+	env := make(map[string]string, len(props))
+	for k, v := range props {
+		name := strings.NewReplacer("-", "___", "_", "__", ".", "_").Replace(k)
+		env["KAFKA_"+strings.ToUpper(name)] = v
+	}
+	return env
+}
+
+// newClusterID returns a random cluster ID as Kafka's
+// StorageTool random-uuid prints it: 16 bytes, URL-safe base64, no padding,
+// not starting with '-'.
+func newClusterID() string {
+	for {
+		var b [16]byte
+		_, _ = rand.Read(b[:])
+		id := base64.RawURLEncoding.EncodeToString(b[:])
+		if id[0] != '-' {
+			return id
+		}
+	}
+}
+
+// freePorts returns n distinct free TCP ports on 127.0.0.1. They are free
+// when returned; another program could take one before Kafka binds it, which
+// shows as a node that fails to start.
+func freePorts(n int) ([]int, error) {
+	lns := make([]net.Listener, 0, n)
+	defer func() {
+		for _, ln := range lns {
+			ln.Close()
+		}
+	}()
+	ports := make([]int, 0, n)
+	for range n {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, fmt.Errorf("integration: find a free port: %w", err)
+		}
+		lns = append(lns, ln)
+		ports = append(ports, ln.Addr().(*net.TCPAddr).Port)
+	}
+	return ports, nil
+}
+
+func allocPorts(nodes int) ([]nodePorts, error) {
+	ps, err := freePorts(2 * nodes)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]nodePorts, nodes)
+	for i := range out {
+		out[i] = nodePorts{broker: ps[2*i], controller: ps[2*i+1]}
+	}
+	return out, nil
+}
+
+// log4j2Props is the broker's log4j2 configuration: INFO to stdout, with the
+// chattiest loggers turned down.
+const log4j2Props = `status = warn
+appender.out.type = Console
+appender.out.name = OUT
+appender.out.layout.type = PatternLayout
+appender.out.layout.pattern = [%d] %p %m (%c)%n
+rootLogger.level = INFO
+rootLogger.appenderRef.out.ref = OUT
+logger.kafkaconfig.name = org.apache.kafka.common.config
+logger.kafkaconfig.level = WARN
+logger.request.name = kafka.request.logger
+logger.request.level = WARN
+`
