@@ -179,3 +179,31 @@ func TestRefusedRecordFailsAsync(t *testing.T) {
 		t.Fatalf("got %v, want a DeliveryError for INVALID_RECORD", err)
 	}
 }
+
+// TestLostAcksDuplicateWithoutIdempotence is the control for the tests above:
+// the same lost acknowledgements make a plain retrying producer without
+// idempotence (what AtLeastOnce would be without its preset) write
+// duplicates, so "no duplicates" above is the preset's doing.
+func TestLostAcksDuplicateWithoutIdempotence(t *testing.T) {
+	c := cluster(t)
+	ctx := testCtx(t)
+	cl, err := kgo.NewClient(kgo.SeedBrokers(c.ListenAddrs()...), kgo.DisableIdempotentWrite(),
+		kgo.MetadataMinAge(100*time.Millisecond), kgo.DisableClientMetrics())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	lostAcks(c, 3)
+	for _, v := range values(30) {
+		if err := cl.ProduceSync(ctx, &kgo.Record{Topic: topic, Value: []byte(v)}).FirstErr(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	dups := 0
+	for _, n := range countValues(readAll(t, c, kgo.ReadUncommitted())) {
+		dups += n - 1
+	}
+	if dups == 0 {
+		t.Fatal("no duplicates without idempotence: the fault does not simulate lost acks")
+	}
+}

@@ -1,0 +1,76 @@
+package producer_test
+
+import (
+	"context"
+	"strings"
+	"sync/atomic"
+	"testing"
+
+	"github.com/twmb/franz-go/pkg/kgo"
+	"go.opentelemetry.io/otel/trace"
+	"go.opentelemetry.io/otel/trace/embedded"
+
+	"github.com/kdeliver/kdeliver"
+)
+
+// recordingTP is the smallest tracer provider whose spans have valid
+// contexts (the noop one's do not, so nothing would be injected). It keeps
+// the root module free of the OpenTelemetry SDK.
+type recordingTP struct {
+	embedded.TracerProvider
+	started atomic.Int64
+}
+
+func (tp *recordingTP) Tracer(string, ...trace.TracerOption) trace.Tracer { return tracer{tp: tp} }
+
+type tracer struct {
+	embedded.Tracer
+	tp *recordingTP
+}
+
+var testTraceID = trace.TraceID{0x4b, 0x64, 0x65, 0x6c, 0x69, 0x76, 0x65, 0x72, 1, 2, 3, 4, 5, 6, 7, 8}
+
+func (t tracer) Start(ctx context.Context, _ string, _ ...trace.SpanStartOption) (context.Context, trace.Span) {
+	n := t.tp.started.Add(1)
+	sc := trace.NewSpanContext(trace.SpanContextConfig{
+		TraceID:    testTraceID,
+		SpanID:     trace.SpanID{0, 0, 0, 0, 0, 0, 0, byte(n)},
+		TraceFlags: trace.FlagsSampled,
+	})
+	s := span{Span: trace.SpanFromContext(context.Background()), sc: sc}
+	return trace.ContextWithSpan(ctx, s), s
+}
+
+type span struct {
+	trace.Span // a no-op span for everything but the context
+	sc         trace.SpanContext
+}
+
+func (s span) SpanContext() trace.SpanContext { return s.sc }
+
+// TestTraceContextInHeaders: a produced record carries the W3C traceparent
+// of its publish span, which is what lets a consumer join the trace.
+func TestTraceContextInHeaders(t *testing.T) {
+	c := cluster(t)
+	tp := &recordingTP{}
+	p := newProducer(t, c, kdeliver.AtLeastOnce, kdeliver.WithTracerProvider(tp))
+	if err := p.Produce(testCtx(t), &kgo.Record{Topic: topic, Value: []byte("traced")}); err != nil {
+		t.Fatal(err)
+	}
+	if tp.started.Load() == 0 {
+		t.Fatal("no span was started with the tracer provider passed")
+	}
+	recs := readAll(t, c, kgo.ReadUncommitted())
+	if len(recs) != 1 {
+		t.Fatalf("read %d records, want 1", len(recs))
+	}
+	var parent string
+	for _, h := range recs[0].Headers {
+		if h.Key == "traceparent" {
+			parent = string(h.Value)
+		}
+	}
+	if !strings.Contains(parent, testTraceID.String()) {
+		t.Fatalf("traceparent header %q does not carry trace %s (headers %v)", parent, testTraceID, recs[0].Headers)
+	}
+}
