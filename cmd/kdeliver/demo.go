@@ -1,0 +1,325 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kerr"
+	"github.com/twmb/franz-go/pkg/kfake"
+	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/kmsg"
+
+	"github.com/kdeliver/kdeliver"
+	"github.com/kdeliver/kdeliver/internal/embedded"
+)
+
+const demoSynopsis = `kdeliver demo [--brokers host:port,...] [--records N] [--semantics S,...] [--json]
+
+For each semantics, sends N numbered records through a producer whose
+acknowledgements are lost on purpose now and then, reads them through a
+consumer that is crashed mid-batch a few times and restarted, and counts by
+sequence number what the consumer's handler saw. With no --brokers it runs on
+an embedded in-process cluster (kfake, 3 brokers on 127.0.0.1), where the
+faults are injected; on a real cluster only the consumer crashes are.
+
+Exit status: 0 when every semantics kept its guarantee, 1 when one did not
+(or the demo could not run), 2 for a bad command line.`
+
+// demoConfig is the demo's command line.
+type demoConfig struct {
+	brokers    []string // empty: embedded cluster
+	records    int
+	sems       []kdeliver.Semantics
+	json       bool
+	seed       uint64
+	crashes    int
+	partitions int
+	timeout    time.Duration
+}
+
+// semanticsList is a repeatable, comma-separated --semantics flag.
+type semanticsList struct{ list *[]kdeliver.Semantics }
+
+func (s semanticsList) String() string {
+	if s.list == nil {
+		return ""
+	}
+	names := make([]string, len(*s.list))
+	for i, v := range *s.list {
+		names[i] = v.String()
+	}
+	return strings.Join(names, ",")
+}
+
+func (s semanticsList) Set(text string) error {
+	for _, part := range strings.Split(text, ",") {
+		v, err := kdeliver.ParseSemantics(part)
+		if err != nil {
+			return errors.New(strings.TrimPrefix(err.Error(), kdeliver.ErrInvalidConfig.Error()+": "))
+		}
+		*s.list = append(*s.list, v)
+	}
+	return nil
+}
+
+func parseDemo(args []string, stderr io.Writer) (demoConfig, error) {
+	cfg := demoConfig{}
+	fs := newFlagSet("demo", demoSynopsis, stderr)
+	brokers := fs.String("brokers", "", "comma-separated seed brokers of a real cluster (default: an embedded kfake cluster)")
+	fs.IntVar(&cfg.records, "records", 10000, "numbered records to send per semantics")
+	fs.Var(semanticsList{&cfg.sems}, "semantics", "semantics to run, comma-separated or repeated (default: all three)")
+	fs.BoolVar(&cfg.json, "json", false, "print the result as JSON on stdout")
+	fs.Uint64Var(&cfg.seed, "seed", 1, "seed of the fault and crash plan")
+	fs.IntVar(&cfg.crashes, "crashes", 3, "times the consumer is crashed mid-batch per semantics")
+	fs.IntVar(&cfg.partitions, "partitions", 6, "partitions of each demo topic")
+	fs.DurationVar(&cfg.timeout, "timeout", 3*time.Minute, "give up on a semantics after this long")
+	if err := fs.parse(args); err != nil {
+		return cfg, err
+	}
+	if fs.NArg() > 0 {
+		return cfg, usagef("demo takes no arguments, got %q", strings.Join(fs.Args(), " "))
+	}
+	if *brokers != "" {
+		for _, b := range strings.Split(*brokers, ",") {
+			b = strings.TrimSpace(b)
+			if b == "" {
+				return cfg, usagef("--brokers %q has an empty address", *brokers)
+			}
+			cfg.brokers = append(cfg.brokers, b)
+		}
+	}
+	switch {
+	case cfg.records < 10:
+		return cfg, usagef("--records %d: use at least 10", cfg.records)
+	case cfg.crashes < 0:
+		return cfg, usagef("--crashes %d: use 0 or more", cfg.crashes)
+	case cfg.partitions < 1:
+		return cfg, usagef("--partitions %d: use at least 1", cfg.partitions)
+	case cfg.timeout <= 0:
+		return cfg, usagef("--timeout %v: use a positive duration", cfg.timeout)
+	}
+	if len(cfg.sems) == 0 {
+		cfg.sems = kdeliver.All
+	}
+	cfg.sems = dedupSems(cfg.sems)
+	return cfg, nil
+}
+
+func dedupSems(in []kdeliver.Semantics) []kdeliver.Semantics {
+	var out []kdeliver.Semantics
+	for _, s := range kdeliver.All {
+		for _, v := range in {
+			if v == s {
+				out = append(out, s)
+				break
+			}
+		}
+	}
+	return out
+}
+
+// Row is one semantics' result. Its JSON form is part of `kdeliver demo
+// --json`.
+type Row struct {
+	Semantics     kdeliver.Semantics `json:"semantics"`
+	Produced      int                `json:"produced"`
+	Acknowledged  int                `json:"acknowledged"`
+	DeliveredOnce int                `json:"delivered_once"`
+	Lost          int                `json:"lost"`
+	Duplicated    int                `json:"duplicated"`
+	RecordsPerSec float64            `json:"records_per_second"`
+
+	Handled            int64   `json:"handler_calls"`
+	FaultsInjected     int     `json:"faults_injected"`
+	ConsumerCrashes    int     `json:"consumer_crashes"`
+	AbortedTxns        int     `json:"aborted_transactions"`
+	Seconds            float64 `json:"seconds"`
+	Guarantee          string  `json:"guarantee"`
+	GuaranteeHeld      bool    `json:"guarantee_held"`
+	ShowedExpectedRisk bool    `json:"showed_expected_risk"`
+	Note               string  `json:"note,omitempty"`
+}
+
+// Report is the JSON output of the demo.
+type Report struct {
+	Cluster        string `json:"cluster"`
+	FaultsInjected bool   `json:"faults_injected"`
+	Records        int    `json:"records"`
+	Seed           uint64 `json:"seed"`
+	Rows           []Row  `json:"rows"`
+	OK             bool   `json:"ok"`
+}
+
+func runDemo(args []string, stdout, stderr io.Writer) error {
+	cfg, err := parseDemo(args, stderr)
+	if err != nil {
+		return err
+	}
+	ctx := context.Background()
+
+	env := &demoEnv{cfg: cfg, runID: strconv.FormatInt(time.Now().UnixNano()%1e9, 36)}
+	if len(cfg.brokers) == 0 {
+		cl, err := embedded.Start(ctx)
+		if err != nil {
+			return err
+		}
+		defer cl.Close()
+		env.brokers, env.kfake, env.idle = cl.Brokers(), cl.Kfake(), time.Second
+		env.cluster = "embedded kfake cluster (3 brokers on 127.0.0.1)"
+		env.admin, err = kgo.NewClient(kgo.SeedBrokers(env.brokers...))
+		if err != nil {
+			return err
+		}
+	} else {
+		env.brokers, env.idle = cfg.brokers, 15*time.Second
+		env.cluster = "cluster at " + strings.Join(cfg.brokers, ",")
+		env.admin, err = kgo.NewClient(kgo.SeedBrokers(cfg.brokers...))
+		if err != nil {
+			return usagef("--brokers: %v", err)
+		}
+		pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		err = env.admin.Ping(pctx)
+		cancel()
+		if err != nil {
+			env.admin.Close()
+			return fmt.Errorf("cannot reach brokers %s within 5s: %v", strings.Join(cfg.brokers, ","), err)
+		}
+	}
+	defer env.admin.Close()
+
+	prog := newProgress(stderr)
+	rep := Report{Cluster: env.cluster, FaultsInjected: env.kfake != nil, Records: cfg.records, Seed: cfg.seed, OK: true}
+	for i, sem := range cfg.sems {
+		rng := rand.New(rand.NewPCG(cfg.seed, uint64(i)+1))
+		row, err := env.runRow(ctx, sem, rng, prog)
+		if err != nil {
+			prog.clear()
+			return fmt.Errorf("%s: %w", sem, err)
+		}
+		rep.Rows = append(rep.Rows, row)
+		rep.OK = rep.OK && row.GuaranteeHeld
+	}
+	prog.clear()
+
+	if cfg.json {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		if err := enc.Encode(rep); err != nil {
+			return err
+		}
+	} else {
+		writeTable(stdout, rep)
+	}
+	if !rep.OK {
+		for _, r := range rep.Rows {
+			if !r.GuaranteeHeld {
+				fmt.Fprintf(stderr, "kdeliver: %s broke its guarantee (%s): lost %d, duplicated %d\n", r.Semantics, r.Guarantee, r.Lost, r.Duplicated)
+			}
+		}
+		return errReported
+	}
+	return nil
+}
+
+// guarantee says what sem promises, in the demo's terms, and checks it.
+func guarantee(sem kdeliver.Semantics, r Row) (promise string, held, showedRisk bool) {
+	switch sem {
+	case kdeliver.AtMostOnce:
+		return "no duplicates", r.Duplicated == 0, r.Lost > 0
+	case kdeliver.AtLeastOnce:
+		return "no loss", r.Lost == 0, r.Duplicated > 0
+	default:
+		return "no loss, no duplicates", r.Lost == 0 && r.Duplicated == 0, true
+	}
+}
+
+func writeTable(w io.Writer, rep Report) {
+	fmt.Fprintf(w, "kdeliver demo: %d numbered records per semantics on an %s\n", rep.Records, rep.Cluster)
+	if rep.FaultsInjected {
+		fmt.Fprintln(w, "faults: produce acknowledgements lost on purpose (the broker writes the batch, then answers REQUEST_TIMED_OUT);")
+		fmt.Fprintln(w, "        at-most-once has no acknowledgement to lose (acks=0), so its produce requests are refused unwritten instead;")
+		fmt.Fprintln(w, "        the consumer is crashed mid-batch and restarted.")
+	} else {
+		fmt.Fprintln(w, "faults: none injected into the brokers (a real cluster: kfake's fault injection is not available);")
+		fmt.Fprintln(w, "        the consumer is still crashed mid-batch and restarted.")
+	}
+	fmt.Fprintln(w)
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "semantics\tproduced\tacknowledged\tdelivered once\tlost\tduplicated\trecords/s\t guarantee\t")
+	for _, r := range rep.Rows {
+		held := "held"
+		if !r.GuaranteeHeld {
+			held = "BROKEN"
+		}
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%d\t%d\t%.0f\t %s: %s\t\n",
+			r.Semantics, r.Produced, r.Acknowledged, r.DeliveredOnce, r.Lost, r.Duplicated, r.RecordsPerSec, r.Guarantee, held)
+	}
+	tw.Flush()
+	fmt.Fprintln(w)
+	for _, r := range rep.Rows {
+		fmt.Fprintf(w, "%s: %s\n", r.Semantics, r.Note)
+	}
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "produced        records sent, numbered 0..N-1 (the number is the record's value)")
+	fmt.Fprintln(w, "acknowledged    records whose produce reported success: at-most-once, written to the connection (acks=0);")
+	fmt.Fprintln(w, "                at-least-once, acknowledged by all in-sync replicas; exactly-once, in a committed transaction")
+	fmt.Fprintln(w, "delivered once  numbers the consumer's handler processed exactly once (exactly-once: whose effect was committed")
+	fmt.Fprintln(w, "                to the sink exactly once, together with the input offsets)")
+	fmt.Fprintln(w, "lost            acknowledged numbers the handler never processed")
+	fmt.Fprintln(w, "duplicated      numbers the handler processed more than once")
+	fmt.Fprintln(w, "records/s       distinct numbers delivered per second, first send to last delivery, faults and restarts")
+	fmt.Fprintln(w, "                included (not a benchmark: see BENCHMARKS.md)")
+}
+
+// demoEnv is what every row shares.
+type demoEnv struct {
+	cfg     demoConfig
+	brokers []string
+	kfake   *kfake.Cluster // nil on a real cluster
+	admin   *kgo.Client
+	cluster string
+	idle    time.Duration // no progress this long after the last send: delivery is over
+	runID   string
+}
+
+func (e *demoEnv) createTopic(ctx context.Context, topic string) error {
+	if e.kfake != nil {
+		return e.kfake.CreateTopic(topic, int32(e.cfg.partitions), nil)
+	}
+	req := kmsg.NewPtrCreateTopicsRequest()
+	req.TimeoutMillis = 30000
+	t := kmsg.NewCreateTopicsRequestTopic()
+	t.Topic, t.NumPartitions, t.ReplicationFactor = topic, int32(e.cfg.partitions), -1
+	req.Topics = append(req.Topics, t)
+	resp, err := req.RequestWith(ctx, e.admin)
+	if err != nil {
+		return fmt.Errorf("creating topic %s: %w", topic, err)
+	}
+	for _, rt := range resp.Topics {
+		if err := kerr.ErrorForCode(rt.ErrorCode); err != nil {
+			return fmt.Errorf("creating topic %s: %w", topic, err)
+		}
+	}
+	return nil
+}
+
+func (e *demoEnv) deleteTopic(ctx context.Context, topic string) {
+	if e.kfake != nil {
+		return // the embedded cluster goes away with the demo
+	}
+	req := kmsg.NewPtrDeleteTopicsRequest()
+	req.TopicNames = []string{topic}
+	t := kmsg.NewDeleteTopicsRequestTopic()
+	t.Topic = &topic
+	req.Topics = append(req.Topics, t)
+	req.TimeoutMillis = 10000
+	_, _ = req.RequestWith(ctx, e.admin) // best effort
+}

@@ -1,0 +1,217 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"strings"
+	"testing"
+
+	"go.uber.org/goleak"
+
+	"github.com/kdeliver/kdeliver"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+func runCmd(args ...string) (code int, stdout, stderr string) {
+	var out, errb bytes.Buffer
+	code = run(args, &out, &errb)
+	return code, out.String(), errb.String()
+}
+
+// demoReport runs a small demo on the embedded cluster with the fixed seed.
+func demoReport(t *testing.T, args ...string) Report {
+	t.Helper()
+	code, out, errOut := runCmd(append([]string{"demo", "--records", "1000", "--json"}, args...)...)
+	if code != exitOK {
+		t.Fatalf("demo exit %d; stderr:\n%s", code, errOut)
+	}
+	var rep Report
+	if err := json.Unmarshal([]byte(out), &rep); err != nil {
+		t.Fatalf("demo --json is not JSON: %v\n%s", err, out)
+	}
+	return rep
+}
+
+func TestDemoShowsEachGuarantee(t *testing.T) {
+	rep := demoReport(t)
+	if !rep.OK || !rep.FaultsInjected || rep.Records != 1000 || len(rep.Rows) != 3 {
+		t.Fatalf("report header = %+v", rep)
+	}
+	for i, r := range rep.Rows {
+		if r.Semantics != kdeliver.All[i] {
+			t.Fatalf("row %d is %v; want %v", i, r.Semantics, kdeliver.All[i])
+		}
+		if r.Produced != 1000 {
+			t.Errorf("%v produced %d; want 1000", r.Semantics, r.Produced)
+		}
+		if r.DeliveredOnce+r.Duplicated+r.Lost > r.Produced {
+			t.Errorf("%v: delivered once %d + duplicated %d + lost %d exceed produced %d", r.Semantics, r.DeliveredOnce, r.Duplicated, r.Lost, r.Produced)
+		}
+		if r.FaultsInjected == 0 || r.ConsumerCrashes == 0 {
+			t.Errorf("%v: %d faults injected, %d crashes; the plan injects both", r.Semantics, r.FaultsInjected, r.ConsumerCrashes)
+		}
+		if !r.GuaranteeHeld {
+			t.Errorf("%v broke its guarantee: %+v", r.Semantics, r)
+		}
+		switch r.Semantics {
+		case kdeliver.AtMostOnce:
+			// Guarantee: no duplicates. Under the seeded faults it loses.
+			if r.Duplicated != 0 {
+				t.Errorf("at-most-once duplicated %d", r.Duplicated)
+			}
+			if r.Lost == 0 {
+				t.Error("at-most-once lost nothing under dropped produce requests and consumer crashes")
+			}
+		case kdeliver.AtLeastOnce:
+			// Guarantee: no loss. Consumer crashes before commit repeat records.
+			if r.Lost != 0 {
+				t.Errorf("at-least-once lost %d acknowledged records", r.Lost)
+			}
+			if r.Acknowledged != r.Produced {
+				t.Errorf("at-least-once acknowledged %d of %d: its retries should ride out lost acks", r.Acknowledged, r.Produced)
+			}
+			if r.Duplicated == 0 {
+				t.Error("at-least-once duplicated nothing although its consumer crashed before committing")
+			}
+		case kdeliver.ExactlyOnce:
+			if r.Lost != 0 || r.Duplicated != 0 || r.DeliveredOnce != r.Produced {
+				t.Errorf("exactly-once: lost %d, duplicated %d, delivered once %d of %d", r.Lost, r.Duplicated, r.DeliveredOnce, r.Produced)
+			}
+			if r.AbortedTxns == 0 {
+				t.Error("exactly-once aborted no transaction; the plan aborts two")
+			}
+		}
+	}
+}
+
+func TestDemoTable(t *testing.T) {
+	code, out, errOut := runCmd("demo", "--records", "300", "--semantics", "alo,amo", "--crashes", "1")
+	if code != exitOK {
+		t.Fatalf("exit %d; stderr:\n%s", code, errOut)
+	}
+	for _, want := range []string{"semantics", "produced", "acknowledged", "delivered once", "lost", "duplicated", "records/s",
+		"at-most-once", "at-least-once", "no duplicates: held", "no loss: held"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("table lacks %q:\n%s", want, out)
+		}
+	}
+	if strings.Contains(out, "exactly-once ") {
+		t.Errorf("--semantics alo,amo ran exactly-once too:\n%s", out)
+	}
+	if strings.Index(out, "at-most-once") > strings.Index(out, "at-least-once") {
+		t.Errorf("rows are not weakest first:\n%s", out)
+	}
+	if !strings.Contains(errOut, "kdeliver demo: ") {
+		t.Errorf("no progress line on stderr: %q", errOut)
+	}
+}
+
+func TestBadInput(t *testing.T) {
+	cases := []struct {
+		args []string
+		code int
+		msg  string
+	}{
+		{nil, exitUsage, "Usage:"},
+		{[]string{"frob"}, exitUsage, `unknown command "frob"`},
+		{[]string{"demo", "--semantics", "twice"}, exitUsage, `unknown semantics "twice": use one of at-most-once`},
+		{[]string{"demo", "--records", "many"}, exitUsage, "-records"},
+		{[]string{"demo", "--records", "3"}, exitUsage, "--records 3: use at least 10"},
+		{[]string{"demo", "--nope"}, exitUsage, "flag provided but not defined: -nope"},
+		{[]string{"demo", "extra"}, exitUsage, "demo takes no arguments"},
+		{[]string{"demo", "--brokers", "a,,b"}, exitUsage, "empty address"},
+		{[]string{"demo", "--brokers", "127.0.0.1:1"}, exitFail, "cannot reach brokers 127.0.0.1:1"},
+		{[]string{"explain"}, exitUsage, "explain takes one semantics"},
+		{[]string{"explain", "sometimes"}, exitUsage, `unknown semantics "sometimes"`},
+	}
+	for _, c := range cases {
+		code, out, errOut := runCmd(c.args...)
+		if code != c.code {
+			t.Errorf("%q: exit %d; want %d (stderr %q)", c.args, code, c.code, errOut)
+		}
+		if !strings.Contains(errOut, c.msg) {
+			t.Errorf("%q: stderr %q lacks %q", c.args, errOut, c.msg)
+		}
+		if c.args != nil && strings.Count(strings.TrimSpace(errOut), "\n") != 0 {
+			t.Errorf("%q: stderr is not one line: %q", c.args, errOut)
+		}
+		if strings.Contains(errOut, "goroutine ") || out != "" {
+			t.Errorf("%q: stdout %q, stderr %q", c.args, out, errOut)
+		}
+	}
+}
+
+func TestHelp(t *testing.T) {
+	for _, args := range [][]string{{"help"}, {"-h"}, {"--help"}} {
+		code, out, _ := runCmd(args...)
+		if code != exitOK || !strings.Contains(out, "kdeliver demo") || !strings.Contains(out, "kdeliver explain SEMANTICS") {
+			t.Errorf("%q: exit %d, stdout %q", args, code, out)
+		}
+	}
+	code, _, errOut := runCmd("demo", "-h")
+	if code != exitOK || !strings.Contains(errOut, "-records") || !strings.Contains(errOut, "-semantics") {
+		t.Errorf("demo -h: exit %d, stderr %q", code, errOut)
+	}
+}
+
+func TestExplain(t *testing.T) {
+	for _, s := range kdeliver.All {
+		code, out, errOut := runCmd("explain", strings.ToUpper(s.String()))
+		if code != exitOK {
+			t.Fatalf("explain %v: exit %d: %s", s, code, errOut)
+		}
+		p := s.Preset()
+		for _, want := range []string{
+			s.String() + ":", "acks=" + p.Producer.Acks, "commit " + p.Consumer.CommitOrder.String(), "isolation " + p.Consumer.Isolation,
+			"producer retry", "consumer crash", "rebalance", "broker loss",
+			"Where the guarantee ends", "weakest link", "sink:", "demo --semantics " + s.String(),
+		} {
+			if !strings.Contains(out, want) {
+				t.Errorf("explain %v lacks %q", s, want)
+			}
+		}
+	}
+	// Every semantics has its explanation filled in.
+	for _, s := range kdeliver.All {
+		e := explanations[s]
+		if e.promise == "" || len(e.failures) != 4 || len(e.ends) == 0 {
+			t.Errorf("explanation of %v is incomplete: %+v", s, e)
+		}
+	}
+}
+
+func TestSemanticsFlag(t *testing.T) {
+	cfg, err := parseDemo([]string{"--semantics", "eos", "--semantics", "AT_MOST_ONCE,alo,eos"}, new(bytes.Buffer))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(cfg.sems) != 3 || cfg.sems[0] != kdeliver.AtMostOnce || cfg.sems[2] != kdeliver.ExactlyOnce {
+		t.Errorf("sems = %v; want all three, weakest first, once each", cfg.sems)
+	}
+	cfg, err = parseDemo(nil, new(bytes.Buffer))
+	if err != nil || cfg.records != 10000 || len(cfg.sems) != 3 || len(cfg.brokers) != 0 {
+		t.Errorf("defaults = %+v, %v", cfg, err)
+	}
+}
+
+func TestGuaranteeCheck(t *testing.T) {
+	cases := []struct {
+		sem        kdeliver.Semantics
+		lost, dups int
+		held       bool
+	}{
+		{kdeliver.AtMostOnce, 5, 0, true},
+		{kdeliver.AtMostOnce, 0, 1, false},
+		{kdeliver.AtLeastOnce, 0, 9, true},
+		{kdeliver.AtLeastOnce, 1, 0, false},
+		{kdeliver.ExactlyOnce, 0, 0, true},
+		{kdeliver.ExactlyOnce, 0, 1, false},
+		{kdeliver.ExactlyOnce, 1, 0, false},
+	}
+	for _, c := range cases {
+		if _, held, _ := guarantee(c.sem, Row{Lost: c.lost, Duplicated: c.dups}); held != c.held {
+			t.Errorf("%v lost=%d dup=%d: held=%v; want %v", c.sem, c.lost, c.dups, held, c.held)
+		}
+	}
+}

@@ -1,0 +1,496 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kerr"
+	"github.com/twmb/franz-go/pkg/kfake"
+	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/kmsg"
+
+	"github.com/kdeliver/kdeliver"
+	"github.com/kdeliver/kdeliver/consumer"
+	"github.com/kdeliver/kdeliver/internal/crash"
+	"github.com/kdeliver/kdeliver/producer"
+)
+
+// Tuning of the demo's clients. Produce goes in chunks so that the brokers
+// see many requests (and the fault plan has requests to pick from).
+const (
+	chunks        = 20
+	maxPoll       = 200
+	metadataAge   = 100 * time.Millisecond
+	maxTxnRetries = 5
+)
+
+// tally counts, per sequence number, what was acknowledged and handled.
+type tally struct {
+	n            int
+	acked        []atomic.Bool
+	handled      []atomic.Int32
+	sent         atomic.Int64
+	ackedN       atomic.Int64
+	calls        atomic.Int64 // handler calls, including the one that crashed
+	distinct     atomic.Int64 // numbers handled at least once
+	crashes      atomic.Int64
+	aborted      atomic.Int64
+	lastProgress atomic.Int64 // unix nanos of the last delivery
+	produceDone  atomic.Int64 // unix nanos when producing ended, 0 before
+	crashAt      map[int64]bool
+}
+
+func newTally(n int) *tally {
+	return &tally{n: n, acked: make([]atomic.Bool, n), handled: make([]atomic.Int32, n)}
+}
+
+func (t *tally) ack(seq int) {
+	if !t.acked[seq].Swap(true) {
+		t.ackedN.Add(1)
+	}
+}
+
+// deliver records one effect of seq.
+func (t *tally) deliver(seq int) {
+	if t.handled[seq].Add(1) == 1 {
+		t.distinct.Add(1)
+	}
+	t.lastProgress.Store(time.Now().UnixNano())
+}
+
+// call counts a handler call and reports whether the consumer must crash now.
+func (t *tally) call() (crashNow bool) {
+	return t.crashAt[t.calls.Add(1)]
+}
+
+// complete reports whether every acknowledged number was delivered.
+func (t *tally) complete() bool {
+	for i := range t.acked {
+		if t.acked[i].Load() && t.handled[i].Load() == 0 {
+			return false
+		}
+	}
+	return true
+}
+
+func parseSeq(rec *kgo.Record, n int) (int, error) {
+	seq, err := strconv.Atoi(string(rec.Value))
+	if err != nil || seq < 0 || seq >= n {
+		return 0, fmt.Errorf("record %s/%d@%d is not a demo record (value %q)", rec.Topic, rec.Partition, rec.Offset, rec.Value)
+	}
+	return seq, nil
+}
+
+func (e *demoEnv) runRow(ctx context.Context, sem kdeliver.Semantics, rng *rand.Rand, prog *progress) (Row, error) {
+	ctx, cancel := context.WithTimeout(ctx, e.cfg.timeout)
+	defer cancel()
+	n := e.cfg.records
+	topic := fmt.Sprintf("kdeliver-demo-%s-%s", sem, e.runID)
+	if err := e.createTopic(ctx, topic); err != nil {
+		return Row{}, err
+	}
+	defer e.deleteTopic(context.WithoutCancel(ctx), topic)
+
+	t := newTally(n)
+	t.crashAt = crashPlan(rng, n, e.cfg.crashes)
+	faults := e.injectFaults(sem, topic, rng)
+	defer faults.remove()
+
+	prog.start(sem, t, faults)
+	defer prog.stop()
+
+	start := time.Now()
+	t.lastProgress.Store(start.UnixNano())
+	consumeCtx, stopConsume := context.WithCancel(ctx)
+	defer stopConsume()
+	consumed := make(chan error, 1)
+	go func() {
+		if sem == kdeliver.ExactlyOnce {
+			consumed <- e.consumeCommitted(consumeCtx, topic, t)
+		} else {
+			consumed <- e.consume(consumeCtx, sem, topic, t)
+		}
+	}()
+
+	var err error
+	if sem == kdeliver.ExactlyOnce {
+		err = e.produceTransactional(ctx, topic, t, rng)
+	} else {
+		err = e.produce(ctx, sem, topic, t)
+	}
+	t.produceDone.Store(time.Now().UnixNano())
+	if err != nil {
+		stopConsume()
+		<-consumed
+		return Row{}, err
+	}
+
+	// Wait until everything acknowledged was delivered, or nothing more
+	// arrives (what is missing then is lost).
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+wait:
+	for {
+		select {
+		case err := <-consumed:
+			if err != nil {
+				return Row{}, err
+			}
+			return Row{}, errors.New("the consumer stopped before delivery ended")
+		case <-ctx.Done():
+			stopConsume()
+			<-consumed
+			return Row{}, fmt.Errorf("gave up after %v (--timeout): %d of %d acknowledged records delivered", e.cfg.timeout, t.distinct.Load(), t.ackedN.Load())
+		case <-tick.C:
+			last := max(t.lastProgress.Load(), t.produceDone.Load())
+			if t.complete() || time.Since(time.Unix(0, last)) > e.idle {
+				break wait
+			}
+		}
+	}
+	stopConsume()
+	if err := <-consumed; err != nil {
+		return Row{}, err
+	}
+
+	row := Row{Semantics: sem, Produced: n, Acknowledged: int(t.ackedN.Load()), Handled: t.calls.Load(),
+		FaultsInjected: faults.count(), ConsumerCrashes: int(t.crashes.Load()), AbortedTxns: int(t.aborted.Load())}
+	for i := range t.handled {
+		switch h := t.handled[i].Load(); {
+		case h == 1:
+			row.DeliveredOnce++
+		case h > 1:
+			row.Duplicated++
+		case t.acked[i].Load():
+			row.Lost++
+		}
+	}
+	elapsed := time.Unix(0, t.lastProgress.Load()).Sub(start)
+	row.Seconds = time.Since(start).Seconds()
+	if elapsed > 0 {
+		row.RecordsPerSec = float64(t.distinct.Load()) / elapsed.Seconds()
+	}
+	row.Guarantee, row.GuaranteeHeld, row.ShowedExpectedRisk = guarantee(sem, row)
+	row.Note = note(row, e.kfake != nil)
+	return row, nil
+}
+
+func note(r Row, faults bool) string {
+	var s string
+	switch r.Semantics {
+	case kdeliver.AtMostOnce:
+		s = fmt.Sprintf("%d produce requests dropped unwritten, %d consumer crashes (each loses the rest of its committed batch)", r.FaultsInjected, r.ConsumerCrashes)
+		if !r.ShowedExpectedRisk {
+			s += "; no loss this time"
+		}
+	case kdeliver.AtLeastOnce:
+		s = fmt.Sprintf("%d acknowledgements lost (idempotent retries: no duplicate written), %d consumer crashes (each repeats the records handled since the last commit)", r.FaultsInjected, r.ConsumerCrashes)
+		if !r.ShowedExpectedRisk {
+			s += "; no duplicate this time"
+		}
+	default:
+		s = fmt.Sprintf("%d acknowledgements lost, %d transactions aborted on purpose and retried (their records are in the log, unseen by read_committed), %d reader crashes (the sink's uncommitted batch is discarded with it)", r.FaultsInjected, r.AbortedTxns, r.ConsumerCrashes)
+	}
+	if !faults {
+		s += "; no broker faults on a real cluster"
+	}
+	return s
+}
+
+// crashPlan picks the handler calls at which the consumer crashes: spread
+// over the run, each at a random point of a batch.
+func crashPlan(rng *rand.Rand, n, crashes int) map[int64]bool {
+	plan := make(map[int64]bool, crashes)
+	for k := 1; k <= crashes; k++ {
+		at := int64(n*k/(crashes+1)) + rng.Int64N(int64(n/(4*(crashes+1))+1))
+		plan[at] = true
+	}
+	return plan
+}
+
+func record(topic string, seq int) *kgo.Record {
+	v := strconv.Itoa(seq)
+	return &kgo.Record{Topic: topic, Key: []byte(v), Value: []byte(v)}
+}
+
+// produce sends the numbered records through an AtMostOnce or AtLeastOnce
+// producer, chunk by chunk.
+func (e *demoEnv) produce(ctx context.Context, sem kdeliver.Semantics, topic string, t *tally) error {
+	p, err := producer.New(e.brokers, sem, producer.WithKgoOpts(kgo.MetadataMinAge(metadataAge)))
+	if err != nil {
+		return err
+	}
+	defer p.Close(context.WithoutCancel(ctx))
+	var failed atomic.Int64
+	var firstErr atomic.Value
+	per := (t.n + chunks - 1) / chunks
+	for lo := 0; lo < t.n; lo += per {
+		for seq := lo; seq < min(lo+per, t.n); seq++ {
+			p.ProduceAsync(ctx, record(topic, seq), func(_ *kgo.Record, err error) {
+				if err != nil {
+					failed.Add(1)
+					firstErr.CompareAndSwap(nil, err)
+					return
+				}
+				t.ack(seq)
+			})
+			t.sent.Add(1)
+		}
+		if err := p.Flush(ctx); err != nil {
+			return err
+		}
+	}
+	if f := failed.Load(); f == int64(t.n) {
+		return fmt.Errorf("every produce failed: %v", firstErr.Load())
+	}
+	return nil
+}
+
+var errPlannedAbort = errors.New("transaction aborted on purpose by the demo")
+
+// produceTransactional sends the numbered records in one transaction per
+// chunk through an ExactlyOnce producer, aborting a few transactions on
+// purpose after their records were written, and retrying them.
+func (e *demoEnv) produceTransactional(ctx context.Context, topic string, t *tally, rng *rand.Rand) error {
+	p, err := producer.New(e.brokers, kdeliver.ExactlyOnce,
+		producer.WithTransactionalID("kdeliver-demo-"+e.runID),
+		producer.WithKgoOpts(kgo.MetadataMinAge(metadataAge)))
+	if err != nil {
+		return err
+	}
+	defer p.Close(context.WithoutCancel(ctx))
+	per := (t.n + chunks - 1) / chunks
+	aborts := map[int]bool{rng.IntN(chunks / 2): true, chunks/2 + rng.IntN(chunks/2): true}
+	for c, lo := 0, 0; lo < t.n; c, lo = c+1, lo+per {
+		hi := min(lo+per, t.n)
+		for attempt := 0; ; attempt++ {
+			abort := aborts[c] && attempt == 0
+			err := p.Transact(ctx, func(ctx context.Context, tx *producer.Tx) error {
+				var wg sync.WaitGroup
+				for seq := lo; seq < hi; seq++ {
+					wg.Add(1)
+					tx.ProduceAsync(ctx, record(topic, seq), func(*kgo.Record, error) { wg.Done() })
+				}
+				wg.Wait() // the records are written: an abort must hide them
+				if attempt == 0 {
+					t.sent.Add(int64(hi - lo))
+				}
+				if abort {
+					return errPlannedAbort
+				}
+				return nil
+			})
+			if err == nil {
+				for seq := lo; seq < hi; seq++ {
+					t.ack(seq)
+				}
+				break
+			}
+			if !errors.Is(err, producer.ErrAborted) || attempt == maxTxnRetries {
+				return err
+			}
+			t.aborted.Add(1)
+		}
+	}
+	return nil
+}
+
+// consume reads the topic through a kdeliver consumer, crashing it where the
+// plan says and starting a new one, until ctx ends.
+func (e *demoEnv) consume(ctx context.Context, sem kdeliver.Semantics, topic string, t *tally) error {
+	group := fmt.Sprintf("kdeliver-demo-%s-%s", sem, e.runID)
+	handler := func(_ context.Context, rec *kgo.Record) error {
+		seq, err := parseSeq(rec, t.n)
+		if err != nil {
+			return err
+		}
+		crashNow := t.call()
+		t.deliver(seq)
+		if crashNow {
+			// The process dies right after the record's effect.
+			return crash.ErrCrash
+		}
+		return nil
+	}
+	for {
+		c, err := consumer.New(e.brokers, group, []string{topic}, sem,
+			consumer.WithMaxPollRecords(maxPoll),
+			consumer.WithKgoOpts(kgo.MetadataMinAge(metadataAge)))
+		if err != nil {
+			return err
+		}
+		err = c.Run(ctx, handler)
+		_ = c.Close(context.WithoutCancel(ctx))
+		switch {
+		case errors.Is(err, crash.ErrCrash):
+			t.crashes.Add(1)
+			continue
+		case err != nil:
+			return err
+		}
+		return nil
+	}
+}
+
+// sink is an in-memory store that takes part in exactly-once: a batch's
+// effects and the input offsets after it are committed together, or not at
+// all.
+type sink struct {
+	mu      sync.Mutex
+	offsets map[int32]int64
+}
+
+func (s *sink) commit(t *tally, seqs []int, offsets map[int32]int64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, seq := range seqs {
+		t.deliver(seq)
+	}
+	for p, o := range offsets {
+		s.offsets[p] = o
+	}
+}
+
+func (s *sink) startOffsets(partitions int) map[int32]kgo.Offset {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	m := make(map[int32]kgo.Offset, partitions)
+	for p := range int32(partitions) {
+		if o, ok := s.offsets[p]; ok {
+			m[p] = kgo.NewOffset().At(o)
+		} else {
+			m[p] = kgo.NewOffset().AtStart()
+		}
+	}
+	return m
+}
+
+// consumeCommitted reads the topic with read_committed into a sink that
+// commits each batch's effects together with its offsets, crashing the
+// reader where the plan says (the batch in hand is then discarded, as a
+// database discards an uncommitted transaction) and starting a new one from
+// the sink's offsets.
+//
+// It stands in for package eos, which does the same with the output and
+// the offsets in one Kafka transaction.
+func (e *demoEnv) consumeCommitted(ctx context.Context, topic string, t *tally) error {
+	s := &sink{offsets: map[int32]int64{}}
+	for ctx.Err() == nil {
+		cl, err := kgo.NewClient(kgo.SeedBrokers(e.brokers...),
+			kgo.FetchIsolationLevel(kgo.ReadCommitted()),
+			kgo.MetadataMinAge(metadataAge),
+			kgo.ConsumePartitions(map[string]map[int32]kgo.Offset{topic: s.startOffsets(e.cfg.partitions)}))
+		if err != nil {
+			return err
+		}
+		err = readCommitted(ctx, cl, s, t)
+		cl.Close()
+		if !errors.Is(err, crash.ErrCrash) {
+			return err
+		}
+		t.crashes.Add(1)
+	}
+	return nil
+}
+
+func readCommitted(ctx context.Context, cl *kgo.Client, s *sink, t *tally) error {
+	for {
+		fs := cl.PollRecords(ctx, maxPoll)
+		if ctx.Err() != nil {
+			return nil
+		}
+		var seqs []int
+		offsets := map[int32]int64{}
+		for _, rec := range fs.Records() {
+			seq, err := parseSeq(rec, t.n)
+			if err != nil {
+				return err
+			}
+			if t.call() {
+				return crash.ErrCrash // seqs were never committed: the sink discards them
+			}
+			seqs = append(seqs, seq)
+			offsets[rec.Partition] = rec.Offset + 1
+		}
+		s.commit(t, seqs, offsets)
+	}
+}
+
+// faultPlan loses produce acknowledgements (or, for acks=0, whole produce
+// requests) of one topic now and then, at request numbers drawn from a
+// seeded generator. It runs on the kfake cluster goroutine.
+type faultPlan struct {
+	handle *kfake.FaultHandle
+	mu     sync.Mutex
+	last   kmsg.Request
+	n      int // produce requests to the topic seen
+	next   int // the next one to fail
+	cur    bool
+	hits   int
+	max    int
+	gap    func() int
+}
+
+func (f *faultPlan) when(req kmsg.Request) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if req != f.last { // When runs once per partition of a request
+		f.last = req
+		f.n++
+		f.cur = f.n == f.next && f.hits < f.max
+		if f.n >= f.next {
+			f.next = f.n + f.gap()
+		}
+		if f.cur {
+			f.hits++
+		}
+	}
+	return f.cur
+}
+
+func (f *faultPlan) count() int {
+	if f == nil {
+		return 0
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.hits
+}
+
+func (f *faultPlan) remove() {
+	if f != nil && f.handle != nil {
+		f.handle.Remove()
+	}
+}
+
+// injectFaults installs the fault plan for topic; nil on a real cluster.
+//
+// AtLeastOnce and ExactlyOnce get REQUEST_TIMED_OUT, which kfake answers
+// after writing the batch: a lost acknowledgement, which the idempotent
+// producer retries and the broker deduplicates. AtMostOnce (acks=0) gets no
+// answer to lose, so its requests are refused unwritten
+// (NOT_LEADER_FOR_PARTITION) and, with nobody told, the records are lost.
+func (e *demoEnv) injectFaults(sem kdeliver.Semantics, topic string, rng *rand.Rand) *faultPlan {
+	if e.kfake == nil {
+		return nil
+	}
+	var mu sync.Mutex
+	f := &faultPlan{max: 8, gap: func() int {
+		mu.Lock()
+		defer mu.Unlock()
+		return 4 + rng.IntN(7)
+	}}
+	f.next = f.gap()
+	code := kerr.RequestTimedOut
+	if sem == kdeliver.AtMostOnce {
+		code = kerr.NotLeaderForPartition
+	}
+	f.handle = e.kfake.Fault(kfake.Fault{Keys: []kmsg.Key{kmsg.Produce}, Topic: topic, Err: code, Count: -1, When: f.when})
+	return f
+}
