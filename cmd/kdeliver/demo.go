@@ -12,7 +12,6 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/pkg/kmsg"
@@ -174,26 +173,13 @@ func runDemo(args []string, stdout, stderr io.Writer) error {
 		defer cl.Close()
 		env.brokers, env.kfake, env.idle = cl.Brokers(), cl.Kfake(), time.Second
 		env.cluster = "embedded kfake cluster (3 brokers on 127.0.0.1)"
-		env.admin, err = kgo.NewClient(kgo.SeedBrokers(env.brokers...))
-		if err != nil {
+	} else {
+		if err := embedded.CreateTopics(ctx, cfg.brokers, 0); err != nil { // a ping: no topics yet
 			return err
 		}
-	} else {
 		env.brokers, env.idle = cfg.brokers, 15*time.Second
 		env.cluster = "cluster at " + strings.Join(cfg.brokers, ",")
-		env.admin, err = kgo.NewClient(kgo.SeedBrokers(cfg.brokers...))
-		if err != nil {
-			return usagef("--brokers: %v", err)
-		}
-		pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		err = env.admin.Ping(pctx)
-		cancel()
-		if err != nil {
-			env.admin.Close()
-			return fmt.Errorf("cannot reach brokers %s within 5s: %v", strings.Join(cfg.brokers, ","), err)
-		}
 	}
-	defer env.admin.Close()
 
 	prog := newProgress(stderr)
 	rep := Report{Cluster: env.cluster, FaultsInjected: env.kfake != nil, Records: cfg.records, Seed: cfg.seed, OK: true}
@@ -284,7 +270,6 @@ type demoEnv struct {
 	cfg     demoConfig
 	brokers []string
 	kfake   *kfake.Cluster // nil on a real cluster
-	admin   *kgo.Client
 	cluster string
 	idle    time.Duration // no progress this long after the last send: delivery is over
 	runID   string
@@ -294,23 +279,10 @@ func (e *demoEnv) createTopic(ctx context.Context, topic string) error {
 	if e.kfake != nil {
 		return e.kfake.CreateTopic(topic, int32(e.cfg.partitions), nil)
 	}
-	req := kmsg.NewPtrCreateTopicsRequest()
-	req.TimeoutMillis = 30000
-	t := kmsg.NewCreateTopicsRequestTopic()
-	t.Topic, t.NumPartitions, t.ReplicationFactor = topic, int32(e.cfg.partitions), -1
-	req.Topics = append(req.Topics, t)
-	resp, err := req.RequestWith(ctx, e.admin)
-	if err != nil {
-		return fmt.Errorf("creating topic %s: %w", topic, err)
-	}
-	for _, rt := range resp.Topics {
-		if err := kerr.ErrorForCode(rt.ErrorCode); err != nil {
-			return fmt.Errorf("creating topic %s: %w", topic, err)
-		}
-	}
-	return nil
+	return embedded.CreateTopics(ctx, e.brokers, int32(e.cfg.partitions), topic)
 }
 
+// deleteTopic removes a demo topic from a real cluster, best effort.
 func (e *demoEnv) deleteTopic(ctx context.Context, topic string) {
 	if e.kfake != nil {
 		return // the embedded cluster goes away with the demo
@@ -321,5 +293,10 @@ func (e *demoEnv) deleteTopic(ctx context.Context, topic string) {
 	t.Topic = &topic
 	req.Topics = append(req.Topics, t)
 	req.TimeoutMillis = 10000
-	_, _ = req.RequestWith(ctx, e.admin) // best effort
+	cl, err := kgo.NewClient(kgo.SeedBrokers(e.brokers...))
+	if err != nil {
+		return
+	}
+	defer cl.Close()
+	_, _ = req.RequestWith(ctx, cl)
 }

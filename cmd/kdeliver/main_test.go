@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"strings"
 	"testing"
@@ -9,6 +10,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/kdeliver/kdeliver"
+	"github.com/kdeliver/kdeliver/internal/embedded"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -213,5 +215,31 @@ func TestGuaranteeCheck(t *testing.T) {
 		if _, held, _ := guarantee(c.sem, Row{Lost: c.lost, Duplicated: c.dups}); held != c.held {
 			t.Errorf("%v lost=%d dup=%d: held=%v; want %v", c.sem, c.lost, c.dups, held, c.held)
 		}
+	}
+}
+
+func TestDemoOnGivenBrokers(t *testing.T) {
+	// A cluster the demo did not start stands in for a real one: no faults
+	// can be injected, the consumer is still crashed.
+	ctx := context.Background()
+	c, err := embedded.Start(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	code, out, errOut := runCmd("demo", "--brokers", strings.Join(c.Brokers(), ","), "--records", "300", "--semantics", "at-least-once", "--json")
+	if code != exitOK {
+		t.Fatalf("exit %d: %s", code, errOut)
+	}
+	var rep Report
+	if err := json.Unmarshal([]byte(out), &rep); err != nil {
+		t.Fatal(err)
+	}
+	if rep.FaultsInjected || len(rep.Rows) != 1 {
+		t.Fatalf("report = %+v", rep)
+	}
+	r := rep.Rows[0]
+	if r.Lost != 0 || r.ConsumerCrashes == 0 || r.FaultsInjected != 0 || !strings.Contains(r.Note, "no broker faults") {
+		t.Errorf("row = %+v", r)
 	}
 }
