@@ -1,0 +1,176 @@
+package dedup
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kgo"
+)
+
+// ErrFenced is returned by [Sink.Write] when this consumer no longer holds
+// the partition's claim: another consumer was assigned the partition after
+// this one (a rebalance this member missed, e.g. after a long pause), or the
+// partition was revoked. Nothing was written. Stop processing the
+// partition; its records are the new owner's.
+var ErrFenced = errors.New("dedup: partition claimed by another consumer")
+
+// Assignment is what a consumer was given in one rebalance.
+type Assignment struct {
+	Group      string
+	MemberID   string // the group member ID, for diagnostics
+	Generation int32  // the group generation, for diagnostics
+	// Partitions lists the newly assigned partitions by topic.
+	Partitions map[string][]int32
+}
+
+// Sink is a destination that stores the consumer's offsets in its own
+// transactions, next to the side effects: exactly-once without a dedup
+// table. A record's side effect and the offset after it commit together, so
+// after a crash the consumer resumes exactly where the sink's state ends.
+//
+// The consumer calls the sink in this order; [SinkOpts] and [RunSink] do it
+// for a kgo client:
+//
+//  1. Assign, when partitions are assigned and before they are fetched; the
+//     consumer starts each partition at the returned offset, and where none
+//     is returned at its usual start (the earliest record).
+//  2. Write, for each batch of one partition's records, in offset order.
+//     The consumer does not commit offsets to Kafka: the sink holds them.
+//     On an error other than [ErrFenced] it writes the same batch again
+//     (records the sink already has are skipped, so a retry after an
+//     ambiguous commit is safe); on ErrFenced it drops the partition's
+//     records.
+//  3. Revoke, when partitions are revoked or lost, after the last Write for
+//     them returned.
+//
+// Assign claims each partition with a fencing token (an epoch that the sink
+// increments on every assignment, stored with the offset): a Write from a
+// consumer whose claim was superseded fails with ErrFenced and writes
+// nothing.
+//
+// Write and Revoke for different partitions may be called concurrently.
+type Sink interface {
+	// Assign claims the partitions of a for this consumer and returns the
+	// offset to resume at (the offset after the last written record) for
+	// each partition the sink has written before.
+	Assign(ctx context.Context, a Assignment) (map[string]map[int32]int64, error)
+	// Write applies the side effects of recs, all from one partition in
+	// ascending offset order, and stores the offset after the last one, in
+	// one transaction, provided this consumer's claim on the partition
+	// still holds. Records below the stored offset are skipped.
+	Write(ctx context.Context, recs []*kgo.Record) error
+	// Revoke drops this consumer's claims on partitions; later Writes for
+	// them fail with ErrFenced.
+	Revoke(partitions map[string][]int32)
+}
+
+// SinkOpts returns the kgo options that drive s from a group consumer of
+// group: on assignment it calls [Sink.Assign] and starts each partition at
+// the sink's offset; on revoke or loss it calls [Sink.Revoke]. They block
+// rebalances while a polled batch is written ([kgo.BlockRebalanceOnPoll]) and
+// disable auto-commit. They set kgo.OnPartitionsAssigned, Revoked and Lost and
+// kgo.AdjustFetchOffsetsFn: do not set those as well. Use them with
+// [RunSink], or call [Sink.Write] and [kgo.Client.AllowRebalance] in your own
+// poll loop.
+func SinkOpts(s Sink, group string) []kgo.Opt {
+	var (
+		mu     sync.Mutex
+		member string
+		gen    int32
+	)
+	revoke := func(_ context.Context, _ *kgo.Client, parts map[string][]int32) { s.Revoke(parts) }
+	return []kgo.Opt{
+		kgo.DisableAutoCommit(),
+		kgo.BlockRebalanceOnPoll(),
+		kgo.OnPartitionsAssigned(func(_ context.Context, cl *kgo.Client, _ map[string][]int32) {
+			m, g := cl.GroupMetadata()
+			mu.Lock()
+			member, gen = m, g
+			mu.Unlock()
+		}),
+		// kgo calls this after OnPartitionsAssigned and before fetching; an
+		// error makes the member rejoin, so nothing is fetched from a
+		// position the sink did not give.
+		kgo.AdjustFetchOffsetsFn(func(ctx context.Context, offsets map[string]map[int32]kgo.Offset) (map[string]map[int32]kgo.Offset, error) {
+			mu.Lock()
+			a := Assignment{Group: group, MemberID: member, Generation: gen, Partitions: make(map[string][]int32, len(offsets))}
+			mu.Unlock()
+			for t, ps := range offsets {
+				for p := range ps {
+					a.Partitions[t] = append(a.Partitions[t], p)
+				}
+			}
+			stored, err := s.Assign(ctx, a)
+			if err != nil {
+				return nil, fmt.Errorf("dedup: sink assign: %w", err)
+			}
+			for t, ps := range stored {
+				for p, off := range ps {
+					if _, ok := offsets[t][p]; ok {
+						offsets[t][p] = kgo.NewOffset().At(off).WithEpoch(-1)
+					}
+				}
+			}
+			return offsets, nil
+		}),
+		kgo.OnPartitionsRevoked(revoke),
+		kgo.OnPartitionsLost(revoke),
+	}
+}
+
+// RunSink polls cl, a client built with [SinkOpts], and writes each
+// partition's records to s until ctx is canceled, then returns nil. A Write
+// that fails is retried with backoff (up to 5s apart) until it succeeds: the
+// records stay unwritten and uncommitted meanwhile, and each failure is passed
+// to report (which may be nil). A partition whose Write returns [ErrFenced]
+// has its polled records dropped. It returns an error only when the client is
+// closed.
+func RunSink(ctx context.Context, cl *kgo.Client, s Sink, report func(error)) error {
+	if report == nil {
+		report = func(error) {}
+	}
+	for {
+		fetches := cl.PollRecords(ctx, 10_000)
+		if ctx.Err() != nil {
+			cl.AllowRebalance()
+			return nil
+		}
+		if fetches.IsClientClosed() {
+			return fmt.Errorf("dedup: RunSink: %w", kgo.ErrClientClosed)
+		}
+		fetches.EachError(func(t string, p int32, err error) {
+			report(fmt.Errorf("dedup: fetch %s/%d: %w", t, p, err))
+		})
+		fetches.EachPartition(func(p kgo.FetchTopicPartition) {
+			if len(p.Records) > 0 {
+				writeRetrying(ctx, s, p.Records, report)
+			}
+		})
+		cl.AllowRebalance()
+	}
+}
+
+func writeRetrying(ctx context.Context, s Sink, recs []*kgo.Record, report func(error)) {
+	wait := 50 * time.Millisecond
+	for {
+		err := s.Write(ctx, recs)
+		if err == nil || ctx.Err() != nil {
+			return
+		}
+		report(err)
+		if errors.Is(err, ErrFenced) {
+			return
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-t.C:
+		}
+		wait = min(2*wait, 5*time.Second)
+	}
+}
