@@ -1,0 +1,164 @@
+package eos
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kgo"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
+
+	"github.com/kdeliver/kdeliver"
+)
+
+func TestValidation(t *testing.T) {
+	brokers := []string{"127.0.0.1:1"}
+	for _, tc := range []struct {
+		name    string
+		brokers []string
+		group   string
+		topics  []string
+		txnID   string
+		opts    []Option
+		want    []string // substrings, one per expected problem
+	}{
+		{"no brokers, group, topics or id", nil, "", nil, "", nil,
+			[]string{"no seed brokers", "transactional ID", "consumer group is empty", "no topics"}},
+		{"txn timeout not below session timeout", brokers, "g", []string{"in"}, "id",
+			[]Option{WithTransactionTimeout(50 * time.Second)}, []string{"must be below the session timeout"}},
+		{"bad batching, backoff, attempts", brokers, "g", []string{"in"}, "id",
+			[]Option{WithCommitEvery(0, 0), WithBackoff(0, 0), WithMaxAttempts(0)},
+			[]string{"at least 1", "must be positive", "backoff", "max attempts"}},
+		{"commit interval near txn timeout", brokers, "g", []string{"in"}, "id",
+			[]Option{WithCommitEvery(10, 30*time.Second)}, []string{"keep it under half"}},
+		{"dead-letter topic is an input", brokers, "g", []string{"in"}, "id",
+			[]Option{WithDeadLetterTopic("in")}, []string{"would loop"}},
+		{"raw read_uncommitted", brokers, "g", []string{"in"}, "id",
+			[]Option{WithKgoOpts(kgo.FetchIsolationLevel(kgo.ReadUncommitted()))}, []string{"read_uncommitted"}},
+		{"raw auto-commit, acks=1, other txn id", brokers, "g", []string{"in"}, "id",
+			[]Option{WithKgoOpts(kgo.AutoCommitMarks(), kgo.RequiredAcks(kgo.LeaderAck()), kgo.DisableIdempotentWrite(), kgo.TransactionalID("other"))},
+			nil}, // kgo itself rejects acks=1 with a transactional ID
+		{"raw timeouts", brokers, "g", []string{"in"}, "id",
+			[]Option{WithKgoOpts(kgo.TransactionTimeout(50 * time.Second))}, []string{"raw option left the transaction timeout"}},
+		{"raw BlockRebalanceOnPoll", brokers, "g", []string{"in"}, "id",
+			[]Option{WithKgoOpts(kgo.BlockRebalanceOnPoll())}, []string{"BlockRebalanceOnPoll"}},
+		{"raw group", brokers, "g", []string{"in"}, "id",
+			[]Option{WithKgoOpts(kgo.ConsumerGroup("other"))}, []string{"changed the consumer group"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s, err := New(tc.brokers, tc.group, tc.topics, tc.txnID, tc.opts...)
+			if err == nil {
+				s.Close(context.Background())
+				t.Fatal("New accepted an invalid configuration")
+			}
+			if !errors.Is(err, kdeliver.ErrInvalidConfig) {
+				t.Fatalf("error %v does not wrap ErrInvalidConfig", err)
+			}
+			var ce *kdeliver.ConfigError
+			if !errors.As(err, &ce) {
+				t.Fatalf("error %T is not a *ConfigError", err)
+			}
+			if tc.want != nil && len(ce.Problems) != len(tc.want) {
+				t.Errorf("%d problems, want %d:\n%v", len(ce.Problems), len(tc.want), err)
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error does not mention %q:\n%v", w, err)
+				}
+			}
+		})
+	}
+	t.Run("valid", func(t *testing.T) {
+		s, err := New(brokers, "g", []string{"in"}, "id", WithCommitEvery(500, 50*time.Millisecond), WithDeadLetterTopic("dlq"),
+			WithKgoOpts(kgo.DisableClientMetrics()), kdeliver.WithClientID("test"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := s.Close(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+	})
+}
+
+// Each transaction is a span with its outcome and abort reason, linked to
+// the traces of the records it consumed.
+func TestTransactionSpans(t *testing.T) {
+	c := newCluster(t, map[string]int32{"in": 1, "out": 1})
+	addrs := c.ListenAddrs()
+	rec := tracetest.NewSpanRecorder()
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec))
+	defer tp.Shutdown(context.Background())
+
+	// Seed through a traced producer so the input carries trace context.
+	seedCl, err := kgo.NewClient(kgo.SeedBrokers(addrs...), kgo.DisableClientMetrics())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, root := tp.Tracer("test").Start(context.Background(), "upstream")
+	for _, v := range []string{"a", "b"} {
+		r := &kgo.Record{Topic: "in", Value: []byte(v), Context: ctx}
+		// W3C trace context header, as kotel writes it.
+		r.Headers = append(r.Headers, kgo.RecordHeader{Key: "traceparent", Value: []byte("00-" + root.SpanContext().TraceID().String() + "-" + root.SpanContext().SpanID().String() + "-01")})
+		if err := seedCl.ProduceSync(context.Background(), r).FirstErr(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	root.End()
+	seedCl.Close()
+
+	s, err := New(addrs, "g", []string{"in"}, "t-otel", fastOpts(WithOutputTopic("out"), WithCommitEvery(10, 200*time.Millisecond), kdeliver.WithTracerProvider(tp))...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	failed := false
+	done := make(chan error, 1)
+	go func() {
+		done <- s.Run(context.Background(), func(_ context.Context, in *kgo.Record, emit func(*kgo.Record)) error {
+			if string(in.Value) == "b" && !failed {
+				failed = true
+				return errors.New("once")
+			}
+			emit(&kgo.Record{Value: in.Value})
+			return nil
+		})
+	}()
+	waitFor(t, 10*time.Second, "all input committed", func() bool { return committedAll(c, "g", "in") })
+	if err := s.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	var commits, aborts int
+	for _, sp := range rec.Ended() {
+		if sp.Name() != "eos transaction" {
+			continue
+		}
+		attrs := map[string]string{}
+		for _, a := range sp.Attributes() {
+			attrs[string(a.Key)] = a.Value.String()
+		}
+		switch attrs["eos.outcome"] {
+		case "commit":
+			commits++
+		case "abort":
+			aborts++
+			if attrs["eos.reason"] != reasonHandler {
+				t.Errorf("abort reason %q, want %q", attrs["eos.reason"], reasonHandler)
+			}
+		}
+		linked := false
+		for _, l := range sp.Links() {
+			linked = linked || l.SpanContext.TraceID() == root.SpanContext().TraceID()
+		}
+		if !linked {
+			t.Errorf("transaction span (%v) has no link to the records' trace", attrs)
+		}
+	}
+	if commits < 1 || aborts != 1 {
+		t.Errorf("%d commit and %d abort spans, want ≥1 and 1", commits, aborts)
+	}
+}

@@ -1,0 +1,95 @@
+// Package eos runs exactly-once Kafka-to-Kafka pipelines: the transactional
+// read-process-write loop of KIP-98 and KIP-447, on franz-go's
+// GroupTransactSession, with its abort, fence and rebalance cases handled.
+//
+//	s, err := eos.New(brokers, "orders-enricher", []string{"orders"}, "orders-enricher-0",
+//		eos.WithOutputTopic("orders-enriched"))
+//	if err != nil { ... }
+//	defer s.Close(context.Background())
+//	err = s.Run(ctx, func(ctx context.Context, in *kgo.Record, emit func(*kgo.Record)) error {
+//		emit(&kgo.Record{Key: in.Key, Value: enrich(in.Value)})
+//		return nil
+//	})
+//
+// # Choosing semantics
+//
+// A [Session] is always kdeliver.ExactlyOnce: each input record's output and
+// its input offset are committed in one transaction, so after any crash,
+// rebalance or retry the output of every input record is visible exactly
+// once. This holds only for readers of the output that use read_committed
+// isolation (kgo.FetchIsolationLevel(kgo.ReadCommitted()), or a
+// consumer.Consumer built with kdeliver.ExactlyOnce): a read_uncommitted
+// reader also sees the output of aborted transactions, i.e. duplicates.
+// Effects outside Kafka (HTTP calls, database writes) are not part of the
+// transaction: a handler may run several times for one record, so make them
+// idempotent, or use the at-least-once consumer with a dedup store.
+//
+// Input is read with read_committed, offsets are never committed on a timer,
+// the producer is idempotent with acks=all; raw options that contradict this
+// are rejected (see [WithKgoOpts]).
+//
+// # Transactions
+//
+// [Session.Run] begins a transaction when records arrive and ends it after
+// [WithCommitEvery] records or interval, whichever comes first (1000 records
+// or 100ms by default). Ending has three outcomes, all handled inside Run:
+//
+//   - committed: the output and offsets are visible together;
+//   - aborted without error, after a rebalance revoked partitions or an
+//     abortable commit error (stale generation, coordinator moved): the
+//     session rewinds to the committed offsets and handles the records again;
+//   - aborted with an error, or any indefinite failure (request timeouts,
+//     unknown server errors, lost connections, a failed produce, a
+//     transaction older than its timeout): the client is closed and a new one
+//     built; its producer initialization bumps the epoch, which fences
+//     anything the old producer left in flight (the client-side mitigation of
+//     the lost and torn transactions Jepsen found).
+//
+// # Failures of the handler
+//
+// A handler error or panic aborts the transaction and, after a backoff
+// ([WithBackoff]), handles the same record again. After [WithMaxAttempts]
+// attempts the policy applies: by default Run returns a [*HandlerError]; with
+// [WithDeadLetterTopic] the record is copied to the dead-letter topic inside
+// the transaction, and the loop goes on.
+//
+// # Lifecycle
+//
+// [New] validates the configuration, listing every problem in one error that
+// wraps kdeliver.ErrInvalidConfig, and builds the client, which joins the
+// group in the background. [Session.Run] returns nil when its ctx is
+// cancelled or [Session.Close] is called; the open transaction is aborted,
+// and its records are handled again by the next owner of the partitions.
+// [Session.Close] stops Run, leaves the group and closes the client.
+//
+// # Errors
+//
+// Run returns only what no retry fixes: an error matching [ErrFenced]
+// (another instance owns the transactional ID: exit), a [*HandlerError], or
+// an authorization error. Everything else is retried, logged (kdeliver.WithLogger)
+// and counted ([Session.Stats]).
+//
+// After an abort, the first record polled from each partition must not be
+// below the committed offset it was rewound to (a broker bug once broke this,
+// franz-go #1222). If it is, the transaction is aborted, the client replaced,
+// and Stats.RewindViolations counts it.
+//
+// # Tracing
+//
+// Each transaction is an "eos transaction" span with attributes eos.outcome
+// (commit, abort, crash), eos.reason for aborts (rebalance, handler_error,
+// produce_error, end_error, txn_timeout, rewind_guard, shutdown,
+// handler_failed) and eos.records, linked to the trace of every input record
+// it consumed. Each record is handled inside a kotel process span that is a
+// child of the record's trace, and emitted records carry that context on.
+//
+// # Concurrency
+//
+// The handler is called from Run's goroutine, one record at a time, in
+// offset order within each partition; outputs keep the order in which they
+// were emitted for the same output partition. Run one Session per process
+// and transactional ID; scale out with more instances in the same group,
+// each with its own stable transactional ID. The handler must not call the
+// Session's methods. [Session.Close] and [Session.Stats] may be called from
+// any goroutine.
+package eos
