@@ -1,0 +1,116 @@
+// Command exactlyonce writes payments with an ExactlyOnce (transactional)
+// producer: one transaction is aborted after its records were written, the
+// next one commits. A read_committed reader sees only the committed
+// payments; the aborted ones stay in the log, invisible to it.
+//
+// Kafka-to-Kafka processing (consume, produce, commit offsets in one
+// transaction) goes through package eos; this example shows the producer
+// side and what read_committed readers see.
+//
+//	go run ./examples/exactlyonce                      # embedded cluster
+//	go run ./examples/exactlyonce -brokers host:9092   # a real cluster
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/kdeliver/kdeliver"
+	"github.com/kdeliver/kdeliver/internal/embedded"
+	"github.com/kdeliver/kdeliver/producer"
+)
+
+func main() {
+	brokers := flag.String("brokers", "", "comma-separated brokers of a real cluster (default: an embedded one)")
+	flag.Parse()
+	var given []string
+	if *brokers != "" {
+		given = strings.Split(*brokers, ",")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := run(ctx, given, os.Stdout); err != nil {
+		fmt.Fprintln(os.Stderr, "exactlyonce:", err)
+		os.Exit(1)
+	}
+}
+
+var errCardDeclined = errors.New("card declined")
+
+func run(ctx context.Context, given []string, w io.Writer) error {
+	// Fresh names, so that a rerun on a real cluster starts clean.
+	id := strconv.FormatInt(time.Now().UnixNano(), 36)
+	topic := "payments-" + id
+	brokers, stop, err := embedded.Brokers(ctx, given, 1, topic)
+	if err != nil {
+		return err
+	}
+	defer stop()
+
+	// The transactional ID must be unique per running instance and stable
+	// across its restarts (e.g. the pod name).
+	p, err := producer.New(brokers, kdeliver.ExactlyOnce, producer.WithTransactionalID("payments-writer-"+id))
+	if err != nil {
+		return err
+	}
+	defer p.Close(ctx)
+
+	write := func(names ...string) func(context.Context, *producer.Tx) error {
+		return func(ctx context.Context, tx *producer.Tx) error {
+			for _, n := range names {
+				if err := tx.Produce(ctx, &kgo.Record{Topic: topic, Value: []byte(n)}); err != nil {
+					return err
+				}
+			}
+			if names[0] == "payment-a" {
+				return errCardDeclined // written, then aborted
+			}
+			return nil
+		}
+	}
+	err = p.Transact(ctx, write("payment-a", "payment-b"))
+	fmt.Fprintf(w, "transaction 1 wrote payment-a, payment-b, then failed: aborted=%t\n", errors.Is(err, producer.ErrAborted))
+	if err := p.Transact(ctx, write("payment-c", "payment-d", "payment-e")); err != nil {
+		return err
+	}
+	fmt.Fprintln(w, "transaction 2 wrote payment-c, payment-d, payment-e: committed")
+
+	all, err := read(ctx, brokers, topic, kgo.ReadUncommitted(), 5)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(w, "read_uncommitted sees the log:  %s\n", strings.Join(all, " "))
+	committed, err := read(ctx, brokers, topic, kgo.ReadCommitted(), 3)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(w, "read_committed sees:            %s\n", strings.Join(committed, " "))
+	return nil
+}
+
+// read returns the values of the first n records of topic at isolation.
+func read(ctx context.Context, brokers []string, topic string, isolation kgo.IsolationLevel, n int) ([]string, error) {
+	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.ConsumeTopics(topic), kgo.FetchIsolationLevel(isolation))
+	if err != nil {
+		return nil, err
+	}
+	defer cl.Close()
+	var vals []string
+	for len(vals) < n {
+		fs := cl.PollFetches(ctx)
+		if err := ctx.Err(); err != nil {
+			return nil, fmt.Errorf("read %d of %d records: %w", len(vals), n, err)
+		}
+		fs.EachRecord(func(r *kgo.Record) { vals = append(vals, string(r.Value)) })
+	}
+	return vals, nil
+}
