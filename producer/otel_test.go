@@ -7,8 +7,10 @@ import (
 	"testing"
 
 	"github.com/twmb/franz-go/pkg/kgo"
+	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/trace"
 	"go.opentelemetry.io/otel/trace/embedded"
+	"go.opentelemetry.io/otel/trace/noop"
 
 	"github.com/kdeliver/kdeliver"
 )
@@ -73,4 +75,59 @@ func TestTraceContextInHeaders(t *testing.T) {
 	if !strings.Contains(parent, testTraceID.String()) {
 		t.Fatalf("traceparent header %q does not carry trace %s (headers %v)", parent, testTraceID, recs[0].Headers)
 	}
+}
+
+// TestTraceContextPassThrough: with a no-op tracer provider (as when no SDK
+// is set up), a span context
+// in the ctx passed to Produce (say from an incoming request) still reaches
+// the record's headers, so a downstream service can continue the trace.
+func TestTraceContextPassThrough(t *testing.T) {
+	c := cluster(t)
+	p := newProducer(t, c, kdeliver.AtLeastOnce, kdeliver.WithTracerProvider(noop.NewTracerProvider()))
+	parent := trace.NewSpanContext(trace.SpanContextConfig{TraceID: testTraceID, SpanID: trace.SpanID{9}, TraceFlags: trace.FlagsSampled, Remote: true})
+	ctx := trace.ContextWithRemoteSpanContext(testCtx(t), parent)
+	if err := p.Produce(ctx, &kgo.Record{Topic: topic, Value: []byte("passed")}); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Produce(testCtx(t), &kgo.Record{Topic: topic, Value: []byte("untraced")}); err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range readAll(t, c, kgo.ReadUncommitted()) {
+		parent := headerValue(r, "traceparent")
+		switch string(r.Value) {
+		case "passed":
+			if !strings.Contains(parent, testTraceID.String()) {
+				t.Errorf("traceparent %q does not carry the caller's trace", parent)
+			}
+		case "untraced":
+			if parent != "" {
+				t.Errorf("untraced record got traceparent %q", parent)
+			}
+		}
+	}
+}
+
+// TestTraceGlobalProviderSetLater: a global tracer provider set after New
+// is used (it must be the last test touching the global: it cannot be unset).
+func TestTraceGlobalProviderSetLater(t *testing.T) {
+	c := cluster(t)
+	p := newProducer(t, c, kdeliver.AtLeastOnce)
+	tp := &recordingTP{}
+	otel.SetTracerProvider(tp)
+	if err := p.Produce(testCtx(t), &kgo.Record{Topic: topic, Value: []byte("late")}); err != nil {
+		t.Fatal(err)
+	}
+	recs := readAll(t, c, kgo.ReadUncommitted())
+	if len(recs) != 1 || !strings.Contains(headerValue(recs[0], "traceparent"), testTraceID.String()) {
+		t.Fatalf("record produced after otel.SetTracerProvider lacks its trace context")
+	}
+}
+
+func headerValue(r *kgo.Record, key string) string {
+	for _, h := range r.Headers {
+		if h.Key == key {
+			return string(h.Value)
+		}
+	}
+	return ""
 }

@@ -7,12 +7,16 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"reflect"
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/plugin/kotel"
 	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/metric"
+	noopmetric "go.opentelemetry.io/otel/metric/noop"
 	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/kdeliver/kdeliver"
 	"github.com/kdeliver/kdeliver/internal/shared"
@@ -48,12 +52,76 @@ func Base(s *shared.Settings, group string) ([]kgo.Opt, *kotel.Tracer) {
 		topts = append(topts, kotel.ConsumerGroup(group))
 	}
 	tracer := kotel.NewTracer(topts...)
-	k := kotel.NewKotel(kotel.WithTracer(tracer), kotel.WithMeter(kotel.NewMeter(kotel.MeterProvider(mp))))
-	opts := []kgo.Opt{kgo.ClientID(id), kgo.WithHooks(k.Hooks()...)}
+	hooks := []kgo.Hook{newRecordTracer(tracer, tp, s.TracerProvider == nil)}
+	if !noopMeter(mp) {
+		hooks = append(hooks, kotel.NewMeter(kotel.MeterProvider(mp)))
+	}
+	opts := []kgo.Opt{kgo.ClientID(id), kgo.WithHooks(hooks...)}
 	if s.Logger != nil {
 		opts = append(opts, kgo.WithLogger(slogLogger{s.Logger}))
 	}
 	return opts, tracer
+}
+
+// recordTracer runs kotel's record hooks, except the produce-side ones when
+// they could not trace anything: the tracer provider makes no valid spans (no
+// OpenTelemetry SDK is set up) and the record's context carries no span to
+// pass on. kotel would then spend about eight allocations a record (more than
+// the rest of the produce path) making no-op spans. Context a caller passes
+// in is still propagated into the headers, and a global provider set after
+// the client was built is noticed.
+type recordTracer struct {
+	t         *kotel.Tracer
+	recording bool                 // the provider makes valid spans
+	global    trace.TracerProvider // the unset global provider, nil if not global
+}
+
+func newRecordTracer(t *kotel.Tracer, tp trace.TracerProvider, global bool) *recordTracer {
+	// An SDK's span is valid even when not sampled. The probe span is not
+	// ended, so it is never exported.
+	_, probe := tp.Tracer("github.com/kdeliver/kdeliver").Start(context.Background(), "kdeliver probe")
+	rt := &recordTracer{t: t, recording: probe.SpanContext().IsValid()}
+	if global && !rt.recording {
+		rt.global = tp
+	}
+	return rt
+}
+
+func (rt *recordTracer) active(r *kgo.Record) bool {
+	return rt.recording || (rt.global != nil && otel.GetTracerProvider() != rt.global) ||
+		trace.SpanContextFromContext(r.Context).IsValid()
+}
+
+func (rt *recordTracer) OnProduceRecordBuffered(r *kgo.Record) {
+	if rt.active(r) {
+		rt.t.OnProduceRecordBuffered(r)
+	}
+}
+
+func (rt *recordTracer) OnProduceRecordUnbuffered(r *kgo.Record, err error) {
+	if rt.active(r) {
+		rt.t.OnProduceRecordUnbuffered(r, err)
+	}
+}
+
+func (rt *recordTracer) OnFetchRecordBuffered(r *kgo.Record) { rt.t.OnFetchRecordBuffered(r) }
+
+func (rt *recordTracer) OnFetchRecordUnbuffered(r *kgo.Record, polled bool) {
+	rt.t.OnFetchRecordUnbuffered(r, polled)
+}
+
+// noopMeter reports whether mp records nothing: metric/noop's provider, or the
+// global one while the application has not set it. kotel's meter hooks then
+// cost several allocations per produce request for nothing, and merely
+// installing a batch hook costs kgo two more, so they are left out: set the
+// global meter provider before building clients, or pass WithMeterProvider.
+func noopMeter(mp metric.MeterProvider) bool {
+	switch mp.(type) {
+	case noopmetric.MeterProvider, *noopmetric.MeterProvider:
+		return true
+	}
+	t := reflect.TypeOf(mp)
+	return t.Kind() == reflect.Pointer && t.Elem().PkgPath() == "go.opentelemetry.io/otel/internal/global"
 }
 
 // Producer describes a producer to build.

@@ -1,0 +1,199 @@
+package producer_test
+
+import (
+	"context"
+	"fmt"
+	"runtime"
+	"testing"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kfake"
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/kdeliver/kdeliver"
+	"github.com/kdeliver/kdeliver/internal/preset"
+	"github.com/kdeliver/kdeliver/producer"
+)
+
+// BenchmarkProduce compares kdeliver's producer with a raw kgo client that
+// has the same delivery settings (the semantics' preset options, no tracing
+// hooks), both against the same in-process kfake cluster. Each op is one
+// record. The two sides run interleaved in chunks, so load from other
+// processes hits both alike, and the benchmark reports:
+//
+//   - kdeliver-ns/rec, raw-ns/rec: time per record of each side;
+//   - throughput-ratio: raw time / kdeliver time (1 = as fast; target ≥ 0.95);
+//   - kdeliver-allocs/rec, raw-allocs/rec: allocations per record, counting
+//     the in-process broker's too (the same on both sides);
+//   - extra-allocs/rec: the difference (target ≤ 1).
+//
+// Modes: async is ProduceAsync with a Flush per chunk of 1000 records (one
+// transaction per chunk under ExactlyOnce); sync is Produce per record (a
+// transaction per 100 records under ExactlyOnce).
+func BenchmarkProduce(b *testing.B) {
+	for _, sem := range kdeliver.All {
+		for _, mode := range []string{"async", "sync"} {
+			b.Run(fmt.Sprintf("%s/%s", sem, mode), func(b *testing.B) { benchProduce(b, sem, mode == "sync") })
+		}
+	}
+}
+
+type side struct {
+	run    func(ctx context.Context, recs []*kgo.Record) error
+	dur    time.Duration
+	allocs uint64
+}
+
+func benchProduce(b *testing.B, sem kdeliver.Semantics, sync bool) {
+	c, err := kfake.NewCluster(kfake.NumBrokers(3), kfake.SeedTopics(3, topic))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.Close()
+	ctx := context.Background()
+
+	var opts []producer.Option
+	pre := preset.Producer{Semantics: sem}
+	if sem == kdeliver.ExactlyOnce {
+		opts = append(opts, producer.WithTransactionalID("bench-kdeliver"))
+		pre.TransactionalID = "bench-raw"
+	}
+	p, err := producer.New(c.ListenAddrs(), sem, append(opts, producer.WithKgoOpts(kgo.DisableClientMetrics()))...)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer p.Close(ctx)
+	raw, err := kgo.NewClient(append(pre.Opts(), kgo.SeedBrokers(c.ListenAddrs()...), kgo.DisableClientMetrics())...)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer raw.Close()
+
+	kd, rw := &side{run: kdeliverRun(p, sem, sync)}, &side{run: rawRun(raw, sem, sync)}
+	chunk := 1000
+	if sync {
+		chunk = 100
+	}
+	value := make([]byte, 100)
+	mk := func(n int) []*kgo.Record {
+		recs := make([]*kgo.Record, n)
+		for i := range recs {
+			recs[i] = &kgo.Record{Topic: topic, Value: value}
+		}
+		return recs
+	}
+	// Warm up both (metadata, producer IDs, connections).
+	for _, s := range []*side{kd, rw} {
+		if err := s.run(ctx, mk(10)); err != nil {
+			b.Fatal(err)
+		}
+	}
+
+	var ms runtime.MemStats
+	b.ResetTimer()
+	for done, i := 0, 0; done < b.N; i++ {
+		n := min(chunk, b.N-done)
+		order := []*side{kd, rw}
+		if i%2 == 1 {
+			order = []*side{rw, kd}
+		}
+		for _, s := range order {
+			recs := mk(n)
+			runtime.ReadMemStats(&ms)
+			allocs := ms.Mallocs
+			start := time.Now()
+			if err := s.run(ctx, recs); err != nil {
+				b.Fatal(err)
+			}
+			s.dur += time.Since(start)
+			runtime.ReadMemStats(&ms)
+			s.allocs += ms.Mallocs - allocs
+		}
+		done += n
+	}
+	b.StopTimer()
+	n := float64(b.N)
+	b.ReportMetric(float64(kd.dur.Nanoseconds())/n, "kdeliver-ns/rec")
+	b.ReportMetric(float64(rw.dur.Nanoseconds())/n, "raw-ns/rec")
+	b.ReportMetric(float64(rw.dur)/float64(kd.dur), "throughput-ratio")
+	b.ReportMetric(float64(kd.allocs)/n, "kdeliver-allocs/rec")
+	b.ReportMetric(float64(rw.allocs)/n, "raw-allocs/rec")
+	b.ReportMetric((float64(kd.allocs)-float64(rw.allocs))/n, "extra-allocs/rec")
+}
+
+func kdeliverRun(p *producer.Producer, sem kdeliver.Semantics, sync bool) func(context.Context, []*kgo.Record) error {
+	produce := func(ctx context.Context, recs []*kgo.Record, syncFn func(context.Context, *kgo.Record) error,
+		asyncFn func(context.Context, *kgo.Record, func(*kgo.Record, error))) error {
+		if sync {
+			for _, r := range recs {
+				if err := syncFn(ctx, r); err != nil {
+					return err
+				}
+			}
+			return nil
+		}
+		var first error
+		for _, r := range recs {
+			asyncFn(ctx, r, nil)
+		}
+		return first
+	}
+	if sem == kdeliver.ExactlyOnce {
+		return func(ctx context.Context, recs []*kgo.Record) error {
+			return p.Transact(ctx, func(ctx context.Context, tx *producer.Tx) error {
+				return produce(ctx, recs, tx.Produce, tx.ProduceAsync)
+			})
+		}
+	}
+	return func(ctx context.Context, recs []*kgo.Record) error {
+		if err := produce(ctx, recs, p.Produce, p.ProduceAsync); err != nil {
+			return err
+		}
+		if !sync {
+			return p.Flush(ctx)
+		}
+		return nil
+	}
+}
+
+// rawRun is what an application would write with kgo alone: the same loop,
+// a shared promise that records the first error, and under ExactlyOnce
+// Begin, Flush and End with TryCommit only when every record succeeded.
+func rawRun(cl *kgo.Client, sem kdeliver.Semantics, sync bool) func(context.Context, []*kgo.Record) error {
+	return func(ctx context.Context, recs []*kgo.Record) error {
+		if sem == kdeliver.ExactlyOnce {
+			if err := cl.BeginTransaction(); err != nil {
+				return err
+			}
+		}
+		var perr error
+		if sync {
+			for _, r := range recs {
+				if err := cl.ProduceSync(ctx, r).FirstErr(); err != nil {
+					perr = err
+					break
+				}
+			}
+		} else {
+			var e kgo.FirstErrPromise
+			for _, r := range recs {
+				cl.Produce(ctx, r, e.Promise())
+			}
+			if err := cl.Flush(ctx); err != nil {
+				return err
+			}
+			perr = e.Err()
+		}
+		if sem == kdeliver.ExactlyOnce {
+			if sync {
+				if err := cl.Flush(ctx); err != nil {
+					return err
+				}
+			}
+			if err := cl.EndTransaction(ctx, kgo.TransactionEndTry(perr == nil)); err != nil {
+				return err
+			}
+		}
+		return perr
+	}
+}
