@@ -9,7 +9,6 @@ import (
 	"math/rand/v2"
 	"strconv"
 	"strings"
-	"text/tabwriter"
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kfake"
@@ -238,17 +237,16 @@ func writeTable(w io.Writer, rep Report) {
 		fmt.Fprintln(w, "        the consumer is still crashed mid-batch and restarted.")
 	}
 	fmt.Fprintln(w)
-	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "semantics\tproduced\tacknowledged\tdelivered once\tlost\tduplicated\trecords/s\t guarantee\t")
+	const format = "%-14s %9v %13v %15v %6v %11v %10v  %s\n"
+	fmt.Fprintf(w, format, "semantics", "produced", "acknowledged", "delivered once", "lost", "duplicated", "records/s", "guarantee")
 	for _, r := range rep.Rows {
 		held := "held"
 		if !r.GuaranteeHeld {
 			held = "BROKEN"
 		}
-		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%d\t%d\t%.0f\t %s: %s\t\n",
-			r.Semantics, r.Produced, r.Acknowledged, r.DeliveredOnce, r.Lost, r.Duplicated, r.RecordsPerSec, r.Guarantee, held)
+		fmt.Fprintf(w, format, r.Semantics, r.Produced, r.Acknowledged, r.DeliveredOnce, r.Lost, r.Duplicated,
+			fmt.Sprintf("%.0f", r.RecordsPerSec), r.Guarantee+": "+held)
 	}
-	tw.Flush()
 	fmt.Fprintln(w)
 	for _, r := range rep.Rows {
 		fmt.Fprintf(w, "%s: %s\n", r.Semantics, r.Note)
