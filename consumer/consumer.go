@@ -72,6 +72,7 @@ type Consumer struct {
 	probing       atomic.Bool // New is checking the callbacks
 	probed        atomic.Bool
 	revokeCommits atomic.Int64 // commits made in OnPartitionsRevoked (tests)
+	commitsTried  atomic.Int64 // commits of pending offsets sent (tests)
 }
 
 const (
@@ -338,7 +339,7 @@ func (c *Consumer) atMostOnce(hardCtx context.Context, fetches kgo.Fetches, h Ha
 // then commits what succeeded.
 func (c *Consumer) atLeastOnce(runCtx, hardCtx context.Context, fetches kgo.Fetches, h Handler) error {
 	var stopErr error
-	stopped := false
+	stopped, progressed := false, false
 	fetches.EachPartition(func(p kgo.FetchTopicPartition) {
 		for _, rec := range p.Records {
 			if stopped {
@@ -358,9 +359,12 @@ func (c *Consumer) atLeastOnce(runCtx, hardCtx context.Context, fetches kgo.Fetc
 				return
 			}
 			c.markDone(rec)
+			progressed = true
 		}
 	})
-	if c.crashed.Load() {
+	if c.crashed.Load() || !progressed {
+		// A commit that failed earlier is retried with the next batch,
+		// on revoke or on shutdown.
 		return stopErr
 	}
 	if err := c.commitPending(hardCtx); err != nil {
@@ -453,7 +457,9 @@ func (c *Consumer) commitPending(ctx context.Context) error {
 	if len(offsets) == 0 {
 		return nil
 	}
-	if err := commit(ctx, c.cl, offsets); err != nil {
+	err := commit(ctx, c.cl, offsets)
+	c.commitsTried.Add(1)
+	if err != nil {
 		return err
 	}
 	c.pmu.Lock()

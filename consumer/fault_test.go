@@ -97,16 +97,12 @@ func TestAtMostOnceCrash(t *testing.T) {
 		t.Fatalf("Run = %v, want the crash", err)
 	}
 	commits := committed(cl, "g")
-	var sumCommitted int64
-	for _, o := range commits {
-		sumCommitted += o
-	}
 	for seq, p := range l1.pos {
 		if p.offset >= commits[p.part] {
 			t.Fatalf("record %d (p%d@%d) was handled but not committed (committed %d)", seq, p.part, p.offset, commits[p.part])
 		}
 	}
-	wantLost := int(sumCommitted) - len(l1.seen)
+	wantLost := int(sumCommitted(cl, "g")) - len(l1.seen)
 
 	all := newLedger()
 	for seq, c := range l1.seen {
@@ -115,13 +111,7 @@ func TestAtMostOnceCrash(t *testing.T) {
 	c2 := mustNew(t, cl, "g", kdeliver.AtMostOnce)
 	r := start(c2, recordAll(all))
 	waitFor(t, "the uncommitted records", func() bool { return all.distinct() == n-wantLost })
-	waitFor(t, "commit to the end", func() bool {
-		var s int64
-		for _, o := range committed(cl, "g") {
-			s += o
-		}
-		return s == n
-	})
+	waitFor(t, "commit to the end", func() bool { return sumCommitted(cl, "g") == n })
 	if err := r.stop(t); err != nil {
 		t.Fatal(err)
 	}
@@ -164,13 +154,7 @@ func TestAtLeastOnceRebalance(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFor(t, "all records", func() bool { return all.distinct() == n })
-	waitFor(t, "commit to the end", func() bool {
-		var s int64
-		for _, o := range committed(cl, "g") {
-			s += o
-		}
-		return s == n
-	})
+	waitFor(t, "commit to the end", func() bool { return sumCommitted(cl, "g") == n })
 	if err := r1.stop(t); err != nil {
 		t.Fatal(err)
 	}
@@ -199,11 +183,26 @@ func TestCommitOnRevoke(t *testing.T) {
 	cl := newCluster(t, 2)
 	const n = 20
 	produce(t, cl.ListenAddrs(), 0, n)
-	f := commitFault(cl, 1)
+	f := commitFault(cl, -1)
 	l1 := newLedger()
 	c1 := mustNew(t, cl, "g", kdeliver.AtLeastOnce, WithMaxPollRecords(100))
-	r1 := start(c1, recordAll(l1))
-	waitFor(t, "all records and the failed commit", func() bool { return l1.distinct() == n && f.Hits() == 1 })
+	var triedBeforeLast atomic.Int64
+	r1 := start(c1, func(_ context.Context, rec *kgo.Record) error {
+		if l1.distinct() == n-1 { // the last record: c1 sees each once
+			triedBeforeLast.Store(c1.commitsTried.Load())
+		}
+		l1.add(rec)
+		return nil
+	})
+	// Every commit after a batch fails, up to the one after the last
+	// record; then commits work again, but no batch is left to commit.
+	waitFor(t, "all records and the commit after them", func() bool {
+		return l1.distinct() == n && c1.commitsTried.Load() > triedBeforeLast.Load()
+	})
+	f.Remove()
+	if got := committed(cl, "g"); len(got) != 0 {
+		t.Fatalf("committed %v despite the fault", got)
+	}
 	if got := c1.revokeCommits.Load(); got != 0 {
 		t.Fatalf("%d commits on revoke before any rebalance", got)
 	}

@@ -140,6 +140,15 @@ func committed(c *kfake.Cluster, group string) map[int32]int64 {
 	return out
 }
 
+// sumCommitted adds up the group's committed offsets on topic "t".
+func sumCommitted(c *kfake.Cluster, group string) int64 {
+	var s int64
+	for _, o := range committed(c, group) {
+		s += o
+	}
+	return s
+}
+
 // runner is a consumer's Run in the background.
 type runner struct {
 	cancel context.CancelFunc
