@@ -79,7 +79,7 @@ func defaultConfig() config {
 		nodes:        1,
 		startTimeout: 3 * time.Minute,
 		brokerConfig: map[string]string{},
-		logf:         log.New(os.Stderr, "integration: ", log.LstdFlags).Printf,
+		logf:         log.New(os.Stderr, "", log.LstdFlags).Printf,
 	}
 }
 

@@ -2,6 +2,7 @@ package integration_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"strconv"
@@ -341,4 +342,45 @@ func TestHelperProducer(t *testing.T) {
 			time.Sleep(10 * time.Millisecond)
 		}
 	}
+}
+
+func TestKfakeRefusedWhenRequired(t *testing.T) {
+	t.Setenv(integration.EnvRequire, "1")
+	_, err := integration.New(context.Background(), integration.WithBackend(integration.BackendKfake))
+	if !errors.Is(err, integration.ErrKafkaRequired) {
+		t.Fatalf("New(kfake) with %s=1: %v, want ErrKafkaRequired", integration.EnvRequire, err)
+	}
+}
+
+func TestKfakeBackendNodeControl(t *testing.T) {
+	t.Setenv(integration.EnvRequire, "")
+	ctx := timeout(t, time.Minute)
+	c := integration.Start(t, integration.WithBackend(integration.BackendKfake), integration.WithNodes(3))
+	if c.Kind() != integration.BackendKfake || c.Version() != "kfake" || c.Nodes() != 3 {
+		t.Fatalf("kind %s version %s nodes %d", c.Kind(), c.Version(), c.Nodes())
+	}
+	if err := c.CreateTopic(ctx, "fake", 3); err != nil {
+		t.Fatal(err)
+	}
+	want := produce(t, ctx, c, "fake", "v", 30)
+	leader, err := c.Leader(ctx, "fake", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Pause(leader); !errors.Is(err, integration.ErrUnsupported) {
+		t.Fatalf("Pause on kfake: %v, want ErrUnsupported", err)
+	}
+	if err := c.Kill(leader); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.WaitNewLeader(ctx, "fake", 0, leader); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Restart(ctx, leader); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.WaitInSync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	checkExact(t, ctx, c, "fake", want)
 }
