@@ -34,11 +34,19 @@ func newProgress(w io.Writer) *progress {
 	return p
 }
 
+// start prints the status of a row now, then every few seconds (a fifth of
+// a second on a terminal) until stop, which prints it once more.
 func (p *progress) start(sem kdeliver.Semantics, t *tally, f *faultPlan) {
 	p.done = make(chan struct{})
+	status := func() {
+		p.print(fmt.Sprintf("kdeliver demo: %s: sent %d/%d, acknowledged %d, delivered %d, handler calls %d, faults %d, crashes %d",
+			sem, t.sent.Load(), t.n, t.ackedN.Load(), t.distinct.Load(), t.calls.Load(), f.count(), t.crashes.Load()))
+	}
+	status()
 	p.wg.Add(1)
 	go func() {
 		defer p.wg.Done()
+		defer status()
 		tick := time.NewTicker(p.every)
 		defer tick.Stop()
 		for {
@@ -46,8 +54,7 @@ func (p *progress) start(sem kdeliver.Semantics, t *tally, f *faultPlan) {
 			case <-p.done:
 				return
 			case <-tick.C:
-				p.print(fmt.Sprintf("kdeliver demo: %s: sent %d/%d, acknowledged %d, delivered %d, handler calls %d, faults %d, crashes %d",
-					sem, t.sent.Load(), t.n, t.ackedN.Load(), t.distinct.Load(), t.calls.Load(), f.count(), t.crashes.Load()))
+				status()
 			}
 		}
 	}()
