@@ -11,12 +11,9 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
-	"os"
 	"strconv"
-	"strings"
 	"sync/atomic"
 	"time"
 
@@ -28,20 +25,7 @@ import (
 	"github.com/kdeliver/kdeliver/producer"
 )
 
-func main() {
-	brokers := flag.String("brokers", "", "comma-separated brokers of a real cluster (default: an embedded one)")
-	flag.Parse()
-	var given []string
-	if *brokers != "" {
-		given = strings.Split(*brokers, ",")
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	if err := run(ctx, given, os.Stdout); err != nil {
-		fmt.Fprintln(os.Stderr, "atmostonce:", err)
-		os.Exit(1)
-	}
-}
+func main() { embedded.Main("atmostonce", run) }
 
 func run(ctx context.Context, given []string, w io.Writer) error {
 	// Fresh names, so that a rerun on a real cluster starts clean.

@@ -14,10 +14,8 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
-	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -29,20 +27,7 @@ import (
 	"github.com/kdeliver/kdeliver/producer"
 )
 
-func main() {
-	brokers := flag.String("brokers", "", "comma-separated brokers of a real cluster (default: an embedded one)")
-	flag.Parse()
-	var given []string
-	if *brokers != "" {
-		given = strings.Split(*brokers, ",")
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	if err := run(ctx, given, os.Stdout); err != nil {
-		fmt.Fprintln(os.Stderr, "exactlyonce:", err)
-		os.Exit(1)
-	}
-}
+func main() { embedded.Main("exactlyonce", run) }
 
 var errCardDeclined = errors.New("card declined")
 

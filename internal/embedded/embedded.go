@@ -4,6 +4,10 @@
 // The cluster listens on 127.0.0.1 only, on random ports. Its Kfake method
 // exposes the underlying *kfake.Cluster for fault injection (Fault,
 // ControlKey) and inspection (PartitionInfo, GroupInfo).
+//
+// [Brokers] picks between an embedded cluster and a real one given by the
+// user (creating the topics there), and [Main] is the main function of the
+// example programs.
 package embedded
 
 import (
