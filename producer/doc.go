@@ -52,6 +52,12 @@
 // providers are used unless [kdeliver.WithTracerProvider] or
 // [kdeliver.WithMeterProvider] is passed.
 //
+// Tracing costs nothing when it cannot trace: with no SDK set up (the global
+// or a no-op provider) spans are skipped, yet a span context in the ctx given
+// to Produce is still written to the headers, so traces pass through. A global
+// tracer provider set after New is picked up; a global meter provider must be
+// set before New, or client metrics stay off for this producer.
+//
 // # Errors
 //
 //   - [kdeliver.ErrInvalidConfig] (a [*kdeliver.ConfigError]): from New.

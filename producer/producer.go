@@ -170,7 +170,9 @@ func (p *Producer) Produce(ctx context.Context, rec *kgo.Record) error {
 
 // ProduceAsync buffers rec and returns; done is called with rec and nil once
 // rec is as safe as the semantics promises (see [Producer.Produce]), or with a
-// [*DeliveryError]. done may be nil: failures are then logged (see
+// [*DeliveryError] ([kdeliver.ErrClosed] after Close, [ErrNotInTransaction]
+// under ExactlyOnce: then done runs before ProduceAsync returns). done may be
+// nil: failures are then logged (see
 // [kdeliver.WithLogger]) and otherwise lost, so pass a callback when they
 // matter.
 //
@@ -235,26 +237,25 @@ func (p *Producer) produceSync(ctx context.Context, rec *kgo.Record) error {
 	return nil
 }
 
-// produceAsync produces rec; failed, if not nil, sees each failure before done.
-func (p *Producer) produceAsync(ctx context.Context, rec *kgo.Record, done func(*kgo.Record, error), failed func(error)) {
+// produceAsync produces rec; tx, if not nil, sees each failure before done.
+func (p *Producer) produceAsync(ctx context.Context, rec *kgo.Record, done func(*kgo.Record, error), tx *Tx) {
 	p.stamp(rec)
-	if done == nil && failed == nil {
+	switch {
+	case done == nil && tx == nil:
 		p.cl.Produce(ctx, rec, p.dropped)
-		return
-	}
-	p.cl.Produce(ctx, rec, func(r *kgo.Record, err error) {
-		if err != nil {
-			err = p.deliveryError(r, err)
-			if failed != nil {
-				failed(err)
+	case done == nil:
+		p.cl.Produce(ctx, rec, tx.promise) // allocated once per transaction
+	default:
+		p.cl.Produce(ctx, rec, func(r *kgo.Record, err error) {
+			if err != nil {
+				err = p.deliveryError(r, err)
+				if tx != nil {
+					tx.fail(err)
+				}
 			}
-		}
-		if done != nil {
 			done(r, err)
-		} else if err != nil {
-			p.logFailure(r, err)
-		}
-	})
+		})
+	}
 }
 
 func (p *Producer) deliveryError(rec *kgo.Record, err error) error {

@@ -24,6 +24,8 @@ type Tx struct {
 	ended atomic.Bool
 	mu    sync.Mutex
 	err   error // first failed produce
+
+	promise func(*kgo.Record, error) // for ProduceAsync without a callback
 }
 
 // Produce writes rec in the transaction and returns once the brokers
@@ -48,10 +50,18 @@ func (tx *Tx) ProduceAsync(ctx context.Context, rec *kgo.Record, done func(*kgo.
 	if tx.ended.Load() {
 		if done != nil {
 			done(rec, ErrNotInTransaction)
+		} else {
+			tx.p.logFailure(rec, ErrNotInTransaction)
 		}
 		return
 	}
-	tx.p.produceAsync(ctx, rec, done, tx.fail)
+	tx.p.produceAsync(ctx, rec, done, tx)
+}
+
+func (tx *Tx) onDone(r *kgo.Record, err error) {
+	if err != nil {
+		tx.fail(tx.p.deliveryError(r, err))
+	}
 }
 
 func (tx *Tx) fail(err error) {
@@ -111,6 +121,7 @@ func (p *Producer) Transact(ctx context.Context, fn func(ctx context.Context, tx
 		return p.setFatal(err)
 	}
 	tx := &Tx{p: p}
+	tx.promise = tx.onDone
 	endCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), p.pre.Timeout())
 	defer cancel()
 

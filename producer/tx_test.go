@@ -129,27 +129,40 @@ func TestTransactFailedProduceAborts(t *testing.T) {
 	}
 }
 
-// TestTransactAbortableCommit: the coordinator refuses the commit as
-// abortable; Transact aborts and returns ErrAborted, and a retry commits.
-func TestTransactAbortableCommit(t *testing.T) {
-	c := cluster(t)
-	p := newProducer(t, c, kdeliver.ExactlyOnce, producer.WithTransactionalID("abortable"))
-	ctx := testCtx(t)
-	f := c.Fault(kfake.Fault{Keys: []kmsg.Key{kmsg.EndTxn}, Err: kerr.TransactionAbortable, TopLevel: true,
-		When: func(r kmsg.Request) bool { return r.(*kmsg.EndTxnRequest).Commit }})
-	fn := func(ctx context.Context, tx *producer.Tx) error { return tx.Produce(ctx, rec("once")) }
-	err := p.Transact(ctx, fn)
-	if f.Hits() != 1 {
-		t.Fatalf("fault hit %d times, want 1", f.Hits())
-	}
-	if !errors.Is(err, producer.ErrAborted) {
-		t.Fatalf("got %v, want ErrAborted", err)
-	}
-	if err := p.Transact(ctx, fn); err != nil {
-		t.Fatalf("retry: %v", err)
-	}
-	if got := countValues(readAll(t, c, kgo.ReadCommitted())); got["once"] != 1 || len(got) != 1 {
-		t.Fatalf("read_committed saw %v, want \"once\" once", got)
+// TestTransactCommitRefused: the coordinator answers the commit with an
+// error. Abortable: Transact aborts and returns ErrAborted. Unknown outcome
+// (UNKNOWN_SERVER_ERROR): Transact aborts what it can and says so with
+// ErrUnconfirmed. Either way the producer stays usable and the next
+// transaction commits.
+func TestTransactCommitRefused(t *testing.T) {
+	for _, tt := range []struct {
+		code        *kerr.Error
+		want, avoid error
+	}{
+		{kerr.TransactionAbortable, producer.ErrAborted, producer.ErrUnconfirmed},
+		{kerr.UnknownServerError, producer.ErrUnconfirmed, producer.ErrAborted},
+	} {
+		t.Run(tt.code.Message, func(t *testing.T) {
+			c := cluster(t)
+			p := newProducer(t, c, kdeliver.ExactlyOnce, producer.WithTransactionalID("refused"))
+			ctx := testCtx(t)
+			f := c.Fault(kfake.Fault{Keys: []kmsg.Key{kmsg.EndTxn}, Err: tt.code, TopLevel: true,
+				When: func(r kmsg.Request) bool { return r.(*kmsg.EndTxnRequest).Commit }})
+			err := p.Transact(ctx, func(ctx context.Context, tx *producer.Tx) error { return tx.Produce(ctx, rec("first")) })
+			if f.Hits() != 1 {
+				t.Fatalf("fault hit %d times, want 1", f.Hits())
+			}
+			if !errors.Is(err, tt.want) || errors.Is(err, tt.avoid) {
+				t.Fatalf("got %v, want %v", err, tt.want)
+			}
+			if err := p.Transact(ctx, func(ctx context.Context, tx *producer.Tx) error { return tx.Produce(ctx, rec("next")) }); err != nil {
+				t.Fatalf("next transaction: %v", err)
+			}
+			got := countValues(readAll(t, c, kgo.ReadCommitted()))
+			if got["next"] != 1 || got["first"] > 1 || (tt.want == producer.ErrAborted && got["first"] != 0) {
+				t.Fatalf("read_committed saw %v", got)
+			}
+		})
 	}
 }
 
@@ -187,29 +200,5 @@ func TestTransactFenced(t *testing.T) {
 	got := countValues(readAll(t, c, kgo.ReadCommitted()))
 	if got["old-1"] != 1 || got["new"] != 1 || len(got) != 2 {
 		t.Fatalf("read_committed saw %v, want old-1 and new once each", got)
-	}
-}
-
-// TestTransactUnconfirmedCommit: the commit's answer is UNKNOWN_SERVER_ERROR,
-// so its outcome is unknown; Transact aborts what it can, says so with
-// ErrUnconfirmed, and the producer stays usable.
-func TestTransactUnconfirmedCommit(t *testing.T) {
-	c := cluster(t)
-	p := newProducer(t, c, kdeliver.ExactlyOnce, producer.WithTransactionalID("unconfirmed"))
-	ctx := testCtx(t)
-	f := c.Fault(kfake.Fault{Keys: []kmsg.Key{kmsg.EndTxn}, Err: kerr.UnknownServerError, TopLevel: true,
-		When: func(r kmsg.Request) bool { return r.(*kmsg.EndTxnRequest).Commit }})
-	err := p.Transact(ctx, func(ctx context.Context, tx *producer.Tx) error { return tx.Produce(ctx, rec("maybe")) })
-	if f.Hits() != 1 {
-		t.Fatalf("fault hit %d times, want 1", f.Hits())
-	}
-	if !errors.Is(err, producer.ErrUnconfirmed) || errors.Is(err, producer.ErrAborted) {
-		t.Fatalf("got %v, want ErrUnconfirmed", err)
-	}
-	if err := p.Transact(ctx, func(ctx context.Context, tx *producer.Tx) error { return tx.Produce(ctx, rec("next")) }); err != nil {
-		t.Fatalf("next transaction: %v", err)
-	}
-	if got := countValues(readAll(t, c, kgo.ReadCommitted())); got["next"] != 1 || got["maybe"] > 1 {
-		t.Fatalf("read_committed saw %v", got)
 	}
 }
