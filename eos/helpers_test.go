@@ -92,9 +92,9 @@ type readRecord struct {
 	value     string
 }
 
-// readCommitted reads topic from the start with read_committed isolation
-// until nothing new arrives for idle.
-func readCommitted(t testing.TB, addrs []string, topic string, idle time.Duration) []readRecord {
+// readerClient reads topic from the start with read_committed isolation, as
+// a downstream reader of a Session's output must.
+func readerClient(t testing.TB, addrs []string, topic string) *kgo.Client {
 	t.Helper()
 	cl, err := kgo.NewClient(kgo.SeedBrokers(addrs...), kgo.ConsumeTopics(topic), kgo.FetchIsolationLevel(kgo.ReadCommitted()),
 		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()), kgo.MetadataMinAge(100*time.Millisecond),
@@ -102,6 +102,14 @@ func readCommitted(t testing.TB, addrs []string, topic string, idle time.Duratio
 	if err != nil {
 		t.Fatal(err)
 	}
+	return cl
+}
+
+// readCommitted reads topic from the start with read_committed isolation
+// until nothing new arrives for idle.
+func readCommitted(t testing.TB, addrs []string, topic string, idle time.Duration) []readRecord {
+	t.Helper()
+	cl := readerClient(t, addrs, topic)
 	defer cl.Close()
 	var out []readRecord
 	deadline := time.Now().Add(30 * time.Second)
@@ -133,12 +141,7 @@ type tailReader struct {
 
 func startTail(t testing.TB, addrs []string, topic string) *tailReader {
 	t.Helper()
-	cl, err := kgo.NewClient(kgo.SeedBrokers(addrs...), kgo.ConsumeTopics(topic), kgo.FetchIsolationLevel(kgo.ReadCommitted()),
-		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()), kgo.MetadataMinAge(100*time.Millisecond),
-		kgo.FetchMaxWait(100*time.Millisecond), kgo.DisableClientMetrics())
-	if err != nil {
-		t.Fatal(err)
-	}
+	cl := readerClient(t, addrs, topic)
 	ctx, cancel := context.WithCancel(context.Background())
 	r := &tailReader{seen: map[string]int{}, cancel: cancel, done: make(chan struct{})}
 	go func() {

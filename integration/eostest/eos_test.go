@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/twmb/franz-go/pkg/kgo"
+
 	"github.com/kdeliver/kdeliver/integration"
 )
 
@@ -28,51 +30,100 @@ type t1 struct {
 }
 
 func (sc t1) run(t *testing.T) {
-	cluster.RequireReal(t)
-	ctx := timeout(t, 15*time.Minute)
-	in, out := topics(t, ctx, sc.inParts, sc.outParts)
-	want := seed(t, ctx, in, sc.n)
-	tl := startTail(t, out)
-	group, txnID := in+"-g", in+"-copier"
+	s := newScenario(t, 15*time.Minute, sc.n, sc.inParts, sc.outParts)
+	txnID := s.in + "-copier"
 	env := []string{envAbortEvery + "=750", envDelay + "=" + sc.delay}
-	p := copier(t, group, in, out, txnID, env...)
+	p := s.copier(txnID, env...)
 	began := time.Now()
 	for i, f := range sc.at {
-		waitAlive(t, ctx, group, in, sc.n, f, p)
+		s.wait(f, p)
 		switch sc.fault {
 		case "copier":
 			if err := p.Kill(); err != nil {
 				t.Fatal(err)
 			}
-			t.Logf("SIGKILL copier at %.1f%%", 100*progress(ctx, group, in, sc.n))
-			p = copier(t, group, in, out, txnID, env...)
+			t.Logf("SIGKILL copier at %.1f%%", 100*s.progress())
+			p = s.copier(txnID, env...)
 		case "brokers":
 			node := i%cluster.Nodes() + 1
-			t.Logf("SIGKILL node %d at %.1f%%", node, 100*progress(ctx, group, in, sc.n))
-			if err := cluster.Kill(node); err != nil {
-				t.Fatal(err)
-			}
-			time.Sleep(2 * time.Second)
-			if err := cluster.Restart(ctx, node); err != nil {
-				t.Fatal(err)
-			}
-			if err := cluster.WaitInSync(ctx); err != nil {
-				t.Fatal(err)
-			}
+			t.Logf("SIGKILL node %d at %.1f%%", node, 100*s.progress())
+			s.bounce(node, 2*time.Second)
 		}
 	}
-	waitAlive(t, ctx, group, in, sc.n, 1, p)
+	s.wait(1, p)
 	t.Logf("copied %d records in %s with %d %s faults", sc.n, time.Since(began).Round(time.Second), len(sc.at), sc.fault)
-	p.Kill()
-	recs := finalAudit(t, ctx, out, want)
-	checkTail(t, tl, sc.n)
+	recs := s.finish(p)
 	if sc.ordered {
 		for i, r := range recs {
-			if string(r.Value) != want[i] {
-				t.Fatalf("output[%d] = %s, want %s: order broken", i, r.Value, want[i])
+			if string(r.Value) != s.want[i] {
+				t.Fatalf("output[%d] = %s, want %s: order broken", i, r.Value, s.want[i])
 			}
 		}
 	}
+}
+
+// scenario is the frame every test shares: fresh topics, n seeded records,
+// a concurrent read_committed reader of the output.
+type scenario struct {
+	t              *testing.T
+	ctx            context.Context
+	n              int
+	in, out, group string
+	want           []string
+	tail           *tail
+}
+
+func newScenario(t *testing.T, d time.Duration, n, inParts, outParts int) *scenario {
+	t.Helper()
+	cluster.RequireReal(t)
+	ctx := timeout(t, d)
+	in, out := topics(t, ctx, inParts, outParts)
+	s := &scenario{t: t, ctx: ctx, n: n, in: in, out: out, group: in + "-g"}
+	s.want = seed(t, ctx, in, n)
+	s.tail = startTail(t, out)
+	return s
+}
+
+func (s *scenario) copier(txnID string, env ...string) *integration.Process {
+	s.t.Helper()
+	return copier(s.t, s.group, s.in, s.out, txnID, env...)
+}
+
+func (s *scenario) progress() float64 { return progress(s.ctx, s.group, s.in, s.n) }
+
+// wait waits until the group committed frac of the input; the copiers ps
+// must stay alive meanwhile.
+func (s *scenario) wait(frac float64, ps ...*integration.Process) {
+	s.t.Helper()
+	waitAlive(s.t, s.ctx, s.group, s.in, s.n, frac, ps...)
+}
+
+// bounce SIGKILLs node, restarts it after down, and waits for all replicas
+// to be in sync again.
+func (s *scenario) bounce(node int, down time.Duration) {
+	s.t.Helper()
+	if err := cluster.Kill(node); err != nil {
+		s.t.Fatal(err)
+	}
+	time.Sleep(down)
+	if err := cluster.Restart(s.ctx, node); err != nil {
+		s.t.Fatal(err)
+	}
+	if err := cluster.WaitInSync(s.ctx); err != nil {
+		s.t.Fatal(err)
+	}
+}
+
+// finish kills the copiers ps and audits the output with a final and the
+// concurrent read_committed reader.
+func (s *scenario) finish(ps ...*integration.Process) []*kgo.Record {
+	s.t.Helper()
+	for _, p := range ps {
+		p.Kill()
+	}
+	recs := finalAudit(s.t, s.ctx, s.out, s.want)
+	checkTail(s.t, s.tail, s.n)
+	return recs
 }
 
 // waitAlive waits for progress like waitProgress and fails at once if a
@@ -120,36 +171,26 @@ func TestT1BrokersKilled(t *testing.T) {
 // resumed: the group has moved on, its late commit must fail, and nothing it
 // wrote may become visible. 0 duplicates, 0 lost, per-partition order kept.
 func TestT2GroupZombie(t *testing.T) {
-	cluster.RequireReal(t)
-	const n = 30000
-	ctx := timeout(t, 15*time.Minute)
-	in, out := topics(t, ctx, 6, 6)
-	want := seed(t, ctx, in, n)
-	tl := startTail(t, out)
-	group := in + "-g"
+	s := newScenario(t, 15*time.Minute, 30000, 6, 6)
 	env := []string{envAbortEvery + "=750", envDelay + "=1ms", envKeyByPart + "=1"}
 	var ps []*integration.Process
 	for i := range 3 {
-		ps = append(ps, copier(t, group, in, out, in+"-copier-"+strconv.Itoa(i), env...))
+		ps = append(ps, s.copier(s.in+"-copier-"+strconv.Itoa(i), env...))
 	}
-	waitAlive(t, ctx, group, in, n, 0.2, ps...)
+	s.wait(0.2, ps...)
 	zombie := ps[0]
 	if err := zombie.Pause(); err != nil {
 		t.Fatal(err)
 	}
-	t.Logf("SIGSTOP copier 0 at %.1f%% for 15s (session timeout 10s, transaction timeout 8s)", 100*progress(ctx, group, in, n))
+	t.Logf("SIGSTOP copier 0 at %.1f%% for 15s (session timeout 10s, transaction timeout 8s)", 100*s.progress())
 	time.Sleep(15 * time.Second)
 	if err := zombie.Resume(); err != nil {
 		t.Fatal(err)
 	}
-	t.Logf("SIGCONT copier 0 at %.1f%%", 100*progress(ctx, group, in, n))
-	waitAlive(t, ctx, group, in, n, 1, ps[1:]...)
-	for _, p := range ps {
-		p.Kill()
-	}
+	t.Logf("SIGCONT copier 0 at %.1f%%", 100*s.progress())
+	s.wait(1, ps[1:]...)
+	recs := s.finish(ps...)
 	t.Logf("zombie output:\n%s", lastLines(zombie.Output(), 15))
-	recs := finalAudit(t, ctx, out, want)
-	checkTail(t, tl, n)
 	// Each input partition's records went to one output key, in order.
 	last := map[string]int{}
 	for _, r := range recs {
@@ -165,17 +206,11 @@ func TestT2GroupZombie(t *testing.T) {
 // first is copying: one of them (normally the older) exits with ErrFenced,
 // the other finishes; what the fenced one had open never becomes visible.
 func TestT3SameTransactionalID(t *testing.T) {
-	cluster.RequireReal(t)
-	const n = 10000
-	ctx := timeout(t, 10*time.Minute)
-	in, out := topics(t, ctx, 3, 3)
-	want := seed(t, ctx, in, n)
-	tl := startTail(t, out)
-	group, txnID := in+"-g", in+"-copier"
-	env := []string{envDelay + "=1ms"}
-	older := copier(t, group, in, out, txnID, env...)
-	waitAlive(t, ctx, group, in, n, 0.2, older)
-	newer := copier(t, group, in, out, txnID, env...)
+	s := newScenario(t, 10*time.Minute, 10000, 3, 3)
+	txnID := s.in + "-copier"
+	older := s.copier(txnID, envDelay+"=1ms")
+	s.wait(0.2, older)
+	newer := s.copier(txnID, envDelay+"=1ms")
 	var fenced, survivor *integration.Process
 	select {
 	case <-older.Done():
@@ -186,66 +221,38 @@ func TestT3SameTransactionalID(t *testing.T) {
 		t.Fatal("neither instance was fenced within 2 minutes")
 	}
 	var ee *exec.ExitError
-	if err := fenced.Wait(ctx); !errors.As(err, &ee) || ee.ExitCode() != exitFenced {
+	if err := fenced.Wait(s.ctx); !errors.As(err, &ee) || ee.ExitCode() != exitFenced {
 		t.Fatalf("the first instance to exit ended with %v, want exit status %d (ErrFenced)\n%s", err, exitFenced, lastLines(fenced.Output(), 20))
 	}
 	t.Logf("fenced: older=%t; output: %s", fenced == older, lastLines(fenced.Output(), 3))
-	waitAlive(t, ctx, group, in, n, 1, survivor)
-	survivor.Kill()
-	finalAudit(t, ctx, out, want)
-	checkTail(t, tl, n)
+	s.wait(1, survivor)
+	s.finish(survivor)
 }
 
 // T3, D2: a transaction held open (handler stuck) past its 3s timeout. The
 // broker aborts it; the session notices, replaces its client and goes on;
 // nothing is lost or duplicated.
 func TestT3TransactionTimeout(t *testing.T) {
-	cluster.RequireReal(t)
-	const n = 5000
-	ctx := timeout(t, 10*time.Minute)
-	in, out := topics(t, ctx, 2, 2)
-	want := seed(t, ctx, in, n)
-	tl := startTail(t, out)
-	group := in + "-g"
-	p := copier(t, group, in, out, in+"-copier", envDelay+"=1ms", envTxnTimeout+"=3s",
-		envSlowValue+"=v:2500", envSlowFor+"=15s")
-	waitAlive(t, ctx, group, in, n, 1, p)
-	p.Kill()
+	s := newScenario(t, 10*time.Minute, 5000, 2, 2)
+	p := s.copier(s.in+"-copier", envDelay+"=1ms", envTxnTimeout+"=3s", envSlowValue+"=v:2500", envSlowFor+"=15s")
+	s.wait(1, p)
+	s.finish(p)
 	t.Logf("copier output:\n%s", lastLines(p.Output(), 10))
-	finalAudit(t, ctx, out, want)
-	checkTail(t, tl, n)
 }
 
 // T3, D3: SIGKILL the node that coordinates the copier's transactions in
-// the middle of the copy, restart it later: the loop recovers.
+// the middle of the copy, restart it 5s later: the loop recovers.
 func TestT3CoordinatorKilled(t *testing.T) {
-	cluster.RequireReal(t)
-	const n = 10000
-	ctx := timeout(t, 10*time.Minute)
-	in, out := topics(t, ctx, 3, 3)
-	want := seed(t, ctx, in, n)
-	tl := startTail(t, out)
-	group, txnID := in+"-g", in+"-copier"
-	p := copier(t, group, in, out, txnID, envDelay+"=1ms", envAbortEvery+"=750")
-	waitAlive(t, ctx, group, in, n, 0.3, p)
-	co := cluster.Admin().FindTxnCoordinators(ctx, txnID)[txnID]
+	s := newScenario(t, 10*time.Minute, 10000, 3, 3)
+	txnID := s.in + "-copier"
+	p := s.copier(txnID, envDelay+"=1ms", envAbortEvery+"=750")
+	s.wait(0.3, p)
+	co := cluster.Admin().FindTxnCoordinators(s.ctx, txnID)[txnID]
 	if co.Err != nil {
 		t.Fatal(co.Err)
 	}
-	node := int(co.NodeID)
-	t.Logf("SIGKILL transaction coordinator node %d at %.1f%%", node, 100*progress(ctx, group, in, n))
-	if err := cluster.Kill(node); err != nil {
-		t.Fatal(err)
-	}
-	time.Sleep(5 * time.Second)
-	if err := cluster.Restart(ctx, node); err != nil {
-		t.Fatal(err)
-	}
-	waitAlive(t, ctx, group, in, n, 1, p)
-	p.Kill()
-	if err := cluster.WaitInSync(ctx); err != nil {
-		t.Fatal(err)
-	}
-	finalAudit(t, ctx, out, want)
-	checkTail(t, tl, n)
+	t.Logf("SIGKILL transaction coordinator node %d at %.1f%%", co.NodeID, 100*s.progress())
+	s.bounce(int(co.NodeID), 5*time.Second)
+	s.wait(1, p)
+	s.finish(p)
 }
