@@ -24,7 +24,10 @@ const demoSynopsis = `kdeliver demo [--brokers host:port,...] [--records N] [--s
 For each semantics, sends N numbered records through a producer whose
 acknowledgements are lost on purpose now and then, reads them through a
 consumer that is crashed mid-batch a few times and restarted, and counts by
-sequence number what the consumer's handler saw. With no --brokers it runs on
+sequence number what the consumer's handler saw. Exactly-once writes with a
+transactional producer (aborting two transactions on purpose), copies the
+records through an eos.Session crashed mid-transaction, and counts what a
+read_committed reader of the copy sees. With no --brokers it runs on
 an embedded in-process cluster (kfake, 3 brokers on 127.0.0.1), where the
 faults are injected; on a real cluster only the consumer crashes are.
 
@@ -255,8 +258,8 @@ func writeTable(w io.Writer, rep Report) {
 	fmt.Fprintln(w, "produced        records sent, numbered 0..N-1 (the number is the record's value)")
 	fmt.Fprintln(w, "acknowledged    records whose produce reported success: at-most-once, written to the connection (acks=0);")
 	fmt.Fprintln(w, "                at-least-once, acknowledged by all in-sync replicas; exactly-once, in a committed transaction")
-	fmt.Fprintln(w, "delivered once  numbers the consumer's handler processed exactly once (exactly-once: whose effect was committed")
-	fmt.Fprintln(w, "                to the sink exactly once, together with the input offsets)")
+	fmt.Fprintln(w, "delivered once  numbers the consumer's handler processed exactly once; exactly-once: numbers found exactly once")
+	fmt.Fprintln(w, "                in the committed output of an eos.Session that copies the records (read with read_committed)")
 	fmt.Fprintln(w, "lost            acknowledged numbers the handler never processed")
 	fmt.Fprintln(w, "duplicated      numbers the handler processed more than once")
 	fmt.Fprintln(w, "records/s       distinct numbers delivered per second, first send to last delivery, faults and restarts")
