@@ -227,3 +227,21 @@ func TestDeliveryErrorMessage(t *testing.T) {
 		t.Error("errors.Is does not see the cause")
 	}
 }
+
+func TestPing(t *testing.T) {
+	c := cluster(t)
+	p := newProducer(t, c, kdeliver.AtLeastOnce)
+	if err := p.Ping(testCtx(t)); err != nil {
+		t.Fatalf("Ping on a running cluster: %v", err)
+	}
+	// Nothing listens on port 1: Ping fails rather than waiting for a
+	// delivery timeout.
+	down, err := producer.New([]string{"127.0.0.1:1"}, kdeliver.AtLeastOnce, fast)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer down.Close(testCtx(t))
+	if err := down.Ping(testCtx(t)); err == nil {
+		t.Fatal("Ping on an address nothing listens on succeeded")
+	}
+}
