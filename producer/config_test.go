@@ -56,6 +56,7 @@ func TestNewRefuses(t *testing.T) {
 		{"raw retries under at-most-once", ok, kdeliver.AtMostOnce, []producer.Option{producer.WithKgoOpts(kgo.RecordRetries(5))}, []string{"enabled record retries"}},
 		{"raw in-flight under at-least-once", ok, kdeliver.AtLeastOnce, []producer.Option{producer.WithKgoOpts(kgo.MaxProduceRequestsInflightPerBroker(3))}, []string{"kgo refused"}},
 		{"raw consumer option", ok, kdeliver.AtLeastOnce, []producer.Option{producer.WithKgoOpts(kgo.ConsumeTopics("x"))}, []string{"raw consumer option"}},
+		{"raw manual flushing", ok, kdeliver.AtLeastOnce, []producer.Option{producer.WithKgoOpts(kgo.ManualFlushing())}, []string{"ManualFlushing"}},
 		{"raw cancellation under exactly-once", ok, kdeliver.ExactlyOnce, []producer.Option{producer.WithTransactionalID("x"), producer.WithKgoOpts(kgo.AllowIdempotentProduceCancellation())}, []string{"kgo refused"}},
 		{"everything at once", []string{""}, kdeliver.ExactlyOnce, []producer.Option{producer.WithLeaderAck(), foreignOption{}, producer.WithDeliveryTimeout(1), producer.WithKgoOpts(kgo.RecordRetries(1))},
 			[]string{"needs a transactional ID", "acks=1", "below the 1s minimum", "is blank", "consumer option", "capped record retries"}},

@@ -89,7 +89,8 @@ func WithDeliveryTimeout(d time.Duration) Option {
 // that would weaken the guarantee (acks, idempotence, retries, transactional
 // ID) or that kgo itself refuses makes [New] fail with an error wrapping
 // [kdeliver.ErrInvalidConfig]. Consumer options (topics, groups) are refused
-// too: use package consumer.
+// too (use package consumer), and so is kgo.ManualFlushing, with which Produce
+// would never return.
 func WithKgoOpts(opts ...kgo.Opt) Option {
 	return option(func(c *config) { c.kgoOpts = append(c.kgoOpts, opts...) })
 }

@@ -12,6 +12,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/twmb/franz-go/pkg/kgo"
 
@@ -98,7 +99,7 @@ func New(brokers []string, sem kdeliver.Semantics, opts ...Option) (*Producer, e
 		probe.TransactionalID = ""
 	}
 	probe.LeaderAck = probe.LeaderAck && sem == kdeliver.AtMostOnce
-	if probe.DeliveryTimeout < 1e9 || sem == kdeliver.AtMostOnce {
+	if probe.DeliveryTimeout < time.Second || sem == kdeliver.AtMostOnce {
 		probe.DeliveryTimeout = 0
 	}
 	if len(seeds) == 0 {
@@ -116,6 +117,8 @@ func New(brokers []string, sem kdeliver.Semantics, opts ...Option) (*Producer, e
 	probe.Check(cl, &ps)
 	ps.Add(reflect.ValueOf(cl.OptValue(kgo.ConsumeTopics)).Len() > 0 || cl.OptValue(kgo.ConsumerGroup).(string) != "",
 		"a raw consumer option (kgo.ConsumeTopics, kgo.ConsumerGroup) was passed to a producer: use package consumer to consume")
+	ps.Add(cl.OptValue(kgo.ManualFlushing).(bool),
+		"a raw option set kgo.ManualFlushing, with which Produce waits for a Flush that nothing calls: remove it (ProduceAsync plus Flush batches the same way)")
 	if err := ps.Err("producer", sem); err != nil {
 		cl.Close()
 		return nil, err
