@@ -121,8 +121,8 @@ func SinkOpts(s Sink, group string) []kgo.Opt {
 	}
 }
 
-// RunSink polls cl, a client built with [SinkOpts], and writes each
-// partition's records to s until ctx is canceled, then returns nil. A Write
+// RunSink polls cl, a client built with [SinkOpts], up to 2000 records at a
+// time, and writes each partition's records to s until ctx is canceled, then returns nil. A Write
 // that fails is retried with backoff (up to 5s apart) until it succeeds: the
 // records stay unwritten and uncommitted meanwhile, and each failure is passed
 // to report (which may be nil). A partition whose Write returns [ErrFenced]
@@ -133,7 +133,7 @@ func RunSink(ctx context.Context, cl *kgo.Client, s Sink, report func(error)) er
 		report = func(error) {}
 	}
 	for {
-		fetches := cl.PollRecords(ctx, 10_000)
+		fetches := cl.PollRecords(ctx, 2000)
 		if ctx.Err() != nil {
 			cl.AllowRebalance()
 			return nil

@@ -54,7 +54,7 @@ type config struct{ table string }
 // ("app.dedup").
 func WithTable(name string) Option { return func(c *config) { c.table = name } }
 
-func apply(def string, opts []Option) string {
+func tableName(def string, opts []Option) string {
 	c := config{table: def}
 	for _, o := range opts {
 		o(&c)
@@ -86,7 +86,7 @@ var _ dedup.Store = (*Store)(nil)
 // New returns a store in pool's database; the caller keeps and closes
 // pool. Call [Store.CreateTable] once before use.
 func New(pool *pgxpool.Pool, opts ...Option) *Store {
-	t := apply(DefaultDedupTable, opts)
+	t := tableName(DefaultDedupTable, opts)
 	return &Store{
 		pool:   pool,
 		create: `CREATE TABLE IF NOT EXISTS ` + t + ` (key text PRIMARY KEY, token text, expires_at timestamptz NOT NULL)`,
