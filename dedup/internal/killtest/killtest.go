@@ -128,7 +128,7 @@ func Run(t *testing.T, p Plan) Report {
 	rep.Rebalances++
 	waitFor((p.Kills + 1) * p.Records / steps)
 	waitFor(0) // more progress with both
-	b.kill() // rebalance: the survivor takes b's partitions after b's session expires
+	b.kill()   // rebalance: the survivor takes b's partitions after b's session expires
 	rep.Kills++
 	rep.Rebalances++
 	waitFor(p.Records)
