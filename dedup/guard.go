@@ -238,6 +238,9 @@ func (g *Guard) reserve(ctx context.Context, key string) (string, error) {
 }
 
 func (g *Guard) confirm(ctx context.Context, key string) error {
+	if ctx.Err() == nil && g.store.Confirm(ctx, key, g.ttl) == nil {
+		return nil
+	}
 	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), g.lease)
 	defer cancel()
 	wait := 50 * time.Millisecond
