@@ -3,14 +3,12 @@ package pgstore_test
 import (
 	"context"
 	"strconv"
-	"sync/atomic"
 	"testing"
 
 	"github.com/kdeliver/kdeliver/dedup"
 	"github.com/kdeliver/kdeliver/dedup/pgstore"
+	"github.com/kdeliver/kdeliver/dedup/storetest"
 )
-
-func noop(context.Context) error { return nil }
 
 // BenchmarkGuard is the per-record overhead of a guarded side effect in
 // PostgreSQL: Reserve (one INSERT ... ON CONFLICT) and Confirm (one upsert).
@@ -24,33 +22,7 @@ func BenchmarkGuard(b *testing.B) {
 	if err := store.CreateTable(ctx); err != nil {
 		b.Fatal(err)
 	}
-	g, err := dedup.NewGuard(store, "bench")
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Run("serial", func(b *testing.B) {
-		b.ReportAllocs()
-		i := 0
-		for b.Loop() {
-			i++
-			if _, err := g.Do(ctx, "s"+strconv.Itoa(i), noop); err != nil {
-				b.Fatal(err)
-			}
-		}
-	})
-	b.Run("parallel16", func(b *testing.B) {
-		b.ReportAllocs()
-		b.SetParallelism(16)
-		var n atomic.Int64
-		b.RunParallel(func(pb *testing.PB) {
-			for pb.Next() {
-				if _, err := g.Do(ctx, "p"+strconv.FormatInt(n.Add(1), 10), noop); err != nil {
-					b.Error(err)
-					return
-				}
-			}
-		})
-	})
+	storetest.Benchmark(b, store)
 }
 
 // BenchmarkSinkWrite is the per-record cost of exactly-once into
