@@ -128,6 +128,7 @@ func (b *containerBackend) start(ctx context.Context, node int) error {
 		return err
 	}
 	c, err := testcontainers.Run(ctx, b.image,
+		testcontainers.WithLogger(logfLogger(b.cfg.logf)),
 		testcontainers.WithName(fmt.Sprintf("%s-%d", b.name, node)),
 		testcontainers.WithEnv(maps.Clone(b.env[node-1])),
 		testcontainers.WithHostConfigModifier(func(hc *container.HostConfig) {
@@ -144,6 +145,12 @@ func (b *containerBackend) start(ctx context.Context, node int) error {
 	}
 	return nil
 }
+
+// logfLogger sends testcontainers' messages to the harness's logf (t.Logf
+// under [Start]: shown only for failed tests or with -v).
+type logfLogger func(format string, args ...any)
+
+func (l logfLogger) Printf(format string, args ...any) { l(format, args...) }
 
 func (b *containerBackend) state(ctx context.Context, node int) (*container.State, error) {
 	c := b.ctr(node)
@@ -202,10 +209,19 @@ func (b *containerBackend) kill(ctx context.Context, node int) error {
 	if c == nil {
 		return nil
 	}
-	if st, err := c.State(ctx); err == nil && !st.Running {
+	st, err := c.State(ctx)
+	if err == nil && !st.Running {
 		return nil
 	}
-	if _, err := b.cli.ContainerKill(ctx, c.GetContainerID(), client.ContainerKillOptions{Signal: "KILL"}); err != nil {
+	paused := err == nil && st.Paused
+	_, err = b.cli.ContainerKill(ctx, c.GetContainerID(), client.ContainerKillOptions{Signal: "KILL"})
+	if err != nil && paused {
+		// An engine that cannot kill a paused container: let it run for
+		// the moment between unpause and kill.
+		_, _ = b.cli.ContainerUnpause(ctx, c.GetContainerID(), client.ContainerUnpauseOptions{})
+		_, err = b.cli.ContainerKill(ctx, c.GetContainerID(), client.ContainerKillOptions{Signal: "KILL"})
+	}
+	if err != nil {
 		return err
 	}
 	return b.waitNotRunning(ctx, node)
