@@ -155,7 +155,6 @@ type Cluster struct {
 
 	mu      sync.Mutex
 	down    map[int]bool // nodes stopped or killed
-	paused  map[int]bool
 	closed  bool
 	closeMu sync.Mutex
 }
@@ -217,11 +216,10 @@ func New(ctx context.Context, opts ...Option) (*Cluster, error) {
 	defer cancel()
 
 	c := &Cluster{
-		cfg:    cfg,
-		kind:   kind,
-		rf:     int16(min(3, cfg.nodes)),
-		down:   map[int]bool{},
-		paused: map[int]bool{},
+		cfg:  cfg,
+		kind: kind,
+		rf:   int16(min(3, cfg.nodes)),
+		down: map[int]bool{},
 	}
 	began := time.Now()
 	switch kind {
@@ -434,9 +432,6 @@ func (c *Cluster) Pause(node int) error {
 	if err := c.be.pause(ctx, node); err != nil {
 		return fmt.Errorf("integration: pause node %d: %w", node, err)
 	}
-	c.mu.Lock()
-	c.paused[node] = true
-	c.mu.Unlock()
 	return nil
 }
 
@@ -450,9 +445,6 @@ func (c *Cluster) Resume(node int) error {
 	if err := c.be.resume(ctx, node); err != nil {
 		return fmt.Errorf("integration: resume node %d: %w", node, err)
 	}
-	c.mu.Lock()
-	delete(c.paused, node)
-	c.mu.Unlock()
 	return nil
 }
 
@@ -481,9 +473,6 @@ func (c *Cluster) Restart(ctx context.Context, node int) error {
 		return fmt.Errorf("integration: restart node %d: %w", node, err)
 	}
 	c.setDown(node, false)
-	c.mu.Lock()
-	delete(c.paused, node)
-	c.mu.Unlock()
 	return c.waitReady(ctx, node)
 }
 
