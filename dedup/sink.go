@@ -69,55 +69,68 @@ type Sink interface {
 
 // SinkOpts returns the kgo options that drive s from a group consumer of
 // group: on assignment it calls [Sink.Assign] and starts each partition at
-// the sink's offset; on revoke or loss it calls [Sink.Revoke]. They block
-// rebalances while a polled batch is written ([kgo.BlockRebalanceOnPoll]) and
-// disable auto-commit. They set kgo.OnPartitionsAssigned, Revoked and Lost and
-// kgo.AdjustFetchOffsetsFn: do not set those as well. Use them with
-// [RunSink], or call [Sink.Write] and [kgo.Client.AllowRebalance] in your own
-// poll loop.
+// the sink's offset ([AdjustFetchOffsets]); on revoke or loss it calls
+// [Sink.Revoke]. They block rebalances while a polled batch is written
+// ([kgo.BlockRebalanceOnPoll]) and disable auto-commit. They set
+// kgo.OnPartitionsAssigned, Revoked and Lost and kgo.AdjustFetchOffsetsFn:
+// do not set those as well. Use them with [RunSink], or call [Sink.Write] and
+// [kgo.Client.AllowRebalance] in your own poll loop.
 func SinkOpts(s Sink, group string) []kgo.Opt {
 	var (
-		mu     sync.Mutex
-		member string
-		gen    int32
+		mu sync.Mutex
+		cl *kgo.Client
 	)
+	meta := func() (string, int32) {
+		mu.Lock()
+		defer mu.Unlock()
+		if cl == nil {
+			return "", -1
+		}
+		return cl.GroupMetadata()
+	}
 	revoke := func(_ context.Context, _ *kgo.Client, parts map[string][]int32) { s.Revoke(parts) }
 	return []kgo.Opt{
 		kgo.DisableAutoCommit(),
 		kgo.BlockRebalanceOnPoll(),
-		kgo.OnPartitionsAssigned(func(_ context.Context, cl *kgo.Client, _ map[string][]int32) {
-			m, g := cl.GroupMetadata()
+		kgo.OnPartitionsAssigned(func(_ context.Context, c *kgo.Client, _ map[string][]int32) {
 			mu.Lock()
-			member, gen = m, g
+			cl = c
 			mu.Unlock()
 		}),
-		// kgo calls this after OnPartitionsAssigned and before fetching; an
-		// error makes the member rejoin, so nothing is fetched from a
-		// position the sink did not give.
-		kgo.AdjustFetchOffsetsFn(func(ctx context.Context, offsets map[string]map[int32]kgo.Offset) (map[string]map[int32]kgo.Offset, error) {
-			mu.Lock()
-			a := Assignment{Group: group, MemberID: member, Generation: gen, Partitions: make(map[string][]int32, len(offsets))}
-			mu.Unlock()
-			for t, ps := range offsets {
-				for p := range ps {
-					a.Partitions[t] = append(a.Partitions[t], p)
-				}
-			}
-			stored, err := s.Assign(ctx, a)
-			if err != nil {
-				return nil, fmt.Errorf("dedup: sink assign: %w", err)
-			}
-			for t, ps := range stored {
-				for p, off := range ps {
-					if _, ok := offsets[t][p]; ok {
-						offsets[t][p] = kgo.NewOffset().At(off).WithEpoch(-1)
-					}
-				}
-			}
-			return offsets, nil
-		}),
+		kgo.AdjustFetchOffsetsFn(AdjustFetchOffsets(s, group, meta)),
 		kgo.OnPartitionsRevoked(revoke),
 		kgo.OnPartitionsLost(revoke),
+	}
+}
+
+// AdjustFetchOffsets returns the function for [kgo.AdjustFetchOffsetsFn]
+// that claims newly assigned partitions with [Sink.Assign] and starts each
+// at the sink's stored offset (others keep the offset kgo chose). meta
+// returns the member ID and generation for the [Assignment]
+// ([kgo.Client.GroupMetadata]). kgo calls it after OnPartitionsAssigned and
+// before fetching; an error makes the member rejoin, so nothing is fetched
+// from a position the sink did not give.
+func AdjustFetchOffsets(s Sink, group string, meta func() (member string, generation int32)) func(context.Context, map[string]map[int32]kgo.Offset) (map[string]map[int32]kgo.Offset, error) {
+	return func(ctx context.Context, offsets map[string]map[int32]kgo.Offset) (map[string]map[int32]kgo.Offset, error) {
+		member, gen := meta()
+		a := Assignment{Group: group, MemberID: member, Generation: gen, Partitions: make(map[string][]int32, len(offsets))}
+		for t, ps := range offsets {
+			for p := range ps {
+				a.Partitions[t] = append(a.Partitions[t], p)
+			}
+		}
+		stored, err := s.Assign(ctx, a)
+		if err != nil {
+			return nil, fmt.Errorf("dedup: sink assign: %w", err)
+		}
+		for t, ps := range stored {
+			for p, off := range ps {
+				if _, ok := offsets[t][p]; ok {
+					offsets[t][p] = kgo.NewOffset().At(off).WithEpoch(-1)
+				}
+			}
+		}
+		return offsets, nil
 	}
 }
 
