@@ -150,6 +150,11 @@ func (p Producer) Validate(ps *kdeliver.Problems) {
 	ps.Add(p.DeliveryTimeout < 0 || (p.DeliveryTimeout > 0 && p.DeliveryTimeout < time.Second), fmt.Sprintf("delivery timeout %v is below the 1s minimum: pass at least 1s to WithDeliveryTimeout, or leave it out for the default", p.DeliveryTimeout))
 }
 
+// AtMostOnceMetadataMaxAge is how often an AtMostOnce producer refreshes its
+// metadata: it never retries, so a leader change is noticed only then. It
+// stays above kgo's default metadata min age (5s), which it may not be below.
+const AtMostOnceMetadataMaxAge = 10 * time.Second
+
 // Opts returns the kgo options of p's preset.
 func (p Producer) Opts() []kgo.Opt {
 	switch p.Semantics {
@@ -163,6 +168,16 @@ func (p Producer) Opts() []kgo.Opt {
 			kgo.RequiredAcks(acks),
 			kgo.RecordRetries(0),
 			kgo.MaxProduceRequestsInflightPerBroker(1),
+			// A record failed for lack of retries does not make kgo
+			// refresh its metadata, and with acks=0 no error is even
+			// seen: after a leader change the client keeps writing to
+			// the old leader until the metadata max age (5 minutes by
+			// default) passes, and every record is lost once the old
+			// leader is back as a follower. Refresh often instead:
+			// integration/durability (3 leader kills, acks=0) measured
+			// 15,719 of 89,480 records lost with the default, 344 of
+			// 78,770 with 10s.
+			kgo.MetadataMaxAge(AtMostOnceMetadataMaxAge),
 		}
 	case kdeliver.AtLeastOnce:
 		return []kgo.Opt{
