@@ -17,6 +17,7 @@ import (
 
 	"github.com/kdeliver/kdeliver"
 	"github.com/kdeliver/kdeliver/integration"
+	"github.com/kdeliver/kdeliver/internal/preset"
 	"github.com/kdeliver/kdeliver/producer"
 )
 
@@ -44,6 +45,8 @@ const (
 // ExactlyOnce, which re-sends the records of an aborted transaction).
 type writer struct {
 	sem    kdeliver.Semantics
+	acks   string // "0", "1" or "all"
+	opts   []producer.Option
 	prefix string
 	topic  string
 
@@ -52,7 +55,8 @@ type writer struct {
 	mu      sync.Mutex
 	state   []outcome
 	sentAt  []time.Duration // since epoch, by sequence number
-	txnTime time.Duration   // total time spent in Transact
+	part    []int8          // partition by sequence number, -1 if not known
+	txnTook []time.Duration // how long each Transact took
 	nAcked  int
 	aborted map[[2]int]bool // (seq, attempt) of aborted transactions: never visible
 	errs    map[string]int  // failures by message
@@ -60,9 +64,32 @@ type writer struct {
 	txns, abortedTxns, unconfirmedTxns, replaced int
 }
 
-func newWriter(sem kdeliver.Semantics, topic string, epoch time.Time) *writer {
-	prefix := map[kdeliver.Semantics]string{kdeliver.AtMostOnce: "amo", kdeliver.AtLeastOnce: "alo", kdeliver.ExactlyOnce: "eos"}[sem]
-	return &writer{sem: sem, prefix: prefix, topic: topic, epoch: epoch, aborted: map[[2]int]bool{}, errs: map[string]int{}}
+// newWriter returns a writer for sem; leaderAck adds producer.WithLeaderAck
+// (AtMostOnce with acks=1 instead of acks=0).
+func newWriter(sem kdeliver.Semantics, leaderAck bool, topic string, epoch time.Time) *writer {
+	w := &writer{sem: sem, topic: topic, epoch: epoch, aborted: map[[2]int]bool{}, errs: map[string]int{}}
+	switch sem {
+	case kdeliver.AtMostOnce:
+		w.prefix, w.acks = "amo0", "0"
+		if leaderAck {
+			w.prefix, w.acks = "amo1", "1"
+			w.opts = append(w.opts, producer.WithLeaderAck())
+		}
+	case kdeliver.AtLeastOnce:
+		w.prefix, w.acks = "alo", "all"
+	case kdeliver.ExactlyOnce:
+		w.prefix, w.acks = "eos", "all"
+	}
+	w.opts = append(w.opts, kdeliver.WithClientID(w.prefix))
+	return w
+}
+
+// name names the writer's subtest.
+func (w *writer) name() string {
+	if w.acks == "1" {
+		return w.sem.String() + "-leader-ack"
+	}
+	return w.sem.String()
 }
 
 // next reserves n sequence numbers.
@@ -75,6 +102,7 @@ func (w *writer) next(n int) []int {
 		seqs[i] = len(w.state)
 		w.state = append(w.state, pending)
 		w.sentAt = append(w.sentAt, now)
+		w.part = append(w.part, -1)
 	}
 	return seqs
 }
@@ -85,6 +113,18 @@ func (w *writer) record(seq, attempt int) *kgo.Record {
 		Key:   []byte(strconv.Itoa(seq)),
 		Value: fmt.Appendf(nil, "%s:%d:%d", w.prefix, seq, attempt),
 	}
+}
+
+// done records the outcome of a record produced with ProduceAsync.
+func (w *writer) done(seq int, r *kgo.Record, err error) {
+	o := acked
+	if err != nil {
+		o = failed
+	}
+	w.set([]int{seq}, o, err)
+	w.mu.Lock()
+	w.part[seq] = int8(r.Partition)
+	w.mu.Unlock()
 }
 
 func (w *writer) set(seqs []int, o outcome, err error) {
@@ -144,13 +184,7 @@ func (w *writer) runAsync(ctx context.Context, p *producer.Producer, stop func(*
 	var pace pacer
 	for !stop(w) && pace.wait(ctx, 10) == nil {
 		for _, seq := range w.next(10) {
-			p.ProduceAsync(ctx, w.record(seq, 0), func(_ *kgo.Record, err error) {
-				if err != nil {
-					w.set([]int{seq}, failed, err)
-				} else {
-					w.set([]int{seq}, acked, nil)
-				}
-			})
+			p.ProduceAsync(ctx, w.record(seq, 0), func(r *kgo.Record, err error) { w.done(seq, r, err) })
 		}
 	}
 }
@@ -181,7 +215,7 @@ func (w *writer) runTxn(ctx context.Context, t *testing.T, newProducer func() (*
 			})
 			w.mu.Lock()
 			w.txns++
-			w.txnTime += time.Since(began)
+			w.txnTook = append(w.txnTook, time.Since(began))
 			w.mu.Unlock()
 			if err == nil {
 				w.set(seqs, acked, nil)
@@ -233,7 +267,8 @@ type tally struct {
 	abortedRead int // read, though its transaction was aborted
 	unexpected  int // read, never sent
 
-	lostWindows []string // when the lost records were sent
+	lostWindows []string      // when the lost records were sent
+	longestLoss time.Duration // the longest window of them
 }
 
 // audit counts each sequence number of w among the values read.
@@ -254,7 +289,7 @@ func (w *writer) audit(read map[string][]int) tally {
 		}
 	}
 	tl.sent = len(w.state)
-	var win lossWindows
+	win := map[int8]*lossWindows{}
 	for seq, o := range w.state {
 		n := seen[seq]
 		tl.duplicated += max(0, n-1)
@@ -263,7 +298,11 @@ func (w *writer) audit(read map[string][]int) tally {
 			tl.acked++
 			if n == 0 {
 				tl.lost++
-				win.add(w.sentAt[seq])
+				p := w.part[seq]
+				if win[p] == nil {
+					win[p] = &lossWindows{}
+				}
+				win[p].add(w.sentAt[seq])
 			}
 		case failed, unconfirmed:
 			if o == failed {
@@ -278,7 +317,12 @@ func (w *writer) audit(read map[string][]int) tally {
 			tl.pending++
 		}
 	}
-	tl.lostWindows = win.list()
+	for _, p := range slices.Sorted(maps.Keys(win)) {
+		tl.lostWindows = append(tl.lostWindows, fmt.Sprintf("partition %d: %s", p, strings.Join(win[p].list(), ", ")))
+		for i := range win[p].n {
+			tl.longestLoss = max(tl.longestLoss, win[p].to[i]-win[p].from[i])
+		}
+	}
 	return tl
 }
 
@@ -337,8 +381,9 @@ func readValues(ctx context.Context, c *integration.Cluster, topic string) (map[
 	return out, bad, nil
 }
 
-// producerDurability runs an AtLeastOnce, an ExactlyOnce and an AtMostOnce
-// producer side by side on one topic of 3 partitions while the leader of
+// producerDurability runs an AtLeastOnce, an ExactlyOnce and two AtMostOnce
+// producers (acks=0, the default, and acks=1 with producer.WithLeaderAck)
+// side by side on one topic of 3 partitions while the leader of
 // partition 0 is SIGKILLed and restarted kills times, then reads the topic
 // back and audits each producer.
 func producerDurability(t *testing.T, c *integration.Cluster, kills int) {
@@ -350,11 +395,13 @@ func producerDurability(t *testing.T, c *integration.Cluster, kills int) {
 	if err := c.CreateTopic(ctx, topic, 3); err != nil {
 		t.Fatal(err)
 	}
+	warmUp(ctx, t, c, topic, 3)
 	began := time.Now()
 	writers := []*writer{
-		newWriter(kdeliver.AtLeastOnce, topic, began),
-		newWriter(kdeliver.ExactlyOnce, topic, began),
-		newWriter(kdeliver.AtMostOnce, topic, began),
+		newWriter(kdeliver.AtLeastOnce, false, topic, began),
+		newWriter(kdeliver.ExactlyOnce, false, topic, began),
+		newWriter(kdeliver.AtMostOnce, false, topic, began),
+		newWriter(kdeliver.AtMostOnce, true, topic, began),
 	}
 	var faultsDone atomic.Bool
 	faultsDone.Store(kills == 0)
@@ -380,11 +427,11 @@ func producerDurability(t *testing.T, c *integration.Cluster, kills int) {
 			id := topic + "-txn"
 			wg.Go(func() {
 				w.runTxn(ctx, t, func() (*producer.Producer, error) {
-					return producer.New(c.Brokers(), w.sem, producer.WithTransactionalID(id), kdeliver.WithClientID(w.prefix))
+					return producer.New(c.Brokers(), w.sem, slices.Concat(w.opts, []producer.Option{producer.WithTransactionalID(id)})...)
 				}, stop)
 			})
 		default:
-			p, err := producer.New(c.Brokers(), w.sem, kdeliver.WithClientID(w.prefix))
+			p, err := producer.New(c.Brokers(), w.sem, w.opts...)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -400,6 +447,10 @@ func producerDurability(t *testing.T, c *integration.Cluster, kills int) {
 		}
 	}
 
+	stopWatch := func() {}
+	if kills > 0 {
+		stopWatch = watchLeaders(ctx, t, c, topic, began)
+	}
 	var faultErr error
 	for i := range kills {
 		faultErr = leaderBounce(ctx, t, c, topic, i+1, began, minAcked)
@@ -409,7 +460,9 @@ func producerDurability(t *testing.T, c *integration.Cluster, kills int) {
 	}
 	faultsDone.Store(true)
 	wg.Wait()
+	stopWatch()
 	elapsed := time.Since(began)
+	t.Logf("producers done after %.1fs; leaders %s", elapsed.Seconds(), leaders(ctx, c, topic))
 	if faultErr != nil {
 		t.Fatalf("fault injection: %v", faultErr)
 	}
@@ -432,9 +485,10 @@ func producerDurability(t *testing.T, c *integration.Cluster, kills int) {
 		scenario = "producer-no-faults"
 	}
 	for _, w := range writers {
-		t.Run(w.sem.String(), func(t *testing.T) {
+		t.Run(w.name(), func(t *testing.T) {
 			tl := w.audit(read)
 			r := newResult(c, scenario, w.sem)
+			r.set("acks", w.acks)
 			r.set("records", tl.sent)
 			r.set("acked", tl.acked)
 			r.set("failed", tl.failed)
@@ -447,8 +501,10 @@ func producerDurability(t *testing.T, c *integration.Cluster, kills int) {
 				r.set("txns", w.txns)
 				r.set("aborted_txns", w.abortedTxns)
 				r.set("replaced_producers", w.replaced)
-				if w.txns > 0 {
-					r.set("mean_txn", (w.txnTime / time.Duration(w.txns)).Round(time.Millisecond))
+				if len(w.txnTook) > 0 {
+					took := slices.Sorted(slices.Values(w.txnTook))
+					r.set("txn_p50", took[len(took)/2].Round(time.Millisecond).String())
+					r.set("txn_max", took[len(took)-1].Round(time.Millisecond).String())
 				}
 				w.mu.Unlock()
 				r.set("aborted_read", tl.abortedRead)
@@ -463,7 +519,7 @@ func producerDurability(t *testing.T, c *integration.Cluster, kills int) {
 			}
 			w.mu.Unlock()
 			if len(tl.lostWindows) > 0 {
-				t.Logf("lost records by send time: %s", strings.Join(tl.lostWindows, "; "))
+				t.Logf("lost records by partition and send time: %s", strings.Join(tl.lostWindows, "; "))
 			}
 
 			if tl.sent < minRecords {
@@ -479,7 +535,14 @@ func producerDurability(t *testing.T, c *integration.Cluster, kills int) {
 				t.Errorf("%d duplicates: %s must never write a record twice", tl.duplicated, w.sem)
 			}
 			if w.sem == kdeliver.AtMostOnce {
-				return // losses are counted, not failures
+				// Losses are counted, not failures, but they must stay
+				// around the faults: a window of loss longer than the
+				// preset's metadata refresh means the producer kept
+				// writing to a node that no longer leads.
+				if limit := preset.AtMostOnceMetadataMaxAge + 2*time.Second; tl.longestLoss > limit {
+					t.Errorf("records were lost for %s in a row, longer than the metadata refresh (%s): stale leader", tl.longestLoss.Round(100*time.Millisecond), preset.AtMostOnceMetadataMaxAge)
+				}
+				return
 			}
 			if tl.lost > 0 {
 				t.Errorf("%d acknowledged records lost: %s must keep every acknowledged record", tl.lost, w.sem)
@@ -524,8 +587,61 @@ func leaderBounce(ctx context.Context, t *testing.T, c *integration.Cluster, top
 	if err := c.WaitInSync(ctx); err != nil {
 		return err
 	}
-	t.Logf("fault %d at %.1fs: SIGKILL node %d (leader of %s/0); node %d leads after %s; restarted after %s; in sync after %s",
+	t.Logf("fault %d at %.1fs: SIGKILL node %d (leader of %s/0); node %d leads after %s; restarted after %s; in sync after %s; leaders %s",
 		n, began.Sub(epoch).Seconds(), leader, topic, next, elected.Round(100*time.Millisecond), restarted.Round(100*time.Millisecond),
-		time.Since(began).Round(100*time.Millisecond))
+		time.Since(began).Round(100*time.Millisecond), leaders(ctx, c, topic))
 	return nil
+}
+
+// warmUp writes one record with acks=all to each partition, so that the
+// measurement starts once every leader accepts writes. Without it an
+// AtMostOnce producer (acks=0, which hears of no error) loses the records
+// it sends while a new topic's leaders are still loading it.
+func warmUp(ctx context.Context, t *testing.T, c *integration.Cluster, topic string, partitions int) {
+	t.Helper()
+	cl := c.Client(t, kgo.RecordPartitioner(kgo.ManualPartitioner()))
+	for p := range partitions {
+		rec := &kgo.Record{Topic: topic, Partition: int32(p), Value: fmt.Appendf(nil, "warm:%d:0", p)}
+		if err := cl.ProduceSync(ctx, rec).FirstErr(); err != nil {
+			t.Fatalf("warm up %s/%d: %v", topic, p, err)
+		}
+	}
+}
+
+// leaders describes which node leads each partition of topic, e.g.
+// "p0=1 p1=2 p2=3".
+func leaders(ctx context.Context, c *integration.Cluster, topic string) string {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	m, err := c.Admin().Metadata(ctx, topic)
+	if err != nil {
+		return err.Error()
+	}
+	var out []string
+	for _, p := range m.Topics[topic].Partitions.Sorted() {
+		out = append(out, fmt.Sprintf("p%d=%d", p.Partition, p.Leader))
+	}
+	return strings.Join(out, " ")
+}
+
+// watchLeaders logs every change of topic's partition leaders, with the
+// time since epoch, until the returned function is called.
+func watchLeaders(ctx context.Context, t *testing.T, c *integration.Cluster, topic string, epoch time.Time) (stop func()) {
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		last := ""
+		for ctx.Err() == nil {
+			if now := leaders(ctx, c, topic); now != last && ctx.Err() == nil {
+				t.Logf("at %.1fs leaders %s", time.Since(epoch).Seconds(), now)
+				last = now
+			}
+			select {
+			case <-ctx.Done():
+			case <-time.After(500 * time.Millisecond):
+			}
+		}
+	}()
+	return func() { cancel(); <-done }
 }
