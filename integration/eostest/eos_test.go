@@ -11,6 +11,7 @@ import (
 
 	"github.com/twmb/franz-go/pkg/kgo"
 
+	"github.com/kdeliver/kdeliver/eos"
 	"github.com/kdeliver/kdeliver/integration"
 )
 
@@ -52,7 +53,7 @@ func (sc t1) run(t *testing.T) {
 	}
 	s.wait(1, p)
 	t.Logf("copied %d records in %s with %d %s faults", sc.n, time.Since(began).Round(time.Second), len(sc.at), sc.fault)
-	recs := s.finish(p)
+	recs, _ := s.finish(p)
 	if sc.ordered {
 		for i, r := range recs {
 			if string(r.Value) != s.want[i] {
@@ -66,6 +67,7 @@ func (sc t1) run(t *testing.T) {
 // a concurrent read_committed reader of the output.
 type scenario struct {
 	t              *testing.T
+	copiers        []*integration.Process
 	ctx            context.Context
 	n              int
 	in, out, group string
@@ -86,7 +88,9 @@ func newScenario(t *testing.T, d time.Duration, n, inParts, outParts int) *scena
 
 func (s *scenario) copier(txnID string, env ...string) *integration.Process {
 	s.t.Helper()
-	return copier(s.t, s.group, s.in, s.out, txnID, env...)
+	p := copier(s.t, s.group, s.in, s.out, txnID, env...)
+	s.copiers = append(s.copiers, p)
+	return p
 }
 
 func (s *scenario) progress() float64 { return progress(s.ctx, s.group, s.in, s.n) }
@@ -116,14 +120,29 @@ func (s *scenario) bounce(node int, down time.Duration) {
 
 // finish kills the copiers ps and audits the output with a final and the
 // concurrent read_committed reader.
-func (s *scenario) finish(ps ...*integration.Process) []*kgo.Record {
+func (s *scenario) finish(ps ...*integration.Process) ([]*kgo.Record, eos.Stats) {
 	s.t.Helper()
 	for _, p := range ps {
 		p.Kill()
 	}
+	var sum eos.Stats
+	for _, p := range s.copiers {
+		st := lastStats(p.Output())
+		sum.Committed += st.Committed
+		sum.Aborted += st.Aborted
+		sum.AbortedHandler += st.AbortedHandler
+		sum.AbortedRebalance += st.AbortedRebalance
+		sum.Recreated += st.Recreated
+		sum.RewindViolations += st.RewindViolations
+	}
+	s.t.Logf("copier processes: %d; transactions (last reports, up to 1s stale): committed %d, aborted %d (handler %d, rebalance %d), clients replaced %d, rewind violations %d",
+		len(s.copiers), sum.Committed, sum.Aborted, sum.AbortedHandler, sum.AbortedRebalance, sum.Recreated, sum.RewindViolations)
+	if sum.RewindViolations != 0 {
+		s.t.Errorf("rewind guard tripped %d times", sum.RewindViolations)
+	}
 	recs := finalAudit(s.t, s.ctx, s.out, s.want)
 	checkTail(s.t, s.tail, s.n)
-	return recs
+	return recs, sum
 }
 
 // waitAlive waits for progress like waitProgress and fails at once if a
@@ -189,7 +208,7 @@ func TestT2GroupZombie(t *testing.T) {
 	}
 	t.Logf("SIGCONT copier 0 at %.1f%%", 100*s.progress())
 	s.wait(1, ps[1:]...)
-	recs := s.finish(ps...)
+	recs, _ := s.finish(ps...)
 	t.Logf("zombie output:\n%s", lastLines(zombie.Output(), 15))
 	// Each input partition's records went to one output key, in order.
 	last := map[string]int{}
@@ -236,8 +255,11 @@ func TestT3TransactionTimeout(t *testing.T) {
 	s := newScenario(t, 10*time.Minute, 5000, 2, 2)
 	p := s.copier(s.in+"-copier", envDelay+"=1ms", envTxnTimeout+"=3s", envSlowValue+"=v:2500", envSlowFor+"=15s")
 	s.wait(1, p)
-	s.finish(p)
+	_, st := s.finish(p)
 	t.Logf("copier output:\n%s", lastLines(p.Output(), 10))
+	if st.Aborted == 0 {
+		t.Error("the transaction held past its timeout was not aborted")
+	}
 }
 
 // T3, D3: SIGKILL the node that coordinates the copier's transactions in

@@ -12,6 +12,7 @@ package eostest
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"math/rand/v2"
@@ -68,6 +69,9 @@ const (
 	envTxnTimeout = "EOSTEST_TXN_TIMEOUT"
 	envKeyByPart  = "EOSTEST_KEY_BY_PARTITION" // output key = input partition (T2 order check)
 
+	// statsPrefix starts the copier's periodic line of eos.Stats (JSON).
+	statsPrefix = "copier stats: "
+
 	// exitFenced is the copier's exit status when Run returned ErrFenced.
 	exitFenced = 3
 )
@@ -101,6 +105,13 @@ func TestHelperCopier(t *testing.T) {
 	slowValue := os.Getenv(envSlowValue)
 	keyByPart := os.Getenv(envKeyByPart) != ""
 	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), uint64(os.Getpid())))
+	// The copier dies by SIGKILL: report the counters as it goes.
+	go func() {
+		for range time.Tick(time.Second) {
+			b, _ := json.Marshal(s.Stats())
+			fmt.Printf("%s%s\n", statsPrefix, b)
+		}
+	}()
 	var aborts int
 	err = s.Run(context.Background(), func(_ context.Context, in *kgo.Record, emit func(*kgo.Record)) error {
 		if delay > 0 {
@@ -122,7 +133,8 @@ func TestHelperCopier(t *testing.T) {
 		emit(&kgo.Record{Key: key, Value: in.Value})
 		return nil
 	})
-	fmt.Printf("copier: Run returned %v; stats %+v\n", err, s.Stats())
+	b, _ := json.Marshal(s.Stats())
+	fmt.Printf("copier: Run returned %v\n%s%s\n", err, statsPrefix, b)
 	s.Close(context.Background())
 	if errors.Is(err, eos.ErrFenced) {
 		os.Exit(exitFenced)
@@ -279,4 +291,15 @@ func checkTail(t *testing.T, r *tail, n int) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+}
+
+// lastStats returns the last counters a copier process reported.
+func lastStats(out string) eos.Stats {
+	var st eos.Stats
+	for _, l := range strings.Split(out, "\n") {
+		if rest, ok := strings.CutPrefix(l, statsPrefix); ok {
+			_ = json.Unmarshal([]byte(rest), &st)
+		}
+	}
+	return st
 }
