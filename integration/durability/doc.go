@@ -29,16 +29,20 @@
 // # Scenarios
 //
 // Producer durability (after Kafka's replication_test, hard_bounce): an
-// AtLeastOnce, an ExactlyOnce and an AtMostOnce producer write to one topic
-// of 3 partitions at about 1,000 records a second each, until each has
-// written at least 30,000 and the leader of partition 0 has been SIGKILLed,
-// replaced by a new leader and restarted 3 times. All three see the same
-// faults. Values carry the writer and a sequence number, and the topic is
-// read back whole (read_committed, which hides only aborted transactional
-// records, once no transaction is open). AtLeastOnce and ExactlyOnce: no
-// acknowledged record lost, none duplicated, and for ExactlyOnce no record
-// of an aborted transaction visible. AtMostOnce: nothing duplicated; the
-// records lost are counted. On one node the producers run without faults.
+// AtLeastOnce, an ExactlyOnce (transactions of 500 records) and two
+// AtMostOnce producers (acks=0, the default, and acks=1 with
+// producer.WithLeaderAck) write to one topic of 3 partitions at about 1,000
+// records a second each, until each has written at least 30,000 and the
+// leader of partition 0 has been SIGKILLed, replaced by a new leader and
+// restarted 3 times. All four see the same faults. Values carry the writer
+// and a sequence number, and the topic is read back whole (read_committed,
+// which hides only aborted transactional records, once no transaction is
+// open). AtLeastOnce and ExactlyOnce: no acknowledged record lost, none
+// duplicated, and for ExactlyOnce no record of an aborted transaction
+// visible. AtMostOnce: nothing duplicated; the records lost are counted, and
+// no run of losses may last longer than the preset's metadata refresh (a
+// producer writing to a node that no longer leads). On one node the
+// producers run without faults.
 //
 // Consumer commit order (after Kafka's OffsetValidationTest, hard failure):
 // a consumer runs as a separate process (this test binary re-executed) and
