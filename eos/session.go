@@ -55,6 +55,8 @@ type Session struct {
 	log     *slog.Logger
 	stats   counters
 	newSess func(...kgo.Opt) (*kgo.GroupTransactSession, error)
+	// committed, when set (tests), is called after each commit.
+	committed func()
 
 	mu      sync.Mutex
 	sess    *kgo.GroupTransactSession // nil after an abandon, until recreated
@@ -434,6 +436,9 @@ func (l *loop) end(ctx context.Context, t *txn) error {
 		l.expect = nil
 		t.span.SetAttributes(attribute.String("eos.outcome", "commit"), attribute.Int("eos.records", t.records))
 		t.span.End()
+		if s.committed != nil {
+			s.committed()
+		}
 		return nil
 	case err == nil:
 		if t.reason == "" {
