@@ -24,10 +24,11 @@ const benchChunk = 20000
 //
 //   - raw-same-opts: the raw loop gets the session's own client options
 //     (presets and kotel hooks), so the ratio is the cost of the loop itself;
+//
 //   - raw-bare: the raw loop has no hooks, so the ratio also includes
 //     kotel's per-record hooks.
 //
-//	go test -run '^$' -bench Copy -benchtime 20x -count 5 ./eos/
+//     go test -run '^$' -bench Copy -benchtime 20x -count 5 ./eos/
 func BenchmarkCopy(b *testing.B) {
 	b.Run("raw-same-opts", func(b *testing.B) { benchCopy(b, true) })
 	b.Run("raw-bare", func(b *testing.B) { benchCopy(b, false) })
