@@ -307,6 +307,11 @@ type loop struct {
 	// expect holds, after an abort, the committed offset each partition
 	// must resume at; the first record polled per partition is checked.
 	expect map[string]map[int32]int64
+	// out collects what the handler emits; emit appends to it while
+	// handling is set. Both are reused for every record.
+	out      []*kgo.Record
+	emit     func(*kgo.Record)
+	handling bool
 }
 
 // txn is the state of one transaction.
@@ -323,6 +328,7 @@ type txn struct {
 
 	prodMu  sync.Mutex
 	prodErr error
+	promise func(*kgo.Record, error) // one for all the transaction's records
 }
 
 func (t *txn) abort(reason string) {
@@ -615,23 +621,27 @@ func (l *loop) handle(ctx context.Context, t *txn, r *kgo.Record) {
 // call runs the handler, turning a panic into an error and checking the
 // emitted records.
 func (l *loop) call(ctx context.Context, r *kgo.Record) (out []*kgo.Record, err error) {
+	if l.emit == nil {
+		l.emit = func(o *kgo.Record) {
+			if !l.handling {
+				panic("eos: emit called after the handler returned")
+			}
+			l.out = append(l.out, o)
+		}
+	}
+	clear(l.out)
+	l.out = l.out[:0]
+	l.handling = true
 	defer func() {
+		l.handling = false
 		if v := recover(); v != nil {
 			out, err = nil, panicError{v}
 		}
 	}()
-	done := false
-	err = l.h(ctx, r, func(o *kgo.Record) {
-		if done {
-			panic("eos: emit called after the handler returned")
-		}
-		out = append(out, o)
-	})
-	done = true
-	if err != nil {
+	if err = l.h(ctx, r, l.emit); err != nil {
 		return nil, err
 	}
-	for _, o := range out {
+	for _, o := range l.out {
 		if o == nil {
 			return nil, errors.New("emitted a nil record")
 		}
@@ -642,19 +652,22 @@ func (l *loop) call(ctx context.Context, r *kgo.Record) (out []*kgo.Record, err 
 			o.Topic = l.s.cfg.outputTopic
 		}
 	}
-	return out, nil
+	return l.out, nil
 }
 
 func (l *loop) produce(t *txn, r *kgo.Record) {
-	t.sess.Produce(context.Background(), r, func(_ *kgo.Record, err error) {
-		if err != nil {
-			t.prodMu.Lock()
-			if t.prodErr == nil {
-				t.prodErr = err
+	if t.promise == nil {
+		t.promise = func(_ *kgo.Record, err error) {
+			if err != nil {
+				t.prodMu.Lock()
+				if t.prodErr == nil {
+					t.prodErr = err
+				}
+				t.prodMu.Unlock()
 			}
-			t.prodMu.Unlock()
 		}
-	})
+	}
+	t.sess.Produce(context.Background(), r, t.promise)
 }
 
 // checkRewind reports whether r is below the committed offset its partition
