@@ -238,28 +238,15 @@ func waitCommitted(ctx context.Context, c *integration.Cluster, group, topic str
 		if exited(p) {
 			return false, "", fmt.Errorf("consumer exited early: %v\n%s", p.Wait(ctx), p.Output())
 		}
-		actx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		defer cancel()
-		ends, err := c.Admin().ListEndOffsets(actx, topic)
-		if err == nil {
-			err = ends.Error()
-		}
-		if err != nil {
-			return false, err.Error(), nil
-		}
-		offs, err := c.Admin().FetchOffsetsForTopics(actx, group, topic)
-		if err == nil {
-			err = offs.Error()
-		}
-		if err != nil {
-			return false, err.Error(), nil
-		}
-		var behind []string
-		ends.Each(func(e kadm.ListedOffset) {
-			if o, ok := offs.Lookup(topic, e.Partition); !ok || o.At < e.Offset {
-				behind = append(behind, fmt.Sprintf("p%d %d/%d", e.Partition, o.At, e.Offset))
+		done, state := reachedEnd(ctx, c, topic, "committed", func(ctx context.Context) (map[int32]int64, error) {
+			offs, err := c.Admin().FetchOffsetsForTopics(ctx, group, topic)
+			if err == nil {
+				err = offs.Error()
 			}
+			got := map[int32]int64{}
+			offs.Each(func(o kadm.OffsetResponse) { got[o.Partition] = o.At })
+			return got, err
 		})
-		return len(behind) == 0, strings.Join(behind, ", "), nil
+		return done, state, nil
 	})
 }
