@@ -205,17 +205,6 @@ func progress(ctx context.Context, group, topic string, total int) float64 {
 	return float64(done) / float64(total)
 }
 
-// waitProgress waits until group has committed at least frac of topic.
-func waitProgress(t *testing.T, ctx context.Context, group, topic string, total int, frac float64) {
-	t.Helper()
-	for progress(ctx, group, topic, total) < frac {
-		if ctx.Err() != nil {
-			t.Fatalf("waiting for %s to reach %.0f%% of %s: %v (at %.1f%%)", group, frac*100, topic, ctx.Err(), 100*progress(context.Background(), group, topic, total))
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
 // tail reads topic with read_committed during a test and counts each value.
 type tail struct {
 	mu     sync.Mutex
