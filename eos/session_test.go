@@ -40,6 +40,19 @@ type copierRun struct {
 	stats             []Stats
 }
 
+// newCopierRun copies "in" of c in group "g" as transactional ID
+// "copier-0", 250 records a transaction, with handler h.
+func newCopierRun(t *testing.T, c *kfake.Cluster, h Handler) *copierRun {
+	return &copierRun{t: t, c: c, group: "g", txnID: "copier-0", in: "in", opts: fastOpts(WithCommitEvery(250, time.Second)), handler: h}
+}
+
+// runFor runs copiers until all input is committed, for at most d.
+func (r *copierRun) runFor(d time.Duration) {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	defer cancel()
+	r.run(ctx)
+}
+
 func (r *copierRun) run(ctx context.Context) {
 	t := r.t
 	addrs := r.c.ListenAddrs()
@@ -136,21 +149,15 @@ func TestCopierExactlyOnceUnderAbortsAndCrashes(t *testing.T) {
 
 	var handled atomic.Int64
 	restarted := false
-	r := &copierRun{
-		t: t, c: c, group: "g", txnID: "copier-0", in: "in",
-		opts:    fastOpts(WithCommitEvery(250, time.Second)),
-		handler: faultyCopier("out", 600, 123, []int64{n / 5, n / 2, 4 * n / 5}, &handled),
-		restarts: func(int64) bool {
-			if !restarted && handled.Load() >= n*35/100 {
-				restarted = true
-				return true
-			}
-			return false
-		},
+	r := newCopierRun(t, c, faultyCopier("out", 600, 123, []int64{n / 5, n / 2, 4 * n / 5}, &handled))
+	r.restarts = func(int64) bool {
+		if !restarted && handled.Load() >= n*35/100 {
+			restarted = true
+			return true
+		}
+		return false
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	r.run(ctx)
+	r.runFor(60 * time.Second)
 
 	final := auditValues(countValues(readCommitted(t, addrs, "out", 500*time.Millisecond)), n)
 	waitFor(t, 10*time.Second, "the tail reader to catch up", func() bool { return tail.count() >= n })
@@ -182,14 +189,8 @@ func TestCopierKeepsOrder(t *testing.T) {
 	addrs := c.ListenAddrs()
 	seed(t, addrs, "in", n)
 	var handled atomic.Int64
-	r := &copierRun{
-		t: t, c: c, group: "g", txnID: "copier-0", in: "in",
-		opts:    fastOpts(WithCommitEvery(250, time.Second)),
-		handler: faultyCopier("out", 600, 77, []int64{n / 4, 3 * n / 4}, &handled),
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	r.run(ctx)
+	r := newCopierRun(t, c, faultyCopier("out", 600, 77, []int64{n / 4, 3 * n / 4}, &handled))
+	r.runFor(60 * time.Second)
 	got := readCommitted(t, addrs, "out", 500*time.Millisecond)
 	if len(got) != n {
 		t.Fatalf("read %d records, want %d", len(got), n)
@@ -298,14 +299,8 @@ func TestCopierExactlyOnceUnderInjectedFaults(t *testing.T) {
 		c.Fault(kfake.Fault{Keys: []kmsg.Key{kmsg.Produce}, Topic: "out", Err: kerr.InvalidRecord, Count: 1}),
 	}
 	var handled atomic.Int64
-	r := &copierRun{
-		t: t, c: c, group: "g", txnID: "copier-0", in: "in",
-		opts:    fastOpts(WithCommitEvery(250, time.Second)),
-		handler: faultyCopier("out", 0, 0, nil, &handled),
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	r.run(ctx)
+	r := newCopierRun(t, c, faultyCopier("out", 0, 0, nil, &handled))
+	r.runFor(60 * time.Second)
 	for i, f := range append(faults, late...) {
 		if f.Hits() == 0 {
 			t.Errorf("fault %d was never hit", i)
