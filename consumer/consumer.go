@@ -19,6 +19,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/kdeliver/kdeliver"
+	"github.com/kdeliver/kdeliver/dedup"
 	"github.com/kdeliver/kdeliver/internal/crash"
 	"github.com/kdeliver/kdeliver/internal/preset"
 )
@@ -30,13 +31,16 @@ const shutdownTimeout = 30 * time.Second
 // Handler processes one record. Its return value drives the commit:
 //
 //   - nil: the record is done; its offset may be committed.
-//   - an error: the record failed. Under AtLeastOnce it is retried with
-//     exponential backoff ([WithBackoff]) and its offset is never committed
-//     while it fails; under AtMostOnce (already committed) it is logged and
-//     skipped.
+//   - an error: the record failed. Under AtLeastOnce and ExactlyOnce it is
+//     retried with exponential backoff ([WithBackoff]) and its offset is
+//     never committed while it fails; under AtMostOnce (already committed)
+//     it is logged and skipped.
 //   - [Skip](err): give up on the record; it is logged and committed past.
 //
-// A panic is recovered and treated as an error wrapping [ErrPanic].
+// A panic is recovered and treated as an error wrapping [ErrPanic]. Under
+// ExactlyOnce with [WithDedup] the handler runs inside the guard, which
+// skips records already done; with [WithSink] there is no handler (the
+// sink's Write is the side effect).
 //
 // The handler runs on Run's goroutine, one record at a time, in offset order
 // within a partition. ctx carries the record's "process" span (joined to the
@@ -52,6 +56,7 @@ type Handler func(ctx context.Context, rec *kgo.Record) error
 // ctx or with [Consumer.Close]. Its methods are safe for concurrent use.
 type Consumer struct {
 	cl     *kgo.Client
+	clp    atomic.Pointer[kgo.Client] // cl, for kgo callbacks that may run during New
 	sem    kdeliver.Semantics
 	cfg    config
 	tracer *kotel.Tracer
@@ -69,8 +74,6 @@ type Consumer struct {
 	pending map[string]map[int32]kgo.EpochOffset
 
 	crashed       atomic.Bool
-	probing       atomic.Bool // New is checking the callbacks
-	probed        atomic.Bool
 	revokeCommits atomic.Int64 // commits made in OnPartitionsRevoked (tests)
 	commitsTried  atomic.Int64 // commits of pending offsets sent (tests)
 }
@@ -85,9 +88,9 @@ const (
 // is read until [Consumer.Run]. It returns an error wrapping
 // [kdeliver.ErrInvalidConfig] that lists every problem when: brokers, group
 // or topics are missing or empty; sem is invalid; an option is invalid or
-// contradicts sem; a raw kgo option weakens the preset. ExactlyOnce is
-// refused: Kafka-to-Kafka exactly-once goes through package eos, other sinks
-// need package dedup.
+// contradicts sem; a raw kgo option weakens the preset. ExactlyOnce needs
+// [WithSink] or [WithDedup] (one of them, and only with ExactlyOnce);
+// Kafka-to-Kafka exactly-once goes through package eos instead.
 func New(brokers []string, group string, topics []string, sem kdeliver.Semantics, opts ...Option) (*Consumer, error) {
 	cfg := defaultConfig()
 	for _, o := range opts {
@@ -104,7 +107,9 @@ func New(brokers []string, group string, topics []string, sem kdeliver.Semantics
 	}
 	pc := preset.Consumer{Semantics: sem, Group: group, Topics: topics}
 	pc.Validate(&ps)
-	ps.Add(sem == kdeliver.ExactlyOnce, "ExactlyOnce needs the sink in the commit: for Kafka-to-Kafka use package eos (eos.Session commits the offsets in the output transaction); other sinks need package dedup (not released yet); until then choose AtLeastOnce with an idempotent handler")
+	ps.Add(sem == kdeliver.ExactlyOnce && !cfg.dedupSet, "ExactlyOnce needs the side effect tied to the offsets: pass consumer.WithSink(sink) (the offsets commit in the sink's own transaction, e.g. pgstore.Sink) or consumer.WithDedup(guard) (a dedup.Guard skips redelivered records); for Kafka-to-Kafka use eos.Session (the offsets commit in the output transaction)")
+	ps.Add(cfg.guard != nil && cfg.sink != nil, "WithDedup and WithSink were both given: choose one (WithSink when the side effect is a write to the sink's database, WithDedup otherwise)")
+	ps.Add(sem.Valid() && sem != kdeliver.ExactlyOnce && (cfg.guard != nil || cfg.sink != nil), "WithDedup and WithSink make the consumer exactly-once: choose kdeliver.ExactlyOnce")
 	ps.Add(sem == kdeliver.AtMostOnce && cfg.retrySet, "AtMostOnce never retries a handler (a retry can repeat a partial effect): remove WithBackoff and WithMaxAttempts, or choose AtLeastOnce")
 	for _, p := range cfg.problems {
 		ps.Add(true, p)
@@ -135,16 +140,29 @@ func New(brokers []string, group string, topics []string, sem kdeliver.Semantics
 		kgo.OnPartitionsRevoked(c.onRevoked),
 		kgo.OnPartitionsLost(c.onLost),
 	)
+	if cfg.sink != nil {
+		// Each newly assigned partition is claimed in the sink and
+		// starts at the offset the sink stored.
+		adjust := dedup.AdjustFetchOffsets(cfg.sink, group, c.groupMetadata)
+		kopts = append(kopts, kgo.AdjustFetchOffsetsFn(func(ctx context.Context, offsets map[string]map[int32]kgo.Offset) (map[string]map[int32]kgo.Offset, error) {
+			if probed(ctx) {
+				return offsets, nil
+			}
+			return adjust(ctx, offsets)
+		}))
+	}
 	kopts = append(kopts, cfg.kgoOpts...)
 	cl, err := kgo.NewClient(kopts...)
 	if err != nil {
 		ps.Add(true, "franz-go refused the options: "+err.Error())
 		return nil, ps.Err("consumer", sem)
 	}
+	c.clp.Store(cl)
 	pc.Check(cl, &ps)
-	revokedOK, lostOK := c.probeCallbacks(cl)
+	revokedOK, lostOK, adjustOK := probeCallbacks(cl)
 	ps.Add(!revokedOK, "a raw option set OnPartitionsRevoked, which kdeliver uses to commit processed offsets on revoke: remove it")
 	ps.Add(!lostOK, "a raw option set OnPartitionsLost, which kdeliver uses to forget offsets it may no longer commit: remove it")
+	ps.Add(cfg.sink != nil && !adjustOK, "a raw option set AdjustFetchOffsetsFn, which WithSink uses to start each partition at the sink's offset: remove it")
 	ps.Add(cl.OptValue(kgo.ConsumeResetOffset).(kgo.Offset) != kgo.NewOffset().AtStart(),
 		"a raw option changed the reset offset, which would skip records whose offset is out of range: remove kgo.ConsumeResetOffset")
 	if err := ps.Err("consumer", sem); err != nil {
@@ -155,27 +173,52 @@ func New(brokers []string, group string, topics []string, sem kdeliver.Semantics
 	return c, nil
 }
 
-// probeCallbacks reports whether the built client's revoke and lost
-// callbacks are still kdeliver's. kgo wraps callbacks, so they cannot be
-// compared; instead each is called with no partitions while c is probing, and
-// kdeliver's callbacks only note the call. A raw callback that replaced ours
-// gets an empty call, which kgo makes too (a cooperative rebalance revoking
-// nothing).
-func (c *Consumer) probeCallbacks(cl *kgo.Client) (revoked, lost bool) {
-	call := func(opt any) bool {
-		fn, ok := cl.OptValue(opt).(func(context.Context, *kgo.Client, map[string][]int32))
-		if !ok || fn == nil {
-			return false
-		}
-		c.probed.Store(false)
-		c.probing.Store(true)
-		defer c.probing.Store(false)
-		ctx, cancel := context.WithCancel(context.Background())
-		cancel()
-		fn(ctx, cl, map[string][]int32{})
-		return c.probed.Load()
+// probeKey marks the ctx of New's calls to the client's callbacks.
+type probeKey struct{}
+
+// probed reports whether ctx is a probe from [probeCallbacks], and notes
+// that one of kdeliver's callbacks received it.
+func probed(ctx context.Context) bool {
+	hit, _ := ctx.Value(probeKey{}).(*atomic.Bool)
+	if hit == nil {
+		return false
 	}
-	return call(kgo.OnPartitionsRevoked), call(kgo.OnPartitionsLost)
+	hit.Store(true)
+	return true
+}
+
+// probeCallbacks reports whether the built client's revoke, lost and
+// adjust-offsets callbacks are still kdeliver's. kgo wraps callbacks, so
+// they cannot be compared; instead each is called with no partitions and a
+// cancelled ctx marked as a probe, which kdeliver's callbacks only note. A
+// raw callback that replaced ours gets an empty call, which kgo makes too (a
+// cooperative rebalance revoking nothing). The mark is in the ctx, so a real
+// callback that kgo runs meanwhile (the group may be joined during New) is
+// not mistaken for the probe.
+func probeCallbacks(cl *kgo.Client) (revoked, lost, adjust bool) {
+	probe := func(call func(ctx context.Context)) bool {
+		var hit atomic.Bool
+		ctx, cancel := context.WithCancel(context.WithValue(context.Background(), probeKey{}, &hit))
+		cancel()
+		call(ctx)
+		return hit.Load()
+	}
+	callback := func(opt any) bool {
+		fn, ok := cl.OptValue(opt).(func(context.Context, *kgo.Client, map[string][]int32))
+		return ok && fn != nil && probe(func(ctx context.Context) { fn(ctx, cl, map[string][]int32{}) })
+	}
+	fn, ok := cl.OptValue(kgo.AdjustFetchOffsetsFn).(func(context.Context, map[string]map[int32]kgo.Offset) (map[string]map[int32]kgo.Offset, error))
+	adjust = ok && fn != nil && probe(func(ctx context.Context) { _, _ = fn(ctx, map[string]map[int32]kgo.Offset{}) })
+	return callback(kgo.OnPartitionsRevoked), callback(kgo.OnPartitionsLost), adjust
+}
+
+// groupMetadata returns the member ID and generation for the sink's
+// assignments; kgo may assign partitions before New has returned.
+func (c *Consumer) groupMetadata() (string, int32) {
+	if cl := c.clp.Load(); cl != nil {
+		return cl.GroupMetadata()
+	}
+	return "", -1
 }
 
 // Semantics returns the semantics the consumer was built with.
@@ -186,13 +229,22 @@ func (c *Consumer) Semantics() kdeliver.Semantics { return c.sem }
 // Consumer runs once: a second call returns an error, a call after Close
 // returns [kdeliver.ErrClosed].
 //
+// With [WithSink], h must be nil: Run writes each partition's records to
+// the sink instead. Otherwise h must not be nil.
+//
 // When ctx is cancelled Run finishes the record in hand (AtMostOnce: the rest
-// of the batch too, since its offsets are committed already), commits what
-// the semantics allows, leaves the group, closes the client and returns nil.
-// It returns a [*HandlerError] when a record failed [WithMaxAttempts] times.
+// of the batch too, since its offsets are committed already; WithSink: the
+// sink write in hand), commits what the semantics allows, leaves the group,
+// closes the client and returns nil. It returns a [*HandlerError] when a
+// record (or a sink write) failed [WithMaxAttempts] times.
 func (c *Consumer) Run(ctx context.Context, h Handler) error {
-	if h == nil {
+	switch {
+	case c.cfg.sink != nil && h != nil:
+		return fmt.Errorf("%w: consumer: a handler was passed with WithSink: the sink writes the records, pass a nil handler", kdeliver.ErrInvalidConfig)
+	case c.cfg.sink == nil && h == nil:
 		return fmt.Errorf("%w: consumer: nil handler", kdeliver.ErrInvalidConfig)
+	case c.cfg.guard != nil:
+		h = c.cfg.guard.Handler(h)
 	}
 	c.mu.Lock()
 	switch c.state {
@@ -288,10 +340,12 @@ func (c *Consumer) loop(runCtx, hardCtx context.Context, h Handler) error {
 			c.log.Warn("fetch error", "topic", t, "partition", p, "err", err)
 		})
 		var err error
-		switch c.sem {
-		case kdeliver.AtMostOnce:
+		switch {
+		case c.sem == kdeliver.AtMostOnce:
 			err = c.atMostOnce(hardCtx, fetches, h)
-		default:
+		case c.cfg.sink != nil:
+			err = c.writeSink(runCtx, hardCtx, fetches)
+		default: // AtLeastOnce, ExactlyOnce with a guard
 			err = c.atLeastOnce(runCtx, hardCtx, fetches, h)
 		}
 		if err != nil || runCtx.Err() != nil {
@@ -349,7 +403,7 @@ func (c *Consumer) atLeastOnce(runCtx, hardCtx context.Context, fetches kgo.Fetc
 				stopped = true
 				return
 			}
-			done, err := c.retry(runCtx, hardCtx, h, rec)
+			done, err := c.retry(runCtx, hardCtx, rec, whatHandler, func(attempt int) error { return c.call(hardCtx, h, rec, attempt) })
 			if err != nil {
 				stopped, stopErr = true, err
 				return
@@ -373,30 +427,37 @@ func (c *Consumer) atLeastOnce(runCtx, hardCtx context.Context, fetches kgo.Fetc
 	return stopErr
 }
 
-// retry runs h on rec until it succeeds, is skipped, or runs out of attempts.
-// done is false if runCtx ended while waiting for a retry.
-func (c *Consumer) retry(runCtx, hardCtx context.Context, h Handler, rec *kgo.Record) (done bool, err error) {
+const whatHandler = "handler"
+
+// retry runs try (the handler on rec, or a sink write of the batch starting
+// at rec; what names it in logs) until it succeeds, is skipped, or runs out
+// of attempts. done is false if runCtx ended while waiting for a retry.
+func (c *Consumer) retry(runCtx, hardCtx context.Context, rec *kgo.Record, what string, try func(attempt int) error) (done bool, err error) {
 	bo := backoff.NewExponentialBackOff(
 		backoff.WithInitialInterval(c.cfg.backoffInitial),
 		backoff.WithMaxInterval(c.cfg.backoffMax),
 		backoff.WithMaxElapsedTime(0),
 	)
 	for attempt := 1; ; attempt++ {
-		herr := c.call(hardCtx, h, rec, attempt)
+		herr := try(attempt)
 		switch {
 		case herr == nil:
 			return true, nil
 		case errors.Is(herr, crash.ErrCrash):
 			c.crashed.Store(true)
 			return false, &HandlerError{Topic: rec.Topic, Partition: rec.Partition, Offset: rec.Offset, Attempts: attempt, Err: herr}
-		case isSkip(herr):
-			c.log.Warn("handler skipped the record: committing past it", "topic", rec.Topic, "partition", rec.Partition, "offset", rec.Offset, "err", herr)
+		case what == whatHandler && isSkip(herr):
+			// Only a handler may skip: a sink that skipped a batch
+			// would store a later offset past it, losing it.
+			c.log.Warn(what+" skipped the record: committing past it", "topic", rec.Topic, "partition", rec.Partition, "offset", rec.Offset, "err", herr)
 			return true, nil
-		case c.cfg.maxAttempts > 0 && attempt >= c.cfg.maxAttempts:
+		case c.cfg.guard != nil && errors.Is(herr, dedup.ErrNoKey),
+			c.cfg.maxAttempts > 0 && attempt >= c.cfg.maxAttempts:
+			// A record without a dedup key fails every retry the same way.
 			return false, &HandlerError{Topic: rec.Topic, Partition: rec.Partition, Offset: rec.Offset, Attempts: attempt, Err: herr}
 		}
 		wait := bo.NextBackOff()
-		c.log.Warn("handler failed: retrying", "topic", rec.Topic, "partition", rec.Partition, "offset", rec.Offset, "attempt", attempt, "wait", wait, "err", herr)
+		c.log.Warn(what+" failed: retrying", "topic", rec.Topic, "partition", rec.Partition, "offset", rec.Offset, "attempt", attempt, "wait", wait, "err", herr)
 		t := time.NewTimer(wait)
 		select {
 		case <-t.C:
@@ -428,6 +489,43 @@ func (c *Consumer) call(ctx context.Context, h Handler, rec *kgo.Record, attempt
 		span.AddEvent("retry")
 	}
 	return h(trace.ContextWithSpan(ctx, span), rec)
+}
+
+// writeSink writes each partition's records of the batch to the sink, one
+// Write per partition, retrying failures. Nothing is committed to Kafka: the
+// sink stores the offsets in the same transaction as the records.
+func (c *Consumer) writeSink(runCtx, hardCtx context.Context, fetches kgo.Fetches) error {
+	var stopErr error
+	fetches.EachPartition(func(p kgo.FetchTopicPartition) {
+		if stopErr != nil || len(p.Records) == 0 || runCtx.Err() != nil {
+			// Unwritten records are read again from the sink's offset
+			// by the partition's next owner.
+			return
+		}
+		first := p.Records[0]
+		_, stopErr = c.retry(runCtx, hardCtx, first, "sink write", func(int) error {
+			err := c.write(hardCtx, p.Records)
+			if errors.Is(err, dedup.ErrFenced) {
+				last := p.Records[len(p.Records)-1]
+				c.log.Warn("sink fenced this consumer off the partition: dropping its records (the owner writes them)",
+					"topic", p.Topic, "partition", p.Partition, "from", first.Offset, "to", last.Offset, "err", err)
+				return nil
+			}
+			return err
+		})
+	})
+	return stopErr
+}
+
+// write calls the sink's Write, turning a panic into an error.
+func (c *Consumer) write(ctx context.Context, recs []*kgo.Record) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			c.log.Error("sink write panicked", "topic", recs[0].Topic, "partition", recs[0].Partition, "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
+			err = fmt.Errorf("%w: %v", ErrPanic, r)
+		}
+	}()
+	return c.cfg.sink.Write(ctx, recs)
 }
 
 func (c *Consumer) markDone(rec *kgo.Record) {
@@ -498,14 +596,15 @@ func commit(ctx context.Context, cl *kgo.Client, offsets map[string]map[int32]kg
 }
 
 // onRevoked commits what was processed before partitions move to another
-// member. It runs on kgo's group goroutine, only while Run allows
+// member (with a sink: drops the sink's claims, the offsets are stored
+// already). It runs on kgo's group goroutine, only while Run allows
 // rebalancing (between batches) or while leaving the group.
 func (c *Consumer) onRevoked(ctx context.Context, _ *kgo.Client, revoked map[string][]int32) {
-	if c.probing.Load() {
-		c.probed.Store(true)
+	if probed(ctx) || c.crashed.Load() {
 		return
 	}
-	if c.crashed.Load() {
+	if c.cfg.sink != nil {
+		c.cfg.sink.Revoke(revoked)
 		return
 	}
 	c.pmu.Lock()
@@ -528,9 +627,13 @@ func (c *Consumer) onRevoked(ctx context.Context, _ *kgo.Client, revoked map[str
 // onLost forgets offsets of partitions lost without a clean revoke: the
 // group may have given them to another member, whose progress a late
 // commit from here would overwrite.
-func (c *Consumer) onLost(_ context.Context, _ *kgo.Client, lost map[string][]int32) {
-	if c.probing.Load() {
-		c.probed.Store(true)
+func (c *Consumer) onLost(ctx context.Context, _ *kgo.Client, lost map[string][]int32) {
+	if probed(ctx) {
+		return
+	}
+	if c.cfg.sink != nil {
+		c.log.Warn("partitions lost: the sink's claims on them are dropped", "partitions", lost)
+		c.cfg.sink.Revoke(lost)
 		return
 	}
 	c.log.Warn("partitions lost: their uncommitted progress will be repeated", "partitions", lost)

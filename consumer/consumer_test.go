@@ -12,13 +12,16 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/kdeliver/kdeliver"
+	"github.com/kdeliver/kdeliver/dedup"
 )
 
 func TestNewRefuses(t *testing.T) {
 	cl := newCluster(t, 1)
 	addrs := cl.ListenAddrs()
 	topics := []string{"t"}
-	alo := kdeliver.AtLeastOnce
+	alo, eo := kdeliver.AtLeastOnce, kdeliver.ExactlyOnce
+	guard := newGuard(t, dedup.NewMemory(10))
+	sink := newMemSink(newMemDB(), "refused")
 	cases := []struct {
 		name    string
 		brokers []string
@@ -34,7 +37,18 @@ func TestNewRefuses(t *testing.T) {
 		{"no topics", addrs, "g", nil, alo, nil, []string{"no topics"}},
 		{"empty topic", addrs, "g", []string{"t", ""}, alo, nil, []string{"topic name is empty"}},
 		{"zero semantics", addrs, "g", topics, 0, nil, []string{"not valid"}},
-		{"exactly once", addrs, "g", topics, kdeliver.ExactlyOnce, nil, []string{"package eos (eos.Session commits the offsets in the output transaction); other sinks need package dedup"}},
+		{"exactly once without dedup", addrs, "g", topics, eo, nil, []string{"pass consumer.WithSink(sink) (the offsets commit in the sink's own transaction, e.g. pgstore.Sink) or consumer.WithDedup(guard) (a dedup.Guard skips redelivered records); for Kafka-to-Kafka use eos.Session"}},
+		{"exactly once with both", addrs, "g", topics, eo, []Option{WithDedup(guard), WithSink(sink)}, []string{"both given: choose one"}},
+		{"exactly once with nil guard", addrs, "g", topics, eo, []Option{WithDedup(nil)}, []string{"WithDedup(nil)"}},
+		{"exactly once with nil sink", addrs, "g", topics, eo, []Option{WithSink(nil)}, []string{"WithSink(nil)"}},
+		{"at least once with guard", addrs, "g", topics, alo, []Option{WithDedup(guard)}, []string{"choose kdeliver.ExactlyOnce"}},
+		{"at most once with sink", addrs, "g", topics, kdeliver.AtMostOnce, []Option{WithSink(sink)}, []string{"choose kdeliver.ExactlyOnce"}},
+		{"sink and raw adjust offsets", addrs, "g", topics, eo, []Option{WithSink(sink), WithKgoOpts(kgo.AdjustFetchOffsetsFn(
+			func(_ context.Context, o map[string]map[int32]kgo.Offset) (map[string]map[int32]kgo.Offset, error) {
+				return o, nil
+			}))},
+			[]string{"AdjustFetchOffsetsFn"}},
+		{"guard and raw read uncommitted", addrs, "g", topics, eo, []Option{WithDedup(guard), WithKgoOpts(kgo.FetchIsolationLevel(kgo.ReadUncommitted()))}, []string{"read_uncommitted"}},
 		{"amo backoff", addrs, "g", topics, kdeliver.AtMostOnce, []Option{WithBackoff(time.Millisecond, time.Second)}, []string{"never retries"}},
 		{"amo max attempts", addrs, "g", topics, kdeliver.AtMostOnce, []Option{WithMaxAttempts(3)}, []string{"never retries"}},
 		{"backoff zero", addrs, "g", topics, alo, []Option{WithBackoff(0, time.Second)}, []string{"backoff 0s..1s"}},

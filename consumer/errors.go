@@ -12,11 +12,14 @@ import (
 var ErrPanic = errors.New("consumer: handler panicked")
 
 // HandlerError is returned by [Consumer.Run] when it stops because a handler
-// kept failing: under AtLeastOnce after the attempts allowed by
-// [WithMaxAttempts]. The record's offset is not committed, so the group
-// delivers it again to the next consumer of its partition. Fix the cause (Err
-// says what the handler returned; errors.Is(err, ErrPanic) for a panic) and
-// start a new Consumer.
+// kept failing: under AtLeastOnce or ExactlyOnce after the attempts allowed
+// by [WithMaxAttempts], or at once for a record without a dedup key
+// (errors.Is(err, dedup.ErrNoKey), with [WithDedup]). With [WithSink] it
+// reports a sink Write that kept failing, and Offset is the first record of
+// the batch. The record's offset is not committed (or stored by the sink), so
+// the group delivers it again to the next consumer of its partition. Fix the
+// cause (Err says what the handler or sink returned; errors.Is(err, ErrPanic)
+// for a panic) and start a new Consumer.
 type HandlerError struct {
 	Topic     string
 	Partition int32

@@ -5,36 +5,41 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/kdeliver/kdeliver"
 	"github.com/kdeliver/kdeliver/consumer"
+	"github.com/kdeliver/kdeliver/dedup"
 	"github.com/kdeliver/kdeliver/internal/embedded"
 )
 
 // seed starts an in-process cluster with topic "orders" holding values.
 func seed(values ...string) (*embedded.Cluster, error) {
-	ctx := context.Background()
-	cluster, err := embedded.Start(ctx, embedded.WithTopic("orders", 1))
+	cluster, err := embedded.Start(context.Background(), embedded.WithTopic("orders", 1))
 	if err != nil {
 		return nil, err
 	}
-	p, err := kgo.NewClient(kgo.SeedBrokers(cluster.Brokers()...), kgo.DefaultProduceTopic("orders"))
-	if err != nil {
-		cluster.Close()
-		return nil, err
-	}
-	defer p.Close()
 	var recs []*kgo.Record
 	for _, v := range values {
 		recs = append(recs, &kgo.Record{Value: []byte(v)})
 	}
-	if err := p.ProduceSync(ctx, recs...).FirstErr(); err != nil {
+	if err := produce(cluster.Brokers(), recs...); err != nil {
 		cluster.Close()
 		return nil, err
 	}
 	return cluster, nil
+}
+
+// produce writes recs to topic "orders".
+func produce(brokers []string, recs ...*kgo.Record) error {
+	p, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.DefaultProduceTopic("orders"))
+	if err != nil {
+		return err
+	}
+	defer p.Close()
+	return p.ProduceSync(context.Background(), recs...).FirstErr()
 }
 
 // An at-least-once consumer: each record's offset is committed after its
@@ -80,7 +85,7 @@ func ExampleNew() {
 	// kdeliver: invalid exactly-once consumer configuration:
 	//   - no brokers: pass at least one host:port to bootstrap from
 	//   - the consumer group is empty: name the group whose offsets record progress
-	//   - ExactlyOnce needs the sink in the commit: for Kafka-to-Kafka use package eos (eos.Session commits the offsets in the output transaction); other sinks need package dedup (not released yet); until then choose AtLeastOnce with an idempotent handler
+	//   - ExactlyOnce needs the side effect tied to the offsets: pass consumer.WithSink(sink) (the offsets commit in the sink's own transaction, e.g. pgstore.Sink) or consumer.WithDedup(guard) (a dedup.Guard skips redelivered records); for Kafka-to-Kafka use eos.Session (the offsets commit in the output transaction)
 	//   - max poll records 0 is not valid: use at least 1
 }
 
@@ -119,3 +124,136 @@ func ExampleSkip() {
 	// charged order-3
 	// Run returned <nil>
 }
+
+// An exactly-once consumer with a dedup guard: a message the producer sent
+// twice (same message ID, two records) is charged once. A redelivery after
+// a crash or rebalance is skipped the same way.
+func ExampleWithDedup() {
+	cluster, err := seed()
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	defer cluster.Close()
+	order := func(id string) *kgo.Record {
+		return &kgo.Record{Value: []byte(id), Headers: []kgo.RecordHeader{{Key: dedup.HeaderMessageID, Value: []byte(id)}}}
+	}
+	if err := produce(cluster.Brokers(), order("order-1"), order("order-1"), order("order-2")); err != nil {
+		fmt.Println(err)
+		return
+	}
+
+	// A shared store (redisstore, pgstore) in production; memory here.
+	guard, err := dedup.NewGuard(dedup.NewMemory(100_000), "billing")
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	c, err := consumer.New(cluster.Brokers(), "billing", []string{"orders"}, kdeliver.ExactlyOnce,
+		consumer.WithDedup(guard))
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	err = c.Run(ctx, func(_ context.Context, rec *kgo.Record) error {
+		fmt.Printf("charged %s (offset %d)\n", rec.Value, rec.Offset)
+		if rec.Offset == 2 {
+			cancel()
+		}
+		return nil
+	})
+	fmt.Println("Run returned", err)
+	// Output:
+	// charged order-1 (offset 0)
+	// charged order-2 (offset 2)
+	// Run returned <nil>
+}
+
+// An exactly-once consumer into a sink that stores the offsets with the
+// rows: a second consumer resumes where the sink's table ends, without
+// reading a record again, and nothing is committed to Kafka.
+func ExampleWithSink() {
+	cluster, err := seed("order-1", "order-2", "order-3")
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	defer cluster.Close()
+	table := &tableSink{next: map[int32]int64{}}
+	consume := func(until int) error {
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		table.onWrite = func(rows int) {
+			if rows == until {
+				cancel()
+			}
+		}
+		c, err := consumer.New(cluster.Brokers(), "billing", []string{"orders"}, kdeliver.ExactlyOnce,
+			consumer.WithSink(table)) // a new sink per consumer in production (pgstore.NewSink)
+		if err != nil {
+			return err
+		}
+		return c.Run(ctx, nil) // no handler: the sink's Write is the side effect
+	}
+	if err := consume(3); err != nil {
+		fmt.Println(err)
+		return
+	}
+	if err := produce(cluster.Brokers(), &kgo.Record{Value: []byte("order-4")}); err != nil {
+		fmt.Println(err)
+		return
+	}
+	if err := consume(4); err != nil {
+		fmt.Println(err)
+		return
+	}
+	fmt.Println("rows:", table.rows)
+	fmt.Println("stored offset:", table.next[0])
+	// Output:
+	// rows: [order-1 order-2 order-3 order-4]
+	// stored offset: 4
+}
+
+// tableSink is a toy dedup.Sink whose "database" is this struct: rows and
+// offsets change together under one lock, as in one transaction. A real
+// sink (pgstore.Sink) also claims each partition with an epoch on Assign
+// and refuses writes from a member that lost it.
+type tableSink struct {
+	mu      sync.Mutex
+	rows    []string
+	next    map[int32]int64 // offset after the last written record
+	onWrite func(rows int)
+}
+
+func (s *tableSink) Assign(_ context.Context, a dedup.Assignment) (map[string]map[int32]int64, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := map[string]map[int32]int64{}
+	for t, parts := range a.Partitions {
+		out[t] = map[int32]int64{}
+		for _, p := range parts {
+			if next, ok := s.next[p]; ok {
+				out[t][p] = next
+			}
+		}
+	}
+	return out, nil
+}
+
+func (s *tableSink) Write(_ context.Context, recs []*kgo.Record) error {
+	s.mu.Lock()
+	for _, r := range recs {
+		if r.Offset >= s.next[r.Partition] {
+			s.rows = append(s.rows, string(r.Value))
+			s.next[r.Partition] = r.Offset + 1
+		}
+	}
+	rows := len(s.rows)
+	s.mu.Unlock()
+	s.onWrite(rows)
+	return nil
+}
+
+func (s *tableSink) Revoke(map[string][]int32) {}

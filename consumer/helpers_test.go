@@ -47,8 +47,9 @@ func fastOpts() Option {
 }
 
 // produce writes records whose value is their sequence number from..to-1,
-// keyed by the same number so they spread over the partitions.
-func produce(t testing.TB, addrs []string, from, to int) {
+// keyed by the same number so they spread over the partitions, and returns
+// how many went to each partition.
+func produce(t testing.TB, addrs []string, from, to int) map[int32]int {
 	t.Helper()
 	cl, err := kgo.NewClient(kgo.SeedBrokers(addrs...), kgo.DefaultProduceTopic("t"), kgo.MetadataMinAge(100*time.Millisecond))
 	if err != nil {
@@ -62,9 +63,15 @@ func produce(t testing.TB, addrs []string, from, to int) {
 		s := []byte(strconv.Itoa(i))
 		recs = append(recs, &kgo.Record{Key: s, Value: s})
 	}
-	if err := cl.ProduceSync(ctx, recs...).FirstErr(); err != nil {
+	res := cl.ProduceSync(ctx, recs...)
+	if err := res.FirstErr(); err != nil {
 		t.Fatal(err)
 	}
+	per := map[int32]int{}
+	for _, r := range res {
+		per[r.Record.Partition]++
+	}
+	return per
 }
 
 // ledger counts how many times each sequence number was handled.

@@ -6,6 +6,7 @@ import (
 
 	"github.com/twmb/franz-go/pkg/kgo"
 
+	"github.com/kdeliver/kdeliver/dedup"
 	"github.com/kdeliver/kdeliver/internal/shared"
 )
 
@@ -47,8 +48,9 @@ type config struct {
 	maxAttempts    int  // 0: retry for ever
 	maxPoll        int
 	kgoOpts        []kgo.Opt
-	// A later issue adds the dedup store that ExactlyOnce needs for
-	// non-Kafka sinks here.
+	guard          *dedup.Guard // WithDedup
+	sink           dedup.Sink   // WithSink
+	dedupSet       bool         // WithDedup or WithSink was given (maybe nil)
 }
 
 func (c *config) Shared() *shared.Settings { return &c.shared }
@@ -63,10 +65,10 @@ func defaultConfig() config {
 }
 
 // WithBackoff sets the exponential backoff between retries of a failing
-// handler under AtLeastOnce: the first wait is initial, each next one about
-// doubles (with jitter), up to max. It overrides the default of
-// [DefaultBackoffInitial] to [DefaultBackoffMax]. AtMostOnce never retries a
-// handler, so it refuses this option.
+// handler (or sink write) under AtLeastOnce and ExactlyOnce: the first wait
+// is initial, each next one about doubles (with jitter), up to max. It
+// overrides the default of [DefaultBackoffInitial] to [DefaultBackoffMax].
+// AtMostOnce never retries a handler, so it refuses this option.
 func WithBackoff(initial, max time.Duration) Option {
 	return option(func(c *config) {
 		c.retrySet = true
@@ -79,7 +81,8 @@ func WithBackoff(initial, max time.Duration) Option {
 }
 
 // WithMaxAttempts makes Run give up on a record whose handler failed (or
-// panicked) n times in a row under AtLeastOnce: Run then commits what
+// panicked) n times in a row under AtLeastOnce or ExactlyOnce (with
+// [WithSink]: a sink Write that failed n times): Run then commits what
 // succeeded before it, leaves the group and returns a [*HandlerError]; the
 // failed record's offset is not committed, so the next consumer of the
 // partition gets it again. It overrides the default of retrying for ever.
@@ -98,7 +101,9 @@ func WithMaxAttempts(n int) Option {
 // WithMaxPollRecords caps the records of one poll, overriding the default of
 // [DefaultMaxPollRecords]. Under AtMostOnce a poll's records are committed
 // before the handler sees them, so this also bounds how many records a crash
-// can lose. Under AtLeastOnce it bounds how many a crash can repeat.
+// can lose. Under AtLeastOnce it bounds how many a crash can repeat. With
+// [WithSink] it bounds the records of one sink transaction (a poll's records
+// of one partition).
 func WithMaxPollRecords(n int) Option {
 	return option(func(c *config) {
 		if n < 1 {
@@ -117,4 +122,48 @@ func WithMaxPollRecords(n int) Option {
 // callback) makes New fail.
 func WithKgoOpts(opts ...kgo.Opt) Option {
 	return option(func(c *config) { c.kgoOpts = append(c.kgoOpts, opts...) })
+}
+
+// WithDedup makes the consumer exactly-once for the handler's side effect
+// through a dedup guard (package dedup, over a memory, Redis or PostgreSQL
+// store): each record's handler runs inside [dedup.Guard.Handler], which
+// skips records whose side effect is done and marks a record done only
+// after its handler returned nil. Offsets are committed to Kafka after
+// processing, as under AtLeastOnce, and the redeliveries that this repeats
+// after a crash or rebalance are absorbed by the guard. See "Choosing
+// semantics" in the package doc for what it guarantees and its limits.
+//
+// It requires kdeliver.ExactlyOnce and conflicts with [WithSink]. There is
+// no default: ExactlyOnce without WithDedup or WithSink is refused.
+func WithDedup(g *dedup.Guard) Option {
+	return option(func(c *config) {
+		c.dedupSet = true
+		if g == nil {
+			c.Reject("WithDedup(nil): pass a guard from dedup.NewGuard")
+			return
+		}
+		c.guard = g
+	})
+}
+
+// WithSink makes the consumer exactly-once into a [dedup.Sink] (such as
+// pgstore.Sink for PostgreSQL), which writes each batch's side effects and
+// the consumed offsets in one transaction of its own. The sink's Write is
+// the side effect, so [Consumer.Run] takes a nil handler. Offsets are never
+// committed to Kafka: on assignment each partition starts at the offset the
+// sink stored ([dedup.AdjustFetchOffsets]). See "Choosing semantics" in the
+// package doc for what it guarantees.
+//
+// It requires kdeliver.ExactlyOnce and conflicts with [WithDedup]. A Sink
+// serves one consumer: use a new one for each. There is no default:
+// ExactlyOnce without WithDedup or WithSink is refused.
+func WithSink(s dedup.Sink) Option {
+	return option(func(c *config) {
+		c.dedupSet = true
+		if s == nil {
+			c.Reject("WithSink(nil): pass a dedup.Sink such as pgstore.NewSink")
+			return
+		}
+		c.sink = s
+	})
 }

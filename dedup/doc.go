@@ -3,9 +3,10 @@
 //
 // # Choosing a way
 //
-// A dedup [Store] with a [Guard], under an at-least-once consumer: the
-// consumer redelivers after a crash or rebalance, and the guard skips the
-// records whose side effect is done. It works for any side effect (an HTTP
+// A dedup [Store] with a [Guard], given to consumer.WithDedup under
+// kdeliver.ExactlyOnce: the consumer commits after processing and
+// redelivers after a crash or rebalance, and the guard skips the records
+// whose side effect is done. It works for any side effect (an HTTP
 // call, an email, a row), and keeps at-least-once: a side effect that fails
 // is never marked, so its record runs again. Stores: [NewMemory] (one
 // process), redisstore (Redis), pgstore (PostgreSQL). Keys expire after a
@@ -15,7 +16,7 @@
 // transaction of the sink's database (pgstore.Sink for PostgreSQL). No dedup
 // table grows, no window is left between side effect and mark, and a member
 // that lost its partition is fenced. Use it when the side effect is a write
-// to that database.
+// to that database; consumer.WithSink under kdeliver.ExactlyOnce drives it.
 //
 // # Keys
 //
@@ -32,7 +33,8 @@
 // on Guard: a side effect that outlives its lease may run twice, and a crash
 // between the side effect and Confirm runs it again after the lease. Where
 // the side effect lives in the store's own database, [Guard.DoTx] with the
-// store's ConfirmTx removes the second. The memory store forgets on restart
+// store's ConfirmTx removes the second ([ConfirmInTx] in a handler run by
+// [Guard.Handler] or consumer.WithDedup). The memory store forgets on restart
 // and on eviction.
 //
 // # Errors

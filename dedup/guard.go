@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync/atomic"
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kgo"
@@ -103,9 +104,10 @@ var ErrNoKey = errors.New("dedup: record has no key")
 //
 // Limits: a process that dies after the side effect and before Confirm
 // leaves the key unmarked, and the redelivered record runs again once the
-// lease expires. [Guard.DoTx] closes that window when the side effect and
-// the mark can share a transaction (pgstore.Store.ConfirmTx,
-// redisstore.Store.ConfirmTx). Keys are kept for the TTL only.
+// lease expires. [Guard.DoTx] (or [ConfirmInTx] in a [Guard.Handler])
+// closes that window when the side effect and the mark can share a
+// transaction (pgstore.Store.ConfirmTx, redisstore.Store.ConfirmTx). Keys
+// are kept for the TTL only.
 //
 // A Guard is safe for concurrent use. Two callers with the same key never
 // run the side effect at the same time: the second waits while the first
@@ -268,15 +270,58 @@ func (g *Guard) confirm(ctx context.Context, key string) error {
 // record whose h fails is released for redelivery. Its signature matches
 // consumer.Handler. A record with no key returns [ErrNoKey].
 //
-// Use it under an at-least-once consumer: the consumer commits after the
-// handler returns nil, and the guard absorbs the redeliveries.
+// h runs as the fn of [Guard.Do]: the guard confirms the key after h
+// returns nil, unless h took the confirmation into its own transaction with
+// [ConfirmInTx] (as with [Guard.DoTx]).
+//
+// consumer.WithDedup uses it under kdeliver.ExactlyOnce: the consumer
+// commits after the handler returns nil, and the guard absorbs the
+// redeliveries.
 func (g *Guard) Handler(h func(ctx context.Context, r *kgo.Record) error) func(ctx context.Context, r *kgo.Record) error {
 	return func(ctx context.Context, r *kgo.Record) error {
 		key := g.Key(r)
 		if key == "" {
 			return fmt.Errorf("%w: %s", ErrNoKey, Position(r))
 		}
-		_, err := g.Do(ctx, key, func(ctx context.Context) error { return h(ctx, r) })
+		res := &reservation{key: key, ttl: g.ttl}
+		_, err := g.do(ctx, key, func(ctx context.Context) (bool, error) {
+			err := h(context.WithValue(ctx, reservationKey{}, res), r)
+			return res.inTx.Load(), err
+		})
 		return err
 	}
+}
+
+// reservation is the key whose side effect a [Guard.Handler] is running,
+// carried in the handler's ctx for [ConfirmInTx].
+type reservation struct {
+	key  string
+	ttl  time.Duration
+	inTx atomic.Bool // the handler confirms the key in its transaction
+}
+
+type reservationKey struct{}
+
+// ConfirmInTx hands the mark of the record in hand over to the side
+// effect's own transaction. Called in a handler run by [Guard.Handler] (and
+// so by consumer.WithDedup), it returns the key and TTL to confirm inside
+// the transaction that holds the side effect (pgstore.Store.ConfirmTx,
+// redisstore.Store.ConfirmTx), and tells the guard not to confirm the key
+// itself when the handler returns nil. The side effect and its mark then
+// commit together, as with [Guard.DoTx], so no crash can leave a side
+// effect done but unmarked.
+//
+// Once it has called ConfirmInTx, the handler must either commit the mark
+// with its side effect and return nil, or return an error (the key is then
+// released). A handler that returns nil without having confirmed leaves the
+// key held until its lease expires, and unmarked.
+//
+// ok is false, and nothing changes, when ctx is not a guarded handler's.
+func ConfirmInTx(ctx context.Context) (key string, ttl time.Duration, ok bool) {
+	res, _ := ctx.Value(reservationKey{}).(*reservation)
+	if res == nil {
+		return "", 0, false
+	}
+	res.inTx.Store(true)
+	return res.key, res.ttl, true
 }

@@ -1,0 +1,538 @@
+package consumer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/kdeliver/kdeliver"
+	"github.com/kdeliver/kdeliver/dedup"
+	"github.com/kdeliver/kdeliver/internal/crash"
+)
+
+func newGuard(t testing.TB, store dedup.Store) *dedup.Guard {
+	t.Helper()
+	g, err := dedup.NewGuard(store, "g", dedup.WithLease(2*time.Second), dedup.WithTTL(time.Hour))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return g
+}
+
+// countingStore counts the Confirm calls that reach a store through it.
+type countingStore struct {
+	dedup.Store
+	confirms atomic.Int64
+}
+
+func (s *countingStore) Confirm(ctx context.Context, key string, ttl time.Duration) error {
+	s.confirms.Add(1)
+	return s.Store.Confirm(ctx, key, ttl)
+}
+
+// TestNewAcceptsExactlyOnce: ExactlyOnce is accepted with a guard or a
+// sink, and Run takes a handler with the guard, none with the sink.
+func TestNewAcceptsExactlyOnce(t *testing.T) {
+	cl := newCluster(t, 1)
+	ctx := context.Background()
+	h := func(context.Context, *kgo.Record) error { return nil }
+
+	withGuard := mustNew(t, cl, "g", kdeliver.ExactlyOnce, WithDedup(newGuard(t, dedup.NewMemory(10))))
+	if err := withGuard.Run(ctx, nil); !errors.Is(err, kdeliver.ErrInvalidConfig) {
+		t.Fatalf("Run(nil) with a guard = %v, want ErrInvalidConfig", err)
+	}
+	if err := withGuard.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+
+	withSink := mustNew(t, cl, "g2", kdeliver.ExactlyOnce, WithSink(newMemSink(newMemDB(), "s")))
+	if err := withSink.Run(ctx, h); !errors.Is(err, kdeliver.ErrInvalidConfig) {
+		t.Fatalf("Run(handler) with a sink = %v, want ErrInvalidConfig", err)
+	}
+	if err := withSink.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestExactlyOnceGuardCrash: a consumer with a guard over a shared memory
+// store crashes mid-batch, after it processed records whose offsets are not
+// committed yet; a second consumer takes over and gets them again. The
+// guard skips them: each record's side effect happens once. A crash between
+// the side effect and the guard's mark is the documented limit of
+// Guard.Do: that record runs again, unless the handler marks it in the side
+// effect's own transaction (dedup.ConfirmInTx).
+func TestExactlyOnceGuardCrash(t *testing.T) {
+	cases := []struct {
+		name     string
+		crash    string // where call 55 crashes: "before" the side effect, "after" it
+		inTx     bool   // the handler marks the key with the side effect
+		wantDups int
+	}{
+		{"crash before the side effect", "before", false, 0},
+		{"crash after the side effect marked in its transaction", "after", true, 0},
+		{"crash after the side effect before the guard's mark", "after", false, 1},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			cl := newCluster(t, 3)
+			const n, at = 300, 55
+			produce(t, cl.ListenAddrs(), 0, n)
+			mem := dedup.NewMemory(10_000)
+			store := &countingStore{Store: mem} // what the guard confirms
+			guard := newGuard(t, store)
+			effects := newLedger()
+			var txMu sync.Mutex // the side effect's "transaction"
+			effect := func(ctx context.Context, rec *kgo.Record) error {
+				if !tc.inTx {
+					effects.add(rec)
+					return nil
+				}
+				key, ttl, ok := dedup.ConfirmInTx(ctx)
+				if !ok {
+					return errors.New("no reservation in the handler's ctx")
+				}
+				txMu.Lock()
+				defer txMu.Unlock()
+				effects.add(rec)
+				return mem.Confirm(ctx, key, ttl)
+			}
+			var calls atomic.Int64
+			crashing := func(ctx context.Context, rec *kgo.Record) error {
+				now := calls.Add(1) == at
+				if now && tc.crash == "before" {
+					return crash.ErrCrash
+				}
+				if err := effect(ctx, rec); err != nil {
+					return err
+				}
+				if now {
+					return crash.ErrCrash
+				}
+				return nil
+			}
+
+			c1 := mustNew(t, cl, "g", kdeliver.ExactlyOnce, WithDedup(guard), WithMaxPollRecords(40))
+			if err := start(c1, crashing).wait(t); !errors.Is(err, crash.ErrCrash) {
+				t.Fatalf("Run = %v, want the crash", err)
+			}
+			commits := committed(cl, "g")
+			redelivered := 0
+			for _, p := range effects.pos {
+				if p.offset >= commits[p.part] {
+					redelivered++
+				}
+			}
+			if redelivered < 10 {
+				t.Fatalf("only %d processed records were left uncommitted: the crash was not mid-batch", redelivered)
+			}
+
+			c2 := mustNew(t, cl, "g", kdeliver.ExactlyOnce, WithDedup(guard))
+			r := start(c2, effect)
+			waitFor(t, "all records", func() bool { return effects.distinct() == n })
+			waitFor(t, "commit to the end", func() bool { return sumCommitted(cl, "g") == n })
+			if err := r.stop(t); err != nil {
+				t.Fatal(err)
+			}
+			lost, dups := effects.count(n)
+			t.Logf("committed %v at the crash; %d processed records redelivered; side effects: %d lost, %d duplicated; guard confirms: %d",
+				commits, redelivered, lost, dups, store.confirms.Load())
+			if lost != 0 || dups != tc.wantDups {
+				t.Fatalf("lost %d, duplicated %d; want 0 lost, %d duplicated", lost, dups, tc.wantDups)
+			}
+			if tc.inTx && store.confirms.Load() != 0 {
+				t.Fatalf("the guard confirmed %d keys that the handler had marked in its transaction", store.confirms.Load())
+			}
+			if !tc.inTx && store.confirms.Load() != n {
+				t.Fatalf("the guard confirmed %d keys, want one per record (%d): the crashed side effect is never marked", store.confirms.Load(), n)
+			}
+		})
+	}
+}
+
+// TestExactlyOnceGuardStoreDown: while the store is down the handler is not
+// run and nothing is committed; Run returns a HandlerError wrapping the
+// store's error after WithMaxAttempts.
+func TestExactlyOnceGuardStoreDown(t *testing.T) {
+	cl := newCluster(t, 1)
+	produce(t, cl.ListenAddrs(), 0, 10)
+	guard := newGuard(t, downStore{})
+	var ran atomic.Int64
+	c := mustNew(t, cl, "g", kdeliver.ExactlyOnce, WithDedup(guard), WithBackoff(time.Millisecond, 5*time.Millisecond), WithMaxAttempts(3))
+	err := start(c, func(context.Context, *kgo.Record) error { ran.Add(1); return nil }).wait(t)
+	var he *HandlerError
+	if !errors.As(err, &he) || !errors.Is(err, dedup.ErrStore) || he.Attempts != 3 || he.Offset != 0 {
+		t.Fatalf("Run = %v, want a HandlerError at offset 0 after 3 attempts wrapping dedup.ErrStore", err)
+	}
+	if ran.Load() != 0 {
+		t.Fatalf("the handler ran %d times with the store down", ran.Load())
+	}
+	if got := committed(cl, "g"); len(got) != 0 {
+		t.Fatalf("committed %v with the store down", got)
+	}
+}
+
+type downStore struct{}
+
+func (downStore) Reserve(context.Context, string, time.Duration) (dedup.Status, string, error) {
+	return 0, "", fmt.Errorf("%w: connection refused", dedup.ErrStore)
+}
+func (downStore) Confirm(context.Context, string, time.Duration) error { return dedup.ErrStore }
+func (downStore) Release(context.Context, string, string) error        { return dedup.ErrStore }
+
+// TestExactlyOnceGuardNoKey: a record the key function gives no key stops
+// Run at once with dedup.ErrNoKey (retrying cannot help), uncommitted.
+func TestExactlyOnceGuardNoKey(t *testing.T) {
+	cl := newCluster(t, 1)
+	produce(t, cl.ListenAddrs(), 0, 5)
+	guard, err := dedup.NewGuard(dedup.NewMemory(10), "g", dedup.WithKey(func(r *kgo.Record) string {
+		if r.Offset == 2 {
+			return ""
+		}
+		return dedup.Position(r)
+	}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := mustNew(t, cl, "g", kdeliver.ExactlyOnce, WithDedup(guard))
+	err = start(c, func(context.Context, *kgo.Record) error { return nil }).wait(t)
+	var he *HandlerError
+	if !errors.As(err, &he) || !errors.Is(err, dedup.ErrNoKey) || he.Offset != 2 || he.Attempts != 1 {
+		t.Fatalf("Run = %v, want a HandlerError at offset 2 after 1 attempt wrapping dedup.ErrNoKey", err)
+	}
+	if got := committed(cl, "g")[0]; got != 2 {
+		t.Fatalf("committed %d, want 2", got)
+	}
+}
+
+// tp is a topic partition.
+type tp struct {
+	topic string
+	part  int32
+}
+
+// memDB is the database of the test sinks: rows (one per write of a
+// sequence number) and, per partition, the offset after the last written
+// record and the epoch of the latest claim, changed together under one lock
+// as a database transaction would.
+type memDB struct {
+	mu     sync.Mutex
+	rows   map[int][]string // sequence number → the sinks that wrote it
+	onPart map[int32]int    // rows per partition
+	next   map[tp]int64
+	epoch  map[tp]int64
+}
+
+func newMemDB() *memDB {
+	return &memDB{rows: map[int][]string{}, onPart: map[int32]int{}, next: map[tp]int64{}, epoch: map[tp]int64{}}
+}
+
+// claim takes the partition for a new owner, as an Assign elsewhere does.
+func (db *memDB) claim(k tp) int64 {
+	db.mu.Lock()
+	defer db.mu.Unlock()
+	db.epoch[k]++
+	return db.epoch[k]
+}
+
+func (db *memDB) distinct() int {
+	db.mu.Lock()
+	defer db.mu.Unlock()
+	return len(db.rows)
+}
+
+func (db *memDB) rowsOn(part int32) int {
+	db.mu.Lock()
+	defer db.mu.Unlock()
+	return db.onPart[part]
+}
+
+// count returns the lost and duplicated sequence numbers among 0..n-1, and
+// how many different sinks wrote rows.
+func (db *memDB) count(n int) (lost, dups, writers int) {
+	db.mu.Lock()
+	defer db.mu.Unlock()
+	ws := map[string]bool{}
+	for i := range n {
+		rs := db.rows[i]
+		if len(rs) == 0 {
+			lost++
+		}
+		dups += max(len(rs)-1, 0)
+		for _, w := range rs {
+			ws[w] = true
+		}
+	}
+	return lost, dups, len(ws)
+}
+
+func (db *memDB) sumNext() int64 {
+	db.mu.Lock()
+	defer db.mu.Unlock()
+	var s int64
+	for _, o := range db.next {
+		s += o
+	}
+	return s
+}
+
+// memSink is a dedup.Sink into a memDB, built like pgstore.Sink: Assign
+// claims partitions with a new epoch, Write checks the claim and stores
+// rows and offset atomically, skipping records below the stored offset.
+type memSink struct {
+	db   *memDB
+	name string
+	slow time.Duration // pause per record written
+	// fault, if set, is called before each Write's transaction (committed
+	// false) and after it committed (true); an error it returns is Write's.
+	fault func(write int64, committed bool) error
+
+	mu      sync.Mutex
+	claims  map[tp]int64
+	writes  atomic.Int64
+	fenced  atomic.Int64
+	assigns atomic.Int64
+	stale   atomic.Int64 // records received below the stored offset
+}
+
+var _ dedup.Sink = (*memSink)(nil)
+
+func newMemSink(db *memDB, name string) *memSink {
+	return &memSink{db: db, name: name, claims: map[tp]int64{}}
+}
+
+func (s *memSink) Assign(_ context.Context, a dedup.Assignment) (map[string]map[int32]int64, error) {
+	s.assigns.Add(1)
+	out := map[string]map[int32]int64{}
+	s.db.mu.Lock()
+	defer s.db.mu.Unlock()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for t, ps := range a.Partitions {
+		for _, p := range ps {
+			k := tp{t, p}
+			s.db.epoch[k]++
+			s.claims[k] = s.db.epoch[k]
+			if next, ok := s.db.next[k]; ok {
+				if out[t] == nil {
+					out[t] = map[int32]int64{}
+				}
+				out[t][p] = next
+			}
+		}
+	}
+	return out, nil
+}
+
+func (s *memSink) Revoke(parts map[string][]int32) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for t, ps := range parts {
+		for _, p := range ps {
+			delete(s.claims, tp{t, p})
+		}
+	}
+}
+
+func (s *memSink) Write(_ context.Context, recs []*kgo.Record) error {
+	n := s.writes.Add(1)
+	if s.slow > 0 {
+		time.Sleep(s.slow * time.Duration(len(recs)))
+	}
+	if s.fault != nil {
+		if err := s.fault(n, false); err != nil {
+			return err
+		}
+	}
+	k := tp{recs[0].Topic, recs[0].Partition}
+	s.mu.Lock()
+	epoch, ok := s.claims[k]
+	s.mu.Unlock()
+	s.db.mu.Lock()
+	if !ok || s.db.epoch[k] != epoch {
+		s.db.mu.Unlock()
+		s.fenced.Add(1)
+		return fmt.Errorf("%w: %s/%d", dedup.ErrFenced, k.topic, k.part)
+	}
+	next := s.db.next[k]
+	for _, r := range recs {
+		if r.Offset < next {
+			s.stale.Add(1)
+			continue
+		}
+		seq, err := strconv.Atoi(string(r.Value))
+		if err != nil {
+			panic(err)
+		}
+		s.db.rows[seq] = append(s.db.rows[seq], s.name)
+		s.db.onPart[r.Partition]++
+		s.db.next[k] = r.Offset + 1
+	}
+	s.db.mu.Unlock()
+	if s.fault != nil {
+		return s.fault(n, true)
+	}
+	return nil
+}
+
+// TestExactlyOnceSinkCrashesAndRebalance: consumers writing through a sink
+// crash before a write's transaction and after one committed, then two
+// consumers share the partitions and one leaves (two rebalances). Every
+// record is in the sink exactly once, the sink's offsets end at the end of
+// each partition, and nothing was committed to Kafka.
+func TestExactlyOnceSinkCrashesAndRebalance(t *testing.T) {
+	cl := newCluster(t, 4)
+	const n = 1000
+	produce(t, cl.ListenAddrs(), 0, n)
+	db := newMemDB()
+
+	for _, committed := range []bool{false, true} {
+		s := newMemSink(db, fmt.Sprintf("crash-committed-%v", committed))
+		s.fault = func(write int64, done bool) error {
+			if write == 3 && done == committed {
+				return fmt.Errorf("write %d: %w", write, crash.ErrCrash)
+			}
+			return nil
+		}
+		c := mustNew(t, cl, "g", kdeliver.ExactlyOnce, WithSink(s), WithMaxPollRecords(30))
+		if err := start(c, nil).wait(t); !errors.Is(err, crash.ErrCrash) {
+			t.Fatalf("Run = %v, want the crash", err)
+		}
+		t.Logf("crashed in write 3 (transaction committed: %v): %d records in the sink", committed, db.distinct())
+	}
+	if d := db.distinct(); d == 0 || d >= n {
+		t.Fatalf("%d records in the sink after the crashes, want some", d)
+	}
+
+	sa, sb := newMemSink(db, "a"), newMemSink(db, "b")
+	// Slow enough that the second consumer joins while records are left.
+	sa.slow, sb.slow = 3*time.Millisecond, 3*time.Millisecond
+	ra := start(mustNew(t, cl, "g", kdeliver.ExactlyOnce, WithSink(sa), WithMaxPollRecords(20)), nil)
+	waitFor(t, "300 records", func() bool { return db.distinct() >= 300 })
+	rb := start(mustNew(t, cl, "g", kdeliver.ExactlyOnce, WithSink(sb), WithMaxPollRecords(20)), nil)
+	waitFor(t, "the second consumer to write", func() bool { return sb.writes.Load() > 0 })
+	waitFor(t, "700 records", func() bool { return db.distinct() >= 700 })
+	if err := rb.stop(t); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "all records", func() bool { return db.distinct() == n })
+	waitFor(t, "the sink's offsets at the end", func() bool { return db.sumNext() == n })
+	if err := ra.stop(t); err != nil {
+		t.Fatal(err)
+	}
+	lost, dups, writers := db.count(n)
+	t.Logf("%d records: %d lost, %d duplicated; %d sinks wrote; assigns a=%d b=%d; fenced writes a=%d b=%d; stale records a=%d b=%d",
+		n, lost, dups, writers, sa.assigns.Load(), sb.assigns.Load(), sa.fenced.Load(), sb.fenced.Load(), sa.stale.Load(), sb.stale.Load())
+	if lost != 0 || dups != 0 {
+		t.Fatalf("lost %d, duplicated %d", lost, dups)
+	}
+	if writers != 4 {
+		t.Fatalf("%d sinks wrote rows, want 4 (two crashed consumers, then two sharing the partitions)", writers)
+	}
+	if st := sa.stale.Load() + sb.stale.Load(); st != 0 {
+		t.Fatalf("%d records were read again below the sink's offset: partitions did not start at the sink's offset", st)
+	}
+	if sa.assigns.Load() < 2 {
+		t.Fatalf("the first consumer's sink saw %d assignments: the rebalances did not reach it", sa.assigns.Load())
+	}
+	if got := committed(cl, "g"); len(got) != 0 {
+		t.Fatalf("offsets committed to Kafka %v: the sink holds them", got)
+	}
+}
+
+// TestExactlyOnceSinkFencedDropsRecords: another member claims a partition
+// behind a consumer's back (as after a rebalance it missed). The consumer's
+// writes to that partition are refused with ErrFenced and its records
+// dropped, while Run goes on and the other partition is written. A consumer
+// that is assigned the partition later resumes at the sink's offset: no
+// record is lost or written twice.
+func TestExactlyOnceSinkFencedDropsRecords(t *testing.T) {
+	cl := newCluster(t, 2)
+	first := produce(t, cl.ListenAddrs(), 0, 100)
+	db := newMemDB()
+	s1 := newMemSink(db, "s1")
+	r1 := start(mustNew(t, cl, "g", kdeliver.ExactlyOnce, WithSink(s1)), nil)
+	waitFor(t, "100 records", func() bool { return db.distinct() == 100 })
+
+	db.claim(tp{"t", 0})
+	second := produce(t, cl.ListenAddrs(), 100, 200)
+	waitFor(t, "a fenced write, and partition 1 written", func() bool {
+		return s1.fenced.Load() > 0 && db.rowsOn(1) == first[1]+second[1]
+	})
+	time.Sleep(200 * time.Millisecond) // let any wrong write land
+	if got := db.rowsOn(0); got != first[0] {
+		t.Fatalf("partition 0 has %d rows after the fence, want %d: a fenced write landed", got, first[0])
+	}
+	select {
+	case err := <-r1.ch:
+		t.Fatalf("Run returned %v on a fenced write; it should drop the records and go on", err)
+	default:
+	}
+	if err := r1.stop(t); err != nil {
+		t.Fatal(err)
+	}
+
+	s2 := newMemSink(db, "s2")
+	r2 := start(mustNew(t, cl, "g", kdeliver.ExactlyOnce, WithSink(s2)), nil)
+	waitFor(t, "all records", func() bool { return db.distinct() == 200 })
+	if err := r2.stop(t); err != nil {
+		t.Fatal(err)
+	}
+	lost, dups, _ := db.count(200)
+	t.Logf("fenced writes dropped: %d; then %d lost, %d duplicated", s1.fenced.Load(), lost, dups)
+	if lost != 0 || dups != 0 {
+		t.Fatalf("lost %d, duplicated %d", lost, dups)
+	}
+	if got := committed(cl, "g"); len(got) != 0 {
+		t.Fatalf("offsets committed to Kafka %v: the sink holds them", got)
+	}
+}
+
+// TestExactlyOnceSinkWriteRetried: a failing Write (the sink's database
+// down) is retried with backoff and nothing is lost or repeated; with
+// WithMaxAttempts, Run stops with a HandlerError wrapping the sink's error.
+func TestExactlyOnceSinkWriteRetried(t *testing.T) {
+	down := fmt.Errorf("%w: connection refused", dedup.ErrStore)
+	t.Run("until it succeeds", func(t *testing.T) {
+		cl := newCluster(t, 1)
+		produce(t, cl.ListenAddrs(), 0, 50)
+		db := newMemDB()
+		s := newMemSink(db, "s")
+		s.fault = func(write int64, committed bool) error {
+			if write <= 3 && !committed {
+				return down
+			}
+			return nil
+		}
+		r := start(mustNew(t, cl, "g", kdeliver.ExactlyOnce, WithSink(s), WithBackoff(time.Millisecond, 5*time.Millisecond)), nil)
+		waitFor(t, "all records", func() bool { return db.distinct() == 50 })
+		if err := r.stop(t); err != nil {
+			t.Fatal(err)
+		}
+		if lost, dups, _ := db.count(50); lost != 0 || dups != 0 || s.writes.Load() < 4 {
+			t.Fatalf("lost %d, duplicated %d after %d writes", lost, dups, s.writes.Load())
+		}
+	})
+	t.Run("max attempts", func(t *testing.T) {
+		cl := newCluster(t, 1)
+		produce(t, cl.ListenAddrs(), 0, 50)
+		db := newMemDB()
+		s := newMemSink(db, "s")
+		s.fault = func(int64, bool) error { return down }
+		c := mustNew(t, cl, "g", kdeliver.ExactlyOnce, WithSink(s), WithBackoff(time.Millisecond, 5*time.Millisecond), WithMaxAttempts(3))
+		err := start(c, nil).wait(t)
+		var he *HandlerError
+		if !errors.As(err, &he) || !errors.Is(err, dedup.ErrStore) || he.Attempts != 3 || he.Offset != 0 {
+			t.Fatalf("Run = %v, want a HandlerError at offset 0 after 3 attempts wrapping dedup.ErrStore", err)
+		}
+		if d := db.distinct(); d != 0 {
+			t.Fatalf("%d records written while the sink failed", d)
+		}
+	})
+}
