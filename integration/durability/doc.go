@@ -40,9 +40,9 @@
 // open). AtLeastOnce and ExactlyOnce: no acknowledged record lost, none
 // duplicated, and for ExactlyOnce no record of an aborted transaction
 // visible. AtMostOnce: nothing duplicated; the records lost are counted, and
-// no run of losses may last longer than the preset's metadata refresh (a
-// producer writing to a node that no longer leads). On one node the
-// producers run without faults.
+// no run of losses may last longer than two of the preset's metadata
+// refreshes (longer means a producer writing to a node that no longer
+// leads). On one node the producers run without faults.
 //
 // Consumer commit order (after Kafka's OffsetValidationTest, hard failure):
 // a consumer runs as a separate process (this test binary re-executed) and
