@@ -16,6 +16,8 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/twmb/franz-go/pkg/kgo"
 
+	"github.com/kdeliver/kdeliver"
+	"github.com/kdeliver/kdeliver/consumer"
 	"github.com/kdeliver/kdeliver/dedup"
 	"github.com/kdeliver/kdeliver/dedup/internal/killtest"
 	"github.com/kdeliver/kdeliver/dedup/internal/testenv"
@@ -156,9 +158,10 @@ const (
 	killOffsets = "killtest_offsets"
 )
 
-// 50,000 records into PostgreSQL through the sink, by consumer processes
-// killed with SIGKILL 5 times and once more after a rebalance between two
-// instances: the table holds each record exactly once.
+// 50,000 records into PostgreSQL through the sink, by exactly-once consumer
+// processes (consumer.WithSink) killed with SIGKILL 5 times and once more
+// after a rebalance between two instances: the table holds each record
+// exactly once.
 func TestSinkExactlyOnceUnderSIGKILL(t *testing.T) {
 	if _, _, child := killtest.Child(); child {
 		t.Skip("child process")
@@ -266,7 +269,8 @@ func TestSinkPostgresOutage(t *testing.T) {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		runSink(runCtx, t, brokers, "outage", sink, report)
+		// Short retries, so that the consumer notices PostgreSQL's return soon.
+		runSink(runCtx, t, brokers, "outage", sink, report, consumer.WithBackoff(50*time.Millisecond, time.Second))
 	}()
 	defer func() { stopRun(); <-done }()
 
@@ -302,23 +306,37 @@ func TestSinkPostgresOutage(t *testing.T) {
 	}
 }
 
-// runSink consumes killtest.Topic into sink as group until ctx ends.
-func runSink(ctx context.Context, t *testing.T, brokers []string, group string, sink dedup.Sink, report func(error)) {
-	opts := append(killtest.ClientOpts(brokers),
-		kgo.ConsumerGroup(group),
-		kgo.ConsumeTopics(killtest.Topic),
-		kgo.FetchIsolationLevel(kgo.ReadCommitted()),
-		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
-	)
-	cl, err := kgo.NewClient(append(opts, dedup.SinkOpts(sink, group)...)...)
+// runSink consumes killtest.Topic into sink as group with an exactly-once
+// consumer until ctx ends, passing each failed Write to report.
+func runSink(ctx context.Context, t *testing.T, brokers []string, group string, sink dedup.Sink, report func(error), opts ...consumer.Option) {
+	opts = append([]consumer.Option{
+		consumer.WithSink(reportingSink{sink, report}),
+		consumer.WithMaxPollRecords(2000),
+		consumer.WithKgoOpts(killtest.ClientOpts(nil)[1:]...),
+	}, opts...)
+	c, err := consumer.New(brokers, group, []string{killtest.Topic}, kdeliver.ExactlyOnce, opts...)
 	if err != nil {
 		t.Error(err)
 		return
 	}
-	defer cl.Close()
-	if err := dedup.RunSink(ctx, cl, sink, report); err != nil {
+	defer c.Close(context.Background())
+	if err := c.Run(ctx, nil); err != nil {
 		t.Error(err)
 	}
+}
+
+// reportingSink passes the errors of its Sink's Write to report.
+type reportingSink struct {
+	dedup.Sink
+	report func(error)
+}
+
+func (s reportingSink) Write(ctx context.Context, recs []*kgo.Record) error {
+	err := s.Sink.Write(ctx, recs)
+	if err != nil {
+		s.report(err)
+	}
+	return err
 }
 
 func waitUntil(ctx context.Context, t *testing.T, what string, cond func() bool) {
