@@ -3,6 +3,7 @@ package redisstore_test
 import (
 	"context"
 	"crypto/rand"
+	"errors"
 	"fmt"
 	"os"
 	"strconv"
@@ -24,11 +25,12 @@ const (
 	envRun      = "KDELIVER_REDIS_KILLTEST_RUN"
 )
 
-// 50,000 records through an AtLeastOnce consumer whose handler is guarded
-// by the Redis store, by consumer processes killed with SIGKILL 5 times and
-// once more after a rebalance between two instances. The side effect is a
-// counter per message ID in Redis, incremented in the same MULTI/EXEC as the
-// dedup mark (Guard.DoTx + Store.ConfirmTx): every counter ends at exactly 1.
+// 50,000 records through an exactly-once consumer guarded by the Redis
+// store (consumer.WithDedup), by consumer processes killed with SIGKILL 5
+// times and once more after a rebalance between two instances. The side
+// effect is a counter per message ID in Redis, incremented in the same
+// MULTI/EXEC as the dedup mark (dedup.ConfirmInTx + Store.ConfirmTx): every
+// counter ends at exactly 1.
 func TestGuardExactlyOnceUnderSIGKILL(t *testing.T) {
 	if _, _, child := killtest.Child(); child {
 		t.Skip("child process")
@@ -87,35 +89,52 @@ func TestGuardKillChild(t *testing.T) {
 	store := redisstore.New(rdb, redisstore.WithPrefix("killtest:"+run+":dedup:"))
 	// A killed process leaves its in-flight key held: the lease is how long
 	// the redelivered record waits.
-	guard, err := dedup.NewGuard(store, killtest.Group, dedup.WithLease(2*time.Second), dedup.WithTTL(time.Hour))
+	guard, err := dedup.NewGuard(skipCounter{store, rdb, effects + ":skipped"}, killtest.Group,
+		dedup.WithLease(2*time.Second), dedup.WithTTL(time.Hour))
 	if err != nil {
 		t.Fatal(err)
 	}
-	c, err := consumer.New(brokers, killtest.Group, []string{killtest.Topic}, kdeliver.AtLeastOnce,
-		consumer.WithKgoOpts(killtest.ClientOpts(nil)[1:]...))
+	c, err := consumer.New(brokers, killtest.Group, []string{killtest.Topic}, kdeliver.ExactlyOnce,
+		consumer.WithDedup(guard), consumer.WithKgoOpts(killtest.ClientOpts(nil)[1:]...))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer c.Close(context.Background())
+	// The guard runs the handler only for records not done yet; the
+	// handler marks the key in the MULTI/EXEC of its side effect.
 	handler := func(ctx context.Context, r *kgo.Record) error {
 		if slow > 0 && r.Offset%10 == 0 {
 			time.Sleep(slow)
 		}
-		out, err := guard.DoTx(ctx, guard.Key(r), func(ctx context.Context, key string, ttl time.Duration) error {
-			_, err := rdb.TxPipelined(ctx, func(pipe redis.Pipeliner) error {
-				pipe.HIncrBy(ctx, effects, dedup.MessageID(r), 1)
-				store.ConfirmTx(ctx, pipe, key, ttl)
-				return nil
-			})
-			return err
-		})
-		if out == dedup.Duplicate {
-			rdb.Incr(ctx, effects+":skipped")
+		key, ttl, ok := dedup.ConfirmInTx(ctx)
+		if !ok {
+			return errors.New("not run by the guard")
 		}
+		_, err := rdb.TxPipelined(ctx, func(pipe redis.Pipeliner) error {
+			pipe.HIncrBy(ctx, effects, dedup.MessageID(r), 1)
+			store.ConfirmTx(ctx, pipe, key, ttl)
+			return nil
+		})
 		return err
 	}
 	if err := c.Run(t.Context(), handler); err != nil {
 		fmt.Fprintln(os.Stderr, "run:", err)
 		t.Fatal(err)
 	}
+}
+
+// skipCounter counts in Redis the reservations that found a key done: the
+// redeliveries that the guard skipped.
+type skipCounter struct {
+	dedup.Store
+	rdb     *redis.Client
+	counter string
+}
+
+func (s skipCounter) Reserve(ctx context.Context, key string, lease time.Duration) (dedup.Status, string, error) {
+	st, token, err := s.Store.Reserve(ctx, key, lease)
+	if err == nil && st == dedup.Done {
+		s.rdb.Incr(ctx, s.counter)
+	}
+	return st, token, err
 }
