@@ -4,10 +4,10 @@
 // once.
 //
 // It produces 1,000 orders (to an in-process Kafka unless -brokers is
-// given), consumes them into the table example_orders with a consumer that
-// stops mid-stream (it never commits to Kafka: the offsets live in
-// PostgreSQL) and a second one that resumes where the table ends, and prints
-// the table's counts:
+// given), consumes them into the table example_orders with a consumer built
+// with kdeliver.ExactlyOnce and consumer.WithSink that stops mid-stream (it
+// never commits to Kafka: the offsets live in PostgreSQL) and a second one
+// that resumes where the table ends, and prints the table's counts:
 //
 //	go run ./examples/postgres -postgres 'postgres://kdeliver:kdeliver@127.0.0.1:5432/kdeliver'
 //
@@ -20,6 +20,7 @@ import (
 	"flag"
 	"fmt"
 	"log"
+	"log/slog"
 	"os"
 	"strings"
 	"time"
@@ -28,6 +29,8 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/twmb/franz-go/pkg/kgo"
 
+	"github.com/kdeliver/kdeliver"
+	"github.com/kdeliver/kdeliver/consumer"
 	"github.com/kdeliver/kdeliver/dedup"
 	"github.com/kdeliver/kdeliver/dedup/pgstore"
 	"github.com/kdeliver/kdeliver/internal/embedded"
@@ -123,25 +126,25 @@ func consume(ctx context.Context, pool *pgxpool.Pool, brokers []string, until in
 	if err := sink.CreateTable(ctx); err != nil {
 		return err
 	}
-	opts := []kgo.Opt{
-		kgo.SeedBrokers(brokers...),
-		kgo.ConsumerGroup(group),
-		kgo.ConsumeTopics(topic),
-		kgo.FetchIsolationLevel(kgo.ReadCommitted()),
-		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
-		kgo.FetchMaxBytes(16 << 10), // small fetches, so the "crash" lands mid-stream
-	}
-	cl, err := kgo.NewClient(append(opts, dedup.SinkOpts(sink, group)...)...)
+	// Exactly-once into the sink: each batch's rows and the offset after it
+	// commit in one PostgreSQL transaction, and each partition starts at
+	// the offset stored there. Nothing is committed to Kafka.
+	c, err := consumer.New(brokers, group, []string{topic}, kdeliver.ExactlyOnce,
+		consumer.WithSink(sink),
+		consumer.WithMaxPollRecords(100), // small batches, so the stop lands mid-stream
+		kdeliver.WithLogger(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))))
 	if err != nil {
 		return err
 	}
 	runCtx, stop := context.WithCancel(ctx)
+	defer stop()
 	done := make(chan error, 1)
-	go func() { done <- dedup.RunSink(runCtx, cl, sink, func(err error) { log.Print(err) }) }()
+	go func() { done <- c.Run(runCtx, nil) }() // no handler: the sink's ApplyFunc is the side effect
 	for {
 		var n int
 		if err := pool.QueryRow(ctx, `SELECT count(*) FROM example_orders`).Scan(&n); err != nil {
 			stop()
+			<-done
 			return err
 		}
 		if n >= until {
@@ -150,12 +153,11 @@ func consume(ctx context.Context, pool *pgxpool.Pool, brokers []string, until in
 		select {
 		case <-ctx.Done():
 			stop()
+			<-done
 			return ctx.Err()
 		case <-time.After(10 * time.Millisecond):
 		}
 	}
 	stop()
-	err = <-done
-	cl.Close()
-	return err
+	return <-done
 }
