@@ -4,8 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sync"
-	"time"
 
 	"github.com/twmb/franz-go/pkg/kgo"
 )
@@ -31,12 +29,14 @@ type Assignment struct {
 // table. A record's side effect and the offset after it commit together, so
 // after a crash the consumer resumes exactly where the sink's state ends.
 //
-// The consumer calls the sink in this order; [SinkOpts] and [RunSink] do it
-// for a kgo client:
+// The consumer calls the sink in this order; consumer.New with
+// kdeliver.ExactlyOnce and consumer.WithSink does it (a poll loop of your
+// own can use [AdjustFetchOffsets] for step 1):
 //
 //  1. Assign, when partitions are assigned and before they are fetched; the
 //     consumer starts each partition at the returned offset, and where none
-//     is returned at its usual start (the earliest record).
+//     is returned at its usual start (the group's offset committed in
+//     Kafka, else the earliest record).
 //  2. Write, for each batch of one partition's records, in offset order.
 //     The consumer does not commit offsets to Kafka: the sink holds them.
 //     On an error other than [ErrFenced] it writes the same batch again
@@ -51,7 +51,9 @@ type Assignment struct {
 // consumer whose claim was superseded fails with ErrFenced and writes
 // nothing.
 //
-// Write and Revoke for different partitions may be called concurrently.
+// Assign, Write and Revoke for different partitions may be called
+// concurrently: kgo claims newly assigned partitions while the poll loop
+// writes others.
 type Sink interface {
 	// Assign claims the partitions of a for this consumer and returns the
 	// offset to resume at (the offset after the last written record) for
@@ -65,42 +67,6 @@ type Sink interface {
 	// Revoke drops this consumer's claims on partitions; later Writes for
 	// them fail with ErrFenced.
 	Revoke(partitions map[string][]int32)
-}
-
-// SinkOpts returns the kgo options that drive s from a group consumer of
-// group: on assignment it calls [Sink.Assign] and starts each partition at
-// the sink's offset ([AdjustFetchOffsets]); on revoke or loss it calls
-// [Sink.Revoke]. They block rebalances while a polled batch is written
-// ([kgo.BlockRebalanceOnPoll]) and disable auto-commit. They set
-// kgo.OnPartitionsAssigned, Revoked and Lost and kgo.AdjustFetchOffsetsFn:
-// do not set those as well. Use them with [RunSink], or call [Sink.Write] and
-// [kgo.Client.AllowRebalance] in your own poll loop.
-func SinkOpts(s Sink, group string) []kgo.Opt {
-	var (
-		mu sync.Mutex
-		cl *kgo.Client
-	)
-	meta := func() (string, int32) {
-		mu.Lock()
-		defer mu.Unlock()
-		if cl == nil {
-			return "", -1
-		}
-		return cl.GroupMetadata()
-	}
-	revoke := func(_ context.Context, _ *kgo.Client, parts map[string][]int32) { s.Revoke(parts) }
-	return []kgo.Opt{
-		kgo.DisableAutoCommit(),
-		kgo.BlockRebalanceOnPoll(),
-		kgo.OnPartitionsAssigned(func(_ context.Context, c *kgo.Client, _ map[string][]int32) {
-			mu.Lock()
-			cl = c
-			mu.Unlock()
-		}),
-		kgo.AdjustFetchOffsetsFn(AdjustFetchOffsets(s, group, meta)),
-		kgo.OnPartitionsRevoked(revoke),
-		kgo.OnPartitionsLost(revoke),
-	}
 }
 
 // AdjustFetchOffsets returns the function for [kgo.AdjustFetchOffsetsFn]
@@ -131,59 +97,5 @@ func AdjustFetchOffsets(s Sink, group string, meta func() (member string, genera
 			}
 		}
 		return offsets, nil
-	}
-}
-
-// RunSink polls cl, a client built with [SinkOpts], up to 2000 records at a
-// time, and writes each partition's records to s until ctx is canceled, then returns nil. A Write
-// that fails is retried with backoff (up to 5s apart) until it succeeds: the
-// records stay unwritten and uncommitted meanwhile, and each failure is passed
-// to report (which may be nil). A partition whose Write returns [ErrFenced]
-// has its polled records dropped. It returns an error only when the client is
-// closed.
-func RunSink(ctx context.Context, cl *kgo.Client, s Sink, report func(error)) error {
-	if report == nil {
-		report = func(error) {}
-	}
-	for {
-		fetches := cl.PollRecords(ctx, 2000)
-		if ctx.Err() != nil {
-			cl.AllowRebalance()
-			return nil
-		}
-		if fetches.IsClientClosed() {
-			return fmt.Errorf("dedup: RunSink: %w", kgo.ErrClientClosed)
-		}
-		fetches.EachError(func(t string, p int32, err error) {
-			report(fmt.Errorf("dedup: fetch %s/%d: %w", t, p, err))
-		})
-		fetches.EachPartition(func(p kgo.FetchTopicPartition) {
-			if len(p.Records) > 0 {
-				writeRetrying(ctx, s, p.Records, report)
-			}
-		})
-		cl.AllowRebalance()
-	}
-}
-
-func writeRetrying(ctx context.Context, s Sink, recs []*kgo.Record, report func(error)) {
-	wait := 50 * time.Millisecond
-	for {
-		err := s.Write(ctx, recs)
-		if err == nil || ctx.Err() != nil {
-			return
-		}
-		report(err)
-		if errors.Is(err, ErrFenced) {
-			return
-		}
-		t := time.NewTimer(wait)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return
-		case <-t.C:
-		}
-		wait = min(2*wait, 5*time.Second)
 	}
 }
