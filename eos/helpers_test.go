@@ -165,6 +165,20 @@ func (r *tailReader) count() int {
 	return len(r.seen)
 }
 
+// catchUp waits until the reader has seen n values, then stops it. The final
+// audit is logged if it does not.
+func (r *tailReader) catchUp(t testing.TB, n int, final audit) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for r.count() < n && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	r.stop()
+	if c := len(r.seen); c < n {
+		t.Fatalf("the concurrent reader saw %d of %d values in 20s; the final reader: %s", c, n, final)
+	}
+}
+
 func (r *tailReader) stop() {
 	r.cancel()
 	<-r.done

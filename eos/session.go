@@ -410,8 +410,20 @@ func (l *loop) transaction(ctx context.Context, sess *kgo.GroupTransactSession) 
 // end ends t and acts on the outcome.
 func (l *loop) end(ctx context.Context, t *txn) error {
 	s := l.s
+	// kgo commits whatever was written if asked to, even when some records
+	// of the transaction failed: wait for every produce to finish before
+	// deciding, or a failure that lands during End's own flush would commit
+	// the offsets of output that was never written.
+	var prodErr error
+	if t.reason == "" {
+		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.txnTimeout)
+		prodErr = t.sess.Client().Flush(fctx)
+		cancel()
+	}
 	t.prodMu.Lock()
-	prodErr := t.prodErr
+	if t.prodErr != nil {
+		prodErr = t.prodErr
+	}
 	t.prodMu.Unlock()
 	if prodErr != nil {
 		// Every produce error aborts, and the client is replaced: a
@@ -583,7 +595,9 @@ func (l *loop) handle(ctx context.Context, t *txn, r *kgo.Record) {
 		t.records++
 		for _, o := range out {
 			if o.Context == nil {
-				o.Context = pctx
+				// The trace, not the cancellation: kgo fails a
+				// record whose Context is done.
+				o.Context = context.WithoutCancel(pctx)
 			}
 			l.produce(t, o)
 		}

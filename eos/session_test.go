@@ -160,8 +160,7 @@ func TestCopierExactlyOnceUnderAbortsAndCrashes(t *testing.T) {
 	r.runFor(60 * time.Second)
 
 	final := auditValues(countValues(readCommitted(t, addrs, "out", 500*time.Millisecond)), n)
-	waitFor(t, 10*time.Second, "the tail reader to catch up", func() bool { return tail.count() >= n })
-	tail.stop()
+	tail.catchUp(t, n, final)
 	concurrent := auditValues(tail.seen, n)
 	st := r.total()
 	t.Logf("crashes=%d graceful=%d stats=%+v final: %s concurrent: %s", r.crashes, r.graceful, st, final, concurrent)
@@ -258,8 +257,7 @@ func TestGroupRebalancesExactlyOnce(t *testing.T) {
 
 	got := readCommitted(t, addrs, "out", 500*time.Millisecond)
 	final := auditValues(countValues(got), n)
-	waitFor(t, 10*time.Second, "the tail reader to catch up", func() bool { return tail.count() >= n })
-	tail.stop()
+	tail.catchUp(t, n, final)
 	concurrent := auditValues(tail.seen, n)
 	t.Logf("final: %s concurrent: %s", final, concurrent)
 	if final.total != n || final.dups != 0 || final.missing != 0 || concurrent.dups != 0 {
