@@ -118,7 +118,12 @@ func TestLostAcksAtMostOnceNoRetry(t *testing.T) {
 			if err := p.Flush(ctx); err != nil {
 				t.Fatal(err)
 			}
-			if faults.Hits() != 3 {
+			// With acks=0 Flush returns once the requests are written; the
+			// broker may not have read them yet.
+			wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			err := faults.Wait(wctx, 3)
+			cancel()
+			if err != nil || faults.Hits() != 3 {
 				t.Fatalf("%d lost acks injected, want 3", faults.Hits())
 			}
 			if leader && failed != 3 {
