@@ -43,8 +43,11 @@ const (
 	// Producer: transactional (an ID unique per instance is required),
 	// acks=all, idempotent, retried until the delivery timeout.
 	// Consumer: read_committed; offsets are committed inside the sink's
-	// transaction: a Kafka transaction (package eos) or a deduplicating sink
-	// (package dedup). Downstream readers must use read_committed.
+	// transaction: a Kafka transaction (package eos), or the sink's own
+	// database transaction (consumer.WithSink); or, with consumer.WithDedup,
+	// after processing with a dedup guard skipping records whose effect is
+	// done (package dedup). Downstream readers must use read_committed
+	// (consumer.WithReadCommitted under the other semantics).
 	ExactlyOnce
 )
 
@@ -128,7 +131,8 @@ const (
 	CommitAfterProcessing
 	// CommitWithSink commits offsets in the same transaction as the
 	// handler's output: a Kafka transaction (package eos) or the sink's own
-	// database transaction (package dedup).
+	// database transaction (consumer.WithSink). With consumer.WithDedup the
+	// Kafka commit follows processing and the dedup store marks what is done.
 	CommitWithSink
 )
 

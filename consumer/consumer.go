@@ -105,7 +105,7 @@ func New(brokers []string, group string, topics []string, sem kdeliver.Semantics
 	for _, b := range brokers {
 		ps.Add(b == "", "a broker address is empty")
 	}
-	pc := preset.Consumer{Semantics: sem, Group: group, Topics: topics}
+	pc := preset.Consumer{Semantics: sem, Group: group, Topics: topics, ReadCommitted: cfg.readCommitted}
 	pc.Validate(&ps)
 	ps.Add(sem == kdeliver.ExactlyOnce && !cfg.dedupSet, "ExactlyOnce needs the side effect tied to the offsets: pass consumer.WithSink(sink) (the offsets commit in the sink's own transaction, e.g. pgstore.Sink) or consumer.WithDedup(guard) (a dedup.Guard skips redelivered records); for Kafka-to-Kafka use eos.Session (the offsets commit in the output transaction)")
 	ps.Add(cfg.guard != nil && cfg.sink != nil, "WithDedup and WithSink were both given: choose one (WithSink when the side effect is a write to the sink's database, WithDedup otherwise)")

@@ -51,6 +51,7 @@ type config struct {
 	guard          *dedup.Guard // WithDedup
 	sink           dedup.Sink   // WithSink
 	dedupSet       bool         // WithDedup or WithSink was given (maybe nil)
+	readCommitted  bool         // WithReadCommitted
 }
 
 func (c *config) Shared() *shared.Settings { return &c.shared }
@@ -112,6 +113,16 @@ func WithMaxPollRecords(n int) Option {
 		}
 		c.maxPoll = n
 	})
+}
+
+// WithReadCommitted makes an AtMostOnce or AtLeastOnce consumer read with
+// read_committed isolation: it sees only records of committed transactions,
+// never those of aborted ones. Use it to read a topic written by eos.Session
+// or a transactional producer: without it an aborted transaction's records
+// (which the writer redoes in a later transaction) are read too, i.e.
+// duplicates. ExactlyOnce always reads committed records.
+func WithReadCommitted() Option {
+	return option(func(c *config) { c.readCommitted = true })
 }
 
 // WithKgoOpts passes raw franz-go options to the client, after the preset of

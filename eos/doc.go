@@ -17,12 +17,14 @@
 // its input offset are committed in one transaction, so after any crash,
 // rebalance or retry the output of every input record is visible exactly
 // once. This holds only for readers of the output that use read_committed
-// isolation (kgo.FetchIsolationLevel(kgo.ReadCommitted()), or a
-// consumer.Consumer built with kdeliver.ExactlyOnce): a read_uncommitted
+// isolation (consumer.WithReadCommitted, a consumer.Consumer built with
+// kdeliver.ExactlyOnce, or kgo.FetchIsolationLevel(kgo.ReadCommitted())
+// on a raw client): a read_uncommitted
 // reader also sees the output of aborted transactions, i.e. duplicates.
 // Effects outside Kafka (HTTP calls, database writes) are not part of the
 // transaction: a handler may run several times for one record, so make them
-// idempotent, or use the at-least-once consumer with a dedup store.
+// idempotent, or use consumer.New with kdeliver.ExactlyOnce and
+// consumer.WithDedup (a dedup store skips what was done).
 //
 // Input is read with read_committed, offsets are never committed on a timer,
 // the producer is idempotent with acks=all; raw options that contradict this

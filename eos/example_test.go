@@ -71,7 +71,7 @@ func ExampleNew_invalid() {
 	// Output:
 	// true
 	// kdeliver: invalid exactly-once eos session configuration:
-	//   - ExactlyOnce needs a transactional ID, unique and stable per producer instance: pass producer.WithTransactionalID
+	//   - ExactlyOnce needs a transactional ID, unique and stable per producer instance: pass a non-empty transactionalID to eos.New
 	//   - transaction timeout 1m0s must be below the session timeout 45s, or a member the group dropped could still commit: lower WithTransactionTimeout or raise WithSessionTimeout
 	//   - the dead-letter topic "in" is also an input topic: a failing record would loop
 }

@@ -80,7 +80,7 @@ func New(brokers []string, group string, topics []string, transactionalID string
 	for _, o := range opts {
 		o.Apply(&cfg)
 	}
-	prod := preset.Producer{Semantics: kdeliver.ExactlyOnce, TransactionalID: transactionalID}
+	prod := preset.Producer{Semantics: kdeliver.ExactlyOnce, TransactionalID: transactionalID, TxnIDHint: "a non-empty transactionalID to eos.New"}
 	cons := preset.Consumer{Semantics: kdeliver.ExactlyOnce, Group: group, Topics: topics}
 	var ps kdeliver.Problems
 	ps.Add(len(brokers) == 0, "no seed brokers: pass at least one host:port")

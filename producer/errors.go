@@ -82,5 +82,5 @@ func advice(err error) string {
 	case errors.Is(err, kerr.InvalidProducerEpoch), errors.Is(err, kerr.ProducerFenced):
 		return "another producer with this transactional ID took over: close this one"
 	}
-	return "the broker or client refused it and did not retry: fix the cause"
+	return "it may not have been written: fix the cause named above (unreachable brokers, authorization, record too large), then re-send it if it must arrive"
 }

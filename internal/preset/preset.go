@@ -130,6 +130,16 @@ type Producer struct {
 	TransactionalID string        // ExactlyOnce only
 	LeaderAck       bool          // AtMostOnce only: acks=1 instead of acks=0
 	DeliveryTimeout time.Duration // AtLeastOnce and ExactlyOnce; 0 means the default
+	// TxnIDHint says where the transactional ID comes from, for errors;
+	// empty means producer.WithTransactionalID.
+	TxnIDHint string
+}
+
+func (p Producer) txnIDHint() string {
+	if p.TxnIDHint != "" {
+		return p.TxnIDHint
+	}
+	return "producer.WithTransactionalID"
 }
 
 // Timeout is the effective delivery timeout.
@@ -143,7 +153,7 @@ func (p Producer) Timeout() time.Duration {
 // Validate lists what is wrong with p itself.
 func (p Producer) Validate(ps *kdeliver.Problems) {
 	ps.Add(!p.Semantics.Valid(), fmt.Sprintf("semantics %s is not valid: choose kdeliver.AtMostOnce, AtLeastOnce or ExactlyOnce", p.Semantics))
-	ps.Add(p.Semantics == kdeliver.ExactlyOnce && p.TransactionalID == "", "ExactlyOnce needs a transactional ID, unique and stable per producer instance: pass producer.WithTransactionalID")
+	ps.Add(p.Semantics == kdeliver.ExactlyOnce && p.TransactionalID == "", "ExactlyOnce needs a transactional ID, unique and stable per producer instance: pass "+p.txnIDHint())
 	ps.Add(p.Semantics != kdeliver.ExactlyOnce && p.TransactionalID != "", fmt.Sprintf("a transactional ID is only used by ExactlyOnce, not %s: remove WithTransactionalID or choose ExactlyOnce", p.Semantics))
 	ps.Add(p.Semantics != kdeliver.AtMostOnce && p.LeaderAck, fmt.Sprintf("leader-only acks (acks=1) can lose acknowledged records, which %s forbids: remove WithLeaderAck", p.Semantics))
 	ps.Add(p.Semantics == kdeliver.AtMostOnce && p.DeliveryTimeout > 0, "AtMostOnce does not retry, so a delivery timeout has no effect: remove WithDeliveryTimeout")
@@ -234,6 +244,9 @@ type Consumer struct {
 	Semantics kdeliver.Semantics
 	Group     string
 	Topics    []string
+	// ReadCommitted reads with read_committed under any semantics
+	// (ExactlyOnce always does).
+	ReadCommitted bool
 }
 
 // Validate lists what is wrong with c itself.
@@ -259,7 +272,7 @@ func (c Consumer) Opts() []kgo.Opt {
 		kgo.ConsumeStartOffset(kgo.NewOffset().AtStart()),
 		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
 	}
-	if c.Semantics == kdeliver.ExactlyOnce {
+	if c.Semantics == kdeliver.ExactlyOnce || c.ReadCommitted {
 		opts = append(opts, kgo.FetchIsolationLevel(kgo.ReadCommitted()))
 	}
 	return opts
@@ -272,8 +285,11 @@ func (c Consumer) Check(cl *kgo.Client, ps *kdeliver.Problems) {
 	// OptValue gives the isolation level as its wire value: 1 is
 	// read_committed.
 	iso, _ := cl.OptValue(kgo.FetchIsolationLevel).(int8)
-	if c.Semantics == kdeliver.ExactlyOnce {
+	switch {
+	case c.Semantics == kdeliver.ExactlyOnce:
 		ps.Add(iso != 1, "a raw option set read_uncommitted, but ExactlyOnce reads committed records only: remove kgo.FetchIsolationLevel")
+	case c.ReadCommitted:
+		ps.Add(iso != 1, "a raw option set read_uncommitted, but consumer.WithReadCommitted was given: remove kgo.FetchIsolationLevel or WithReadCommitted")
 	}
 	ps.Add(cl.OptValue(kgo.ConsumerGroup).(string) != c.Group, "a raw option changed the consumer group: pass it as the group argument only")
 }
