@@ -119,7 +119,12 @@ func (r *copierRun) total() Stats {
 func faultyCopier(out string, every, at int, crashAt []int64, handled *atomic.Int64) Handler {
 	var failed sync.Map
 	next := 0
-	return func(_ context.Context, in *kgo.Record, emit func(*kgo.Record)) error {
+	return func(ctx context.Context, in *kgo.Record, emit func(*kgo.Record)) error {
+		if err := ctx.Err(); err != nil {
+			// Run is stopping (a graceful restart): a crash now would be
+			// taken for the shutdown and not counted as a crash.
+			return err
+		}
 		h := handled.Add(1)
 		v, _ := strconv.Atoi(string(in.Value))
 		if every > 0 && v%every == at {
