@@ -312,6 +312,10 @@ type loop struct {
 	out      []*kgo.Record
 	emit     func(*kgo.Record)
 	handling bool
+	// runTrace is Run's ctx without its cancellation when it carries a
+	// span, else nil: the context of output records when tracing is off
+	// and the input record carries no trace of its own.
+	runTrace context.Context
 }
 
 // txn is the state of one transaction.
@@ -338,6 +342,9 @@ func (t *txn) abort(reason string) {
 }
 
 func (l *loop) run(ctx context.Context) error {
+	if trace.SpanContextFromContext(ctx).IsValid() {
+		l.runTrace = context.WithoutCancel(ctx)
+	}
 	for {
 		if ctx.Err() != nil {
 			return nil
@@ -593,11 +600,10 @@ func (l *loop) handle(ctx context.Context, t *txn, r *kgo.Record) {
 	out, err := l.call(pctx, r)
 	if err == nil {
 		t.records++
+		octx := l.outputContext(t, pctx, r)
 		for _, o := range out {
 			if o.Context == nil {
-				// The trace, not the cancellation: kgo fails a
-				// record whose Context is done.
-				o.Context = context.WithoutCancel(pctx)
+				o.Context = octx
 			}
 			l.produce(t, o)
 		}
@@ -667,6 +673,21 @@ func (l *loop) call(ctx context.Context, r *kgo.Record) (out []*kgo.Record, err 
 		}
 	}
 	return l.out, nil
+}
+
+// outputContext is the context of the records emitted for in: the trace,
+// not the cancellation (kgo fails a record whose Context is done). With
+// tracing on it is the process span's; with tracing off, in's upstream trace
+// (from its headers) or else Run's ctx's trace, and nil when there is none,
+// which spares the client's tracing hooks every per-record look-up.
+func (l *loop) outputContext(t *txn, pctx context.Context, in *kgo.Record) context.Context {
+	switch {
+	case t.span.IsRecording():
+		return context.WithoutCancel(pctx)
+	case in.Context != nil && trace.SpanContextFromContext(in.Context).IsValid():
+		return context.WithoutCancel(in.Context)
+	}
+	return l.runTrace
 }
 
 func (l *loop) produce(t *txn, r *kgo.Record) {
