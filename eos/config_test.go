@@ -114,24 +114,14 @@ func TestTransactionSpans(t *testing.T) {
 		t.Fatal(err)
 	}
 	failed := false
-	done := make(chan error, 1)
-	go func() {
-		done <- s.Run(context.Background(), func(_ context.Context, in *kgo.Record, emit func(*kgo.Record)) error {
-			if string(in.Value) == "b" && !failed {
-				failed = true
-				return errors.New("once")
-			}
-			emit(&kgo.Record{Value: in.Value})
-			return nil
-		})
-	}()
-	waitFor(t, 10*time.Second, "all input committed", func() bool { return committedAll(c, "g", "in") })
-	if err := s.Close(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	if err := <-done; err != nil {
-		t.Fatal(err)
-	}
+	runUntilCommitted(t, c, s, func(_ context.Context, in *kgo.Record, emit func(*kgo.Record)) error {
+		if string(in.Value) == "b" && !failed {
+			failed = true
+			return errors.New("once")
+		}
+		emit(&kgo.Record{Value: in.Value})
+		return nil
+	})
 	var commits, aborts int
 	for _, sp := range rec.Ended() {
 		if sp.Name() != "eos transaction" {

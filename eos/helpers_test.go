@@ -227,3 +227,18 @@ func copyTo(topic string) Handler {
 		return nil
 	}
 }
+
+// runUntilCommitted runs s with h until group "g" has committed all of
+// topic "in", then closes s and fails t if Run or Close failed.
+func runUntilCommitted(t testing.TB, c *kfake.Cluster, s *Session, h Handler) {
+	t.Helper()
+	done := make(chan error, 1)
+	go func() { done <- s.Run(context.Background(), h) }()
+	waitFor(t, 10*time.Second, "all input committed", func() bool { return committedAll(c, "g", "in") })
+	if err := s.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}

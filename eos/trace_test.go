@@ -34,20 +34,10 @@ func TestTracePassThroughWithoutSDK(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	done := make(chan error, 1)
-	go func() {
-		done <- s.Run(context.Background(), func(_ context.Context, in *kgo.Record, emit func(*kgo.Record)) error {
-			emit(&kgo.Record{Value: in.Value})
-			return nil
-		})
-	}()
-	waitFor(t, 10*time.Second, "all input committed", func() bool { return committedAll(c, "g", "in") })
-	if err := s.Close(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	if err := <-done; err != nil {
-		t.Fatal(err)
-	}
+	runUntilCommitted(t, c, s, func(_ context.Context, in *kgo.Record, emit func(*kgo.Record)) error {
+		emit(&kgo.Record{Value: in.Value})
+		return nil
+	})
 
 	rd := readerClient(t, addrs, "out")
 	defer rd.Close()
