@@ -65,7 +65,7 @@ var explanations = map[kdeliver.Semantics]explanation{
 		},
 		ends: []string{
 			"Kafka to Kafka only through package eos, other sinks only through package dedup (consumer.WithSink: offsets in the sink's own transaction; consumer.WithDedup: a guard skips what was done); consumer.New refuses ExactlyOnce without one of them",
-			"every downstream reader must use read_committed",
+			"every downstream reader must use read_committed (consumer.WithReadCommitted for an at-most-once or at-least-once consumer)",
 			"the transactional ID must be unique per running instance and stable across its restarts, or instances fence each other",
 			"side effects in a handler besides its output records (HTTP calls, database writes) are repeated when a transaction aborts and the input is processed again",
 		},
