@@ -367,7 +367,18 @@ func (l *loop) run(ctx context.Context) error {
 func (l *loop) transaction(ctx context.Context, sess *kgo.GroupTransactSession) error {
 	s := l.s
 	fs := sess.PollRecords(ctx, s.cfg.commitRecords)
-	if ctx.Err() != nil || fs.IsClientClosed() {
+	if fs.IsClientClosed() {
+		return nil
+	}
+	if ctx.Err() != nil {
+		if !fs.Empty() {
+			// The poll raced the cancellation: the client has moved past
+			// records nobody handled, and a later Run on this session
+			// would commit their offsets with its first transaction.
+			// Drop the client; the next one starts from the committed
+			// offsets.
+			s.closeClient()
+		}
 		return nil
 	}
 	l.pollErrors(fs)
