@@ -695,7 +695,7 @@ func (l *loop) outputContext(t *txn, pctx context.Context, in *kgo.Record) conte
 	switch {
 	case t.span.IsRecording():
 		return context.WithoutCancel(pctx)
-	case in.Context != nil && trace.SpanContextFromContext(in.Context).IsValid():
+	case trace.SpanContextFromContext(in.Context).IsValid(): // nil-safe
 		return context.WithoutCancel(in.Context)
 	}
 	return l.runTrace

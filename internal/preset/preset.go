@@ -278,6 +278,11 @@ type Consumer struct {
 	ReadCommitted bool
 }
 
+// committedOnly reports whether c reads with read_committed.
+func (c Consumer) committedOnly() bool {
+	return c.Semantics == kdeliver.ExactlyOnce || c.ReadCommitted
+}
+
 // Validate lists what is wrong with c itself.
 func (c Consumer) Validate(ps *kdeliver.Problems) {
 	ps.Add(!c.Semantics.Valid(), fmt.Sprintf("semantics %s is not valid: choose kdeliver.AtMostOnce, AtLeastOnce or ExactlyOnce", c.Semantics))
@@ -301,7 +306,7 @@ func (c Consumer) Opts() []kgo.Opt {
 		kgo.ConsumeStartOffset(kgo.NewOffset().AtStart()),
 		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
 	}
-	if c.Semantics == kdeliver.ExactlyOnce || c.ReadCommitted {
+	if c.committedOnly() {
 		opts = append(opts, kgo.FetchIsolationLevel(kgo.ReadCommitted()))
 	}
 	return opts
@@ -314,11 +319,8 @@ func (c Consumer) Check(cl *kgo.Client, ps *kdeliver.Problems) {
 	// OptValue gives the isolation level as its wire value: 1 is
 	// read_committed.
 	iso, _ := cl.OptValue(kgo.FetchIsolationLevel).(int8)
-	switch {
-	case c.Semantics == kdeliver.ExactlyOnce:
-		ps.Add(iso != 1, "a raw option set read_uncommitted, but ExactlyOnce reads committed records only: remove kgo.FetchIsolationLevel")
-	case c.ReadCommitted:
-		ps.Add(iso != 1, "a raw option set read_uncommitted, but consumer.WithReadCommitted was given: remove kgo.FetchIsolationLevel or WithReadCommitted")
+	if c.committedOnly() {
+		ps.Add(iso != 1, "a raw option set read_uncommitted, but this consumer reads committed records only (ExactlyOnce, or consumer.WithReadCommitted): remove kgo.FetchIsolationLevel")
 	}
 	ps.Add(cl.OptValue(kgo.ConsumerGroup).(string) != c.Group, "a raw option changed the consumer group: pass it as the group argument only")
 }
