@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"log/slog"
 	"strings"
+	"sync"
 	"testing"
 
 	"go.uber.org/goleak"
@@ -88,6 +90,10 @@ func TestDemoShowsEachGuarantee(t *testing.T) {
 }
 
 func TestDemoTable(t *testing.T) {
+	// The library logs to slog.Default when given no logger: catch that.
+	var logged syncBuffer
+	defer slog.SetDefault(slog.Default())
+	slog.SetDefault(slog.New(slog.NewTextHandler(&logged, nil)))
 	code, out, errOut := runCmd("demo", "--records", "300", "--semantics", "alo,amo", "--crashes", "1")
 	if code != exitOK {
 		t.Fatalf("exit %d; stderr:\n%s", code, errOut)
@@ -107,6 +113,34 @@ func TestDemoTable(t *testing.T) {
 	if !strings.Contains(errOut, "kdeliver demo: ") {
 		t.Errorf("no progress line on stderr: %q", errOut)
 	}
+	// The crashes and faults are on purpose: no library warning about them
+	// may reach stderr, only the progress line.
+	for _, line := range strings.Split(strings.TrimSpace(errOut), "\n") {
+		if !strings.HasPrefix(line, "kdeliver demo: ") {
+			t.Errorf("stderr has a line that is not the progress line: %q", line)
+		}
+	}
+	if l := logged.String(); l != "" {
+		t.Errorf("the demo's clients logged to slog.Default:\n%s", l)
+	}
+}
+
+// syncBuffer is a bytes.Buffer safe for concurrent writers.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
 }
 
 func TestBadInput(t *testing.T) {

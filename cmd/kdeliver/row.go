@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"math/rand/v2"
 	"strconv"
 	"sync"
@@ -24,6 +25,11 @@ import (
 
 // Tuning of the demo's clients. Produce goes in chunks so that the brokers
 // see many requests (and the fault plan has requests to pick from).
+// quiet keeps the library's warnings off the demo's stderr, which carries
+// only the progress line: the crashes and faults the demo causes on purpose
+// would otherwise be logged as they happen. What they did is in the table.
+var quiet = kdeliver.WithLogger(slog.New(slog.DiscardHandler))
+
 const (
 	chunks        = 20
 	maxPoll       = 200
@@ -223,7 +229,7 @@ func record(topic string, seq int) *kgo.Record {
 // produce sends the numbered records through an AtMostOnce or AtLeastOnce
 // producer, chunk by chunk.
 func (e *demoEnv) produce(ctx context.Context, sem kdeliver.Semantics, topic string, t *tally) error {
-	p, err := producer.New(e.brokers, sem, producer.WithKgoOpts(kgo.MetadataMinAge(metadataAge)))
+	p, err := producer.New(e.brokers, sem, quiet, producer.WithKgoOpts(kgo.MetadataMinAge(metadataAge)))
 	if err != nil {
 		return err
 	}
@@ -259,7 +265,7 @@ var errPlannedAbort = errors.New("transaction aborted on purpose by the demo")
 // chunk through an ExactlyOnce producer, aborting a few transactions on
 // purpose after their records were written, and retrying them.
 func (e *demoEnv) produceTransactional(ctx context.Context, topic string, t *tally, rng *rand.Rand) error {
-	p, err := producer.New(e.brokers, kdeliver.ExactlyOnce,
+	p, err := producer.New(e.brokers, kdeliver.ExactlyOnce, quiet,
 		producer.WithTransactionalID("kdeliver-demo-"+e.runID),
 		producer.WithKgoOpts(kgo.MetadataMinAge(metadataAge)))
 	if err != nil {
@@ -320,7 +326,7 @@ func (e *demoEnv) consume(ctx context.Context, sem kdeliver.Semantics, topic str
 		return nil
 	}
 	for {
-		c, err := consumer.New(e.brokers, group, []string{topic}, sem,
+		c, err := consumer.New(e.brokers, group, []string{topic}, sem, quiet,
 			consumer.WithMaxPollRecords(maxPoll),
 			consumer.WithKgoOpts(kgo.MetadataMinAge(metadataAge)))
 		if err != nil {
@@ -374,7 +380,7 @@ func (e *demoEnv) pipeline(ctx context.Context, topic string, t *tally) error {
 	}
 	var runErr error
 	for ctx.Err() == nil {
-		s, err := eos.New(e.brokers, group, []string{topic}, "kdeliver-demo-pipeline-"+e.runID,
+		s, err := eos.New(e.brokers, group, []string{topic}, "kdeliver-demo-pipeline-"+e.runID, quiet,
 			eos.WithOutputTopic(out),
 			eos.WithCommitEvery(maxPoll, 250*time.Millisecond),
 			eos.WithTransactionTimeout(time.Second),
