@@ -63,6 +63,10 @@ func (e *DeliveryError) Error() string {
 	if e.Record != nil {
 		topic, part = e.Record.Topic, e.Record.Partition
 	}
+	if errors.Is(e.Err, kerr.UnknownTopicOrPartition) {
+		// No partition was chosen: the topic has none.
+		return fmt.Sprintf("kdeliver: record to topic %q not delivered: %v: %s", topic, e.Err, advice(e.Err))
+	}
 	return fmt.Sprintf("kdeliver: record to topic %q partition %d not delivered: %v: %s", topic, part, e.Err, advice(e.Err))
 }
 
@@ -73,12 +77,16 @@ func advice(err error) string {
 	switch {
 	case errors.Is(err, kdeliver.ErrClosed):
 		return "the producer was closed: create a new one"
+	case errors.Is(err, kerr.UnknownTopicOrPartition):
+		return "the topic does not exist, or this client may not see it: create it (most clusters do not create topics on first write) or fix the topic name; if it exists, check the client's Describe ACL on it"
+	case errors.Is(err, kgo.ErrRecordTimeout):
+		return "the brokers did not acknowledge it within the delivery timeout (check broker health and min.insync.replicas, or raise producer.WithDeliveryTimeout); it may still have been written: re-send it if it must arrive (a re-send may duplicate)"
 	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
 		return "the context ended first; the record may still have been written: re-send it if it must arrive (a re-send may duplicate)"
 	case errors.Is(err, kgo.ErrRecordRetries):
 		return "it was not retried (AtMostOnce never retries) or ran out of retries; it may still have been written: re-send it only if a duplicate is acceptable"
-	case errors.Is(err, kgo.ErrRecordTimeout), kerr.IsRetriable(err):
-		return "the brokers did not acknowledge it within the delivery timeout (check broker health and min.insync.replicas); it may still have been written: re-send it if it must arrive (a re-send may duplicate)"
+	case kerr.IsRetriable(err):
+		return "the brokers kept refusing it with a retriable error until the delivery timeout (check broker health and min.insync.replicas); it may still have been written: re-send it if it must arrive (a re-send may duplicate)"
 	case errors.Is(err, kerr.InvalidProducerEpoch), errors.Is(err, kerr.ProducerFenced):
 		return "another producer with this transactional ID took over: close this one"
 	}

@@ -17,6 +17,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/kdeliver/kdeliver"
+	"github.com/kdeliver/kdeliver/internal/deadline"
 	"github.com/kdeliver/kdeliver/internal/preset"
 )
 
@@ -36,7 +37,8 @@ type Producer struct {
 	pre     preset.Producer
 	log     *slog.Logger
 	closed  atomic.Bool
-	dropped func(*kgo.Record, error) // promise of ProduceAsync without a callback
+	dropped  func(*kgo.Record, error) // promise of ProduceAsync without a callback
+	timeouts *deadline.Timeouts       // nil under AtMostOnce, which never retries
 
 	msgIDs   bool
 	idPrefix [16]byte
@@ -125,7 +127,14 @@ func New(brokers []string, sem kdeliver.Semantics, opts ...Option) (*Producer, e
 	}
 
 	p := &Producer{cl: cl, sem: sem, pre: pre, log: c.shared.Logger, msgIDs: c.messageIDs}
-	p.dropped = p.logFailure
+	if sem != kdeliver.AtMostOnce {
+		p.timeouts = deadline.New(pre.Timeout())
+	}
+	p.dropped = func(r *kgo.Record, err error) {
+		if err := p.settle(r, err); err != nil {
+			p.logFailure(r, err)
+		}
+	}
 	if p.msgIDs {
 		var b [8]byte
 		_, _ = rand.Read(b[:]) // never fails (crypto/rand)
@@ -233,16 +242,36 @@ func (p *Producer) usable() error {
 }
 
 func (p *Producer) produceSync(ctx context.Context, rec *kgo.Record) error {
+	p.prepare(ctx, rec)
+	return p.settle(rec, p.cl.ProduceSync(ctx, rec).FirstErr())
+}
+
+// prepare stamps rec's message ID and starts its delivery timeout.
+func (p *Producer) prepare(ctx context.Context, rec *kgo.Record) {
 	p.stamp(rec)
-	if err := p.cl.ProduceSync(ctx, rec).FirstErr(); err != nil {
-		return p.deliveryError(rec, err)
+	if p.timeouts != nil {
+		p.timeouts.Attach(ctx, rec)
 	}
-	return nil
+}
+
+// settle takes every record's outcome from the client: it restores the
+// record's Context and turns a failure into a *DeliveryError.
+func (p *Producer) settle(rec *kgo.Record, err error) error {
+	if p.timeouts != nil {
+		if err != nil {
+			err = deadline.Err(rec, err)
+		}
+		deadline.Detach(rec)
+	}
+	if err == nil {
+		return nil
+	}
+	return p.deliveryError(rec, err)
 }
 
 // produceAsync produces rec; tx, if not nil, sees each failure before done.
 func (p *Producer) produceAsync(ctx context.Context, rec *kgo.Record, done func(*kgo.Record, error), tx *Tx) {
-	p.stamp(rec)
+	p.prepare(ctx, rec)
 	switch {
 	case done == nil && tx == nil:
 		p.cl.Produce(ctx, rec, p.dropped)
@@ -250,11 +279,9 @@ func (p *Producer) produceAsync(ctx context.Context, rec *kgo.Record, done func(
 		p.cl.Produce(ctx, rec, tx.promise) // allocated once per transaction
 	default:
 		p.cl.Produce(ctx, rec, func(r *kgo.Record, err error) {
-			if err != nil {
-				err = p.deliveryError(r, err)
-				if tx != nil {
-					tx.fail(err)
-				}
+			err = p.settle(r, err)
+			if err != nil && tx != nil {
+				tx.fail(err)
 			}
 			done(r, err)
 		})

@@ -59,8 +59,8 @@ func (tx *Tx) ProduceAsync(ctx context.Context, rec *kgo.Record, done func(*kgo.
 }
 
 func (tx *Tx) onDone(r *kgo.Record, err error) {
-	if err != nil {
-		tx.fail(tx.p.deliveryError(r, err))
+	if err := tx.p.settle(r, err); err != nil {
+		tx.fail(err)
 	}
 }
 

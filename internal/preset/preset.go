@@ -219,9 +219,13 @@ func (p Producer) Opts() []kgo.Opt {
 			kgo.MetadataMaxAge(AtMostOnceMetadataMaxAge),
 		}
 	case kdeliver.AtLeastOnce:
+		// The delivery timeout is not kgo.RecordDeliveryTimeout, which
+		// counts from each record's Timestamp and so fails at once a
+		// record that keeps an old event time: the producer gives each
+		// record a Context that ends the timeout after the hand-over
+		// (package internal/deadline).
 		return []kgo.Opt{
 			kgo.RequiredAcks(kgo.AllISRAcks()),
-			kgo.RecordDeliveryTimeout(p.Timeout()),
 			// Without this an idempotent producer ignores the delivery
 			// timeout and ctx for requests whose response was lost, and
 			// Produce can block for ever. Failing such a record may mean
@@ -233,7 +237,6 @@ func (p Producer) Opts() []kgo.Opt {
 		return []kgo.Opt{
 			kgo.RequiredAcks(kgo.AllISRAcks()),
 			kgo.TransactionalID(p.TransactionalID),
-			kgo.RecordDeliveryTimeout(p.Timeout()),
 		}
 	}
 	return nil
@@ -246,6 +249,12 @@ func (p Producer) Check(cl *kgo.Client, ps *kdeliver.Problems) {
 	noIdem := cl.OptValue(kgo.DisableIdempotentWrite).(bool)
 	txn := cl.OptValues(kgo.TransactionalID)
 	txnID, hasTxn := txn[0].(string), txn[1].(bool)
+	fix := "remove it and use producer.WithDeliveryTimeout (counted from the hand-over)"
+	if p.Semantics == kdeliver.AtMostOnce {
+		fix = "remove it (AtMostOnce never retries, so it needs no timeout)"
+	}
+	ps.Add(cl.OptValue(kgo.RecordDeliveryTimeout).(time.Duration) != 0,
+		"a raw option set kgo.RecordDeliveryTimeout, which franz-go counts from each record's Timestamp, so records that keep an old event time fail at once: "+fix)
 	switch p.Semantics {
 	case kdeliver.AtMostOnce:
 		want := kgo.NoAck()

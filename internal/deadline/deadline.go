@@ -1,0 +1,183 @@
+// Package deadline bounds how long a produced record may wait for its
+// acknowledgement, counted from when it was handed to the client.
+//
+// franz-go's own kgo.RecordDeliveryTimeout counts from the record's
+// Timestamp (time.Since(records[0].Timestamp) in its sink), so a record that
+// keeps an event time older than the timeout (a backlog, a dead letter of an
+// old input) fails at once with "records have timed out before they were
+// able to be produced". kgo also fails a batch whose first record's Context
+// is done, and evaluates that at the same points (before a request is
+// written, after a response), so kdeliver gives each record a Context that
+// ends a delivery timeout after the hand-over instead.
+//
+// Records produced within the same short window share one context, so the
+// hot path allocates nothing for a record whose Context is nil: the timeout
+// of a record is between d and d plus the window (1% of d, at least 10ms).
+package deadline
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kgo"
+)
+
+// Timeouts hands out record contexts that end d after the hand-over. The
+// zero value is not usable; see [New].
+type Timeouts struct {
+	d     time.Duration
+	grain time.Duration
+	now   func() time.Time
+	cur   atomic.Pointer[window]
+	mu    sync.Mutex // serializes making a new window
+}
+
+// New returns Timeouts for a delivery timeout of d (positive).
+func New(d time.Duration) *Timeouts {
+	if d <= 0 {
+		panic("deadline: non-positive delivery timeout")
+	}
+	return &Timeouts{d: d, grain: max(d/100, 10*time.Millisecond), now: time.Now}
+}
+
+// Timeout returns d.
+func (t *Timeouts) Timeout() time.Duration { return t.d }
+
+// Attach gives r a Context that ends the delivery timeout from now, keeping
+// the values (the trace) of the Context r had, or, when r had none, of ctx,
+// the context r is produced with (kgo would make that r's Context). Call it
+// just before handing r to the client. A Context r had that can itself be
+// cancelled keeps its cancellation too; ctx's cancellation kgo watches
+// anyway.
+func (t *Timeouts) Attach(ctx context.Context, r *kgo.Record) {
+	w := t.window()
+	switch {
+	case r.Context == nil && (ctx == nil || ctx == context.Background()):
+		r.Context = w
+	case r.Context == nil:
+		// ctx's values, for tracing hooks: no timer, one small
+		// allocation.
+		r.Context = &recordCtx{orig: ctx, end: w, w: w}
+	case r.Context.Done() == nil:
+		r.Context = &recordCtx{orig: r.Context, end: w, w: w, restore: r.Context}
+	default:
+		end, cancel := context.WithDeadline(r.Context, w.deadline)
+		r.Context = &recordCtx{orig: r.Context, end: end, w: w, restore: r.Context, cancel: cancel}
+	}
+}
+
+// Detach restores the Context r had before [Timeouts.Attach], if r's
+// Context is still the one Attach set (a tracing hook may have wrapped it,
+// which is then kept). Call it once r's outcome is known.
+func Detach(r *kgo.Record) {
+	switch c := r.Context.(type) {
+	case *window:
+		r.Context = nil
+	case *recordCtx:
+		if c.cancel != nil {
+			c.cancel()
+		}
+		r.Context = c.restore
+	}
+}
+
+// ErrTimeout is matched (errors.Is) by the error [Err] returns for a
+// record whose delivery timeout passed, in place of the context error kgo
+// reports. That error also matches kgo.ErrRecordTimeout.
+var ErrTimeout = errors.New("delivery timeout passed")
+
+type timeoutError struct{ d time.Duration }
+
+func (e timeoutError) Error() string {
+	return fmt.Sprintf("not acknowledged within the delivery timeout of %v, counted from when the record was handed to the client", e.d)
+}
+func (e timeoutError) Is(target error) bool { return target == ErrTimeout }
+func (e timeoutError) Unwrap() error        { return kgo.ErrRecordTimeout }
+
+// Err returns the error to report for r failing with err: one matching
+// [ErrTimeout] and kgo.ErrRecordTimeout when the delivery timeout that
+// [Timeouts.Attach] gave r passed, else err. Call it before [Detach].
+func Err(r *kgo.Record, err error) error {
+	if !errors.Is(err, context.DeadlineExceeded) || r.Context == nil {
+		return err
+	}
+	w, _ := r.Context.Value(windowKey{}).(*window)
+	if w == nil || w.Err() == nil {
+		return err
+	}
+	return timeoutError{w.d}
+}
+
+func (t *Timeouts) window() *window {
+	now := t.now()
+	if w := t.cur.Load(); w != nil && now.Before(w.until) {
+		return w
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if w := t.cur.Load(); w != nil && now.Before(w.until) {
+		return w
+	}
+	until := now.Add(t.grain)
+	w := &window{until: until, deadline: until.Add(t.d), d: t.d, done: make(chan struct{})}
+	time.AfterFunc(w.deadline.Sub(now), w.expire)
+	t.cur.Store(w)
+	return w
+}
+
+type windowKey struct{}
+
+// window is the context of the records handed over before until. It is a
+// context.Context of its own (not derived from another) so that it costs
+// one timer for all of them.
+type window struct {
+	until, deadline time.Time
+	d               time.Duration
+	done            chan struct{}
+	expired         atomic.Bool
+}
+
+func (w *window) expire() {
+	w.expired.Store(true)
+	close(w.done)
+}
+
+func (w *window) Deadline() (time.Time, bool) { return w.deadline, true }
+func (w *window) Done() <-chan struct{}       { return w.done }
+func (w *window) Err() error {
+	if w.expired.Load() {
+		return context.DeadlineExceeded
+	}
+	return nil
+}
+func (w *window) Value(key any) any {
+	if key == (windowKey{}) {
+		return w
+	}
+	return nil
+}
+
+// recordCtx is a record's Context with the window's deadline: values from
+// orig (the record's own Context, or the produce ctx), the end from end (the window, or a context derived from orig
+// that ends at the window's deadline when orig can be cancelled itself).
+type recordCtx struct {
+	orig    context.Context
+	end     context.Context
+	w       *window
+	restore context.Context // r's Context before Attach
+	cancel  context.CancelFunc
+}
+
+func (c *recordCtx) Deadline() (time.Time, bool) { return c.end.Deadline() }
+func (c *recordCtx) Done() <-chan struct{}       { return c.end.Done() }
+func (c *recordCtx) Err() error                  { return c.end.Err() }
+func (c *recordCtx) Value(key any) any {
+	if key == (windowKey{}) {
+		return c.w
+	}
+	return c.orig.Value(key)
+}

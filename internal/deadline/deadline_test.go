@@ -1,0 +1,93 @@
+package deadline
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kgo"
+)
+
+func TestAttachDetach(t *testing.T) {
+	ts := New(time.Hour)
+	type key struct{}
+	values := context.WithValue(context.Background(), key{}, "v")
+	cancellable, cancel := context.WithCancel(values)
+	defer cancel()
+	for _, tc := range []struct {
+		name string
+		ctx  context.Context
+	}{{"nil", nil}, {"values", values}, {"cancellable", cancellable}} {
+		r := &kgo.Record{Context: tc.ctx}
+		ts.Attach(context.Background(), r)
+		if r.Context == nil || r.Context.Done() == nil {
+			t.Fatalf("%s: no deadline attached", tc.name)
+		}
+		if d, ok := r.Context.Deadline(); !ok || time.Until(d) < 59*time.Minute {
+			t.Errorf("%s: deadline %v, want about an hour from now", tc.name, d)
+		}
+		if tc.ctx != nil && r.Context.Value(key{}) != "v" {
+			t.Errorf("%s: the record's values were lost", tc.name)
+		}
+		Detach(r)
+		if r.Context != tc.ctx {
+			t.Errorf("%s: Detach gave %v, want the original", tc.name, r.Context)
+		}
+	}
+	// With no Context of its own, the record gets the produce ctx's values,
+	// and none afterwards.
+	r := &kgo.Record{}
+	ts.Attach(values, r)
+	if r.Context.Value(key{}) != "v" {
+		t.Error("the produce ctx's values are not in the record's Context")
+	}
+	Detach(r)
+	if r.Context != nil {
+		t.Errorf("Detach gave %v, want nil", r.Context)
+	}
+	// The record's own cancellation still counts.
+	r = &kgo.Record{Context: cancellable}
+	ts.Attach(context.Background(), r)
+	cancel()
+	<-r.Context.Done()
+	if err := Err(r, r.Context.Err()); !errors.Is(err, context.Canceled) || errors.Is(err, ErrTimeout) {
+		t.Errorf("cancelled record: Err = %v, want context.Canceled only", err)
+	}
+}
+
+func TestWindowsShared(t *testing.T) {
+	ts := New(time.Hour)
+	now := time.Now()
+	ts.now = func() time.Time { return now }
+	a, b := &kgo.Record{}, &kgo.Record{}
+	ts.Attach(nil, a)
+	ts.Attach(nil, b)
+	if a.Context != b.Context {
+		t.Error("two records handed over at the same time got different windows")
+	}
+	now = now.Add(ts.grain)
+	c := &kgo.Record{}
+	ts.Attach(nil, c)
+	if c.Context == a.Context {
+		t.Error("a record handed over a window later shares the old window")
+	}
+}
+
+func TestExpired(t *testing.T) {
+	ts := New(time.Millisecond) // grain 10ms: expires within about 11ms
+	r := &kgo.Record{}
+	ts.Attach(context.Background(), r)
+	select {
+	case <-r.Context.Done():
+	case <-time.After(10 * time.Second):
+		t.Fatal("the window never expired")
+	}
+	err := Err(r, r.Context.Err())
+	if !errors.Is(err, ErrTimeout) || !errors.Is(err, kgo.ErrRecordTimeout) || errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Err = %v, want ErrTimeout and kgo.ErrRecordTimeout, not a context error", err)
+	}
+	if other := errors.New("x"); Err(r, other) != other {
+		t.Error("Err changed an error that is not the timeout")
+	}
+}
