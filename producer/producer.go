@@ -32,11 +32,11 @@ const MessageIDHeader = "kdeliver-message-id"
 // Its methods are safe for concurrent use, except that [Producer.Transact]
 // calls run one at a time (a second one waits for the first).
 type Producer struct {
-	cl      *kgo.Client
-	sem     kdeliver.Semantics
-	pre     preset.Producer
-	log     *slog.Logger
-	closed  atomic.Bool
+	cl       *kgo.Client
+	sem      kdeliver.Semantics
+	pre      preset.Producer
+	log      *slog.Logger
+	closed   atomic.Bool
 	dropped  func(*kgo.Record, error) // promise of ProduceAsync without a callback
 	timeouts *deadline.Timeouts       // nil under AtMostOnce, which never retries
 
