@@ -183,6 +183,12 @@ func runDemo(args []string, stdout, stderr io.Writer) error {
 		env.cluster = "cluster at " + strings.Join(cfg.brokers, ",")
 	}
 
+	env.admin, err = kgo.NewClient(kgo.SeedBrokers(env.brokers...))
+	if err != nil {
+		return err
+	}
+	defer env.admin.Close()
+
 	prog := newProgress(stderr)
 	rep := Report{Cluster: env.cluster, FaultsInjected: env.kfake != nil, Records: cfg.records, Seed: cfg.seed, OK: true}
 	for i, sem := range cfg.sems {
@@ -271,16 +277,25 @@ type demoEnv struct {
 	cfg     demoConfig
 	brokers []string
 	kfake   *kfake.Cluster // nil on a real cluster
+	admin   *kgo.Client    // topics, metadata and offsets
 	cluster string
 	idle    time.Duration // no progress this long after the last send: delivery is over
 	runID   string
 }
 
+// createTopic creates a demo topic and waits until every one of its
+// partitions takes writes (see waitWritable).
 func (e *demoEnv) createTopic(ctx context.Context, topic string) error {
+	var err error
 	if e.kfake != nil {
-		return e.kfake.CreateTopic(topic, int32(e.cfg.partitions), nil)
+		err = e.kfake.CreateTopic(topic, int32(e.cfg.partitions), nil)
+	} else {
+		err = embedded.CreateTopics(ctx, e.brokers, int32(e.cfg.partitions), topic)
 	}
-	return embedded.CreateTopics(ctx, e.brokers, int32(e.cfg.partitions), topic)
+	if err != nil {
+		return err
+	}
+	return waitWritable(ctx, e.admin, topic, e.cfg.partitions)
 }
 
 // deleteTopic removes a demo topic from a real cluster, best effort.
@@ -294,10 +309,5 @@ func (e *demoEnv) deleteTopic(ctx context.Context, topic string) {
 	t.Topic = &topic
 	req.Topics = append(req.Topics, t)
 	req.TimeoutMillis = 10000
-	cl, err := kgo.NewClient(kgo.SeedBrokers(e.brokers...))
-	if err != nil {
-		return
-	}
-	defer cl.Close()
-	_, _ = req.RequestWith(ctx, cl)
+	_, _ = req.RequestWith(ctx, e.admin)
 }
