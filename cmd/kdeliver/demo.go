@@ -138,6 +138,23 @@ type Row struct {
 	Duplicated    int                `json:"duplicated"`
 	RecordsPerSec float64            `json:"records_per_second"`
 
+	// InLog is the number of records in the topic's log after producing
+	// (sum of high watermarks minus log starts), acknowledged or not; nil
+	// for exactly-once, whose log also holds aborted records and
+	// transaction markers.
+	InLog *int `json:"in_log,omitempty"`
+	// RefusedByFaults is the number of records in the produce requests
+	// the injected faults refused unwritten (at-most-once on the embedded
+	// cluster).
+	RefusedByFaults int `json:"refused_by_faults"`
+	// LostByBroker is the number of acknowledged records missing from the
+	// log that no injected fault refused: the broker dropped them on its
+	// own (acks=0 requests on a connection it closed).
+	LostByBroker int `json:"lost_by_broker"`
+	// LostByConsumer is the number of lost records that were in the log:
+	// the consumer's crashes skipped them.
+	LostByConsumer int `json:"lost_by_consumer"`
+
 	Handled            int64   `json:"handler_calls"`
 	FaultsInjected     int     `json:"faults_injected"`
 	ConsumerCrashes    int     `json:"consumer_crashes"`
@@ -246,14 +263,18 @@ func writeTable(w io.Writer, rep Report) {
 		fmt.Fprintln(w, "        the consumer is still crashed mid-batch and restarted.")
 	}
 	fmt.Fprintln(w)
-	const format = "%-14s %9v %13v %15v %6v %11v %10v  %s\n"
-	fmt.Fprintf(w, format, "semantics", "produced", "acknowledged", "delivered once", "lost", "duplicated", "records/s", "guarantee")
+	const format = "%-14s %9v %13v %7v %15v %6v %11v %10v  %s\n"
+	fmt.Fprintf(w, format, "semantics", "produced", "acknowledged", "in log", "delivered once", "lost", "duplicated", "records/s", "guarantee")
 	for _, r := range rep.Rows {
 		held := "held"
 		if !r.GuaranteeHeld {
 			held = "BROKEN"
 		}
-		fmt.Fprintf(w, format, r.Semantics, r.Produced, r.Acknowledged, r.DeliveredOnce, r.Lost, r.Duplicated,
+		inLog := "-"
+		if r.InLog != nil {
+			inLog = strconv.Itoa(*r.InLog)
+		}
+		fmt.Fprintf(w, format, r.Semantics, r.Produced, r.Acknowledged, inLog, r.DeliveredOnce, r.Lost, r.Duplicated,
 			fmt.Sprintf("%.0f", r.RecordsPerSec), r.Guarantee+": "+held)
 	}
 	fmt.Fprintln(w)
@@ -264,9 +285,12 @@ func writeTable(w io.Writer, rep Report) {
 	fmt.Fprintln(w, "produced        records sent, numbered 0..N-1 (the number is the record's value)")
 	fmt.Fprintln(w, "acknowledged    records whose produce reported success: at-most-once, written to the connection (acks=0);")
 	fmt.Fprintln(w, "                at-least-once, acknowledged by all in-sync replicas; exactly-once, in a committed transaction")
+	fmt.Fprintln(w, "in log          records in the topic's log once delivery ended (high watermarks), acknowledged or not;")
+	fmt.Fprintln(w, "                not counted for exactly-once, whose log also holds aborted records and transaction markers")
 	fmt.Fprintln(w, "delivered once  numbers the consumer's handler processed exactly once; exactly-once: numbers found exactly once")
 	fmt.Fprintln(w, "                in the committed output of an eos.Session that copies the records (read with read_committed)")
-	fmt.Fprintln(w, "lost            acknowledged numbers the handler never processed")
+	fmt.Fprintln(w, "lost            acknowledged numbers the handler never processed: missing from the log, or skipped by")
+	fmt.Fprintln(w, "                a consumer crash (the notes say how many of each)")
 	fmt.Fprintln(w, "duplicated      numbers the handler processed more than once")
 	fmt.Fprintln(w, "records/s       distinct numbers delivered per second, first send to last delivery, faults and restarts")
 	fmt.Fprintln(w, "                included (not a benchmark: see BENCHMARKS.md)")

@@ -4,11 +4,18 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
+	"io"
 	"log/slog"
+	"math/rand/v2"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
+	"github.com/twmb/franz-go/pkg/kerr"
+	"github.com/twmb/franz-go/pkg/kfake"
+	"github.com/twmb/franz-go/pkg/kmsg"
 	"go.uber.org/goleak"
 
 	"github.com/kdeliver/kdeliver"
@@ -67,6 +74,17 @@ func TestDemoShowsEachGuarantee(t *testing.T) {
 			if r.Lost == 0 {
 				t.Error("at-most-once lost nothing under dropped produce requests and consumer crashes")
 			}
+			// The faults account for every record missing from the log:
+			// kfake loses nothing on its own.
+			if r.InLog == nil || r.RefusedByFaults == 0 || *r.InLog != r.Acknowledged-r.RefusedByFaults || r.LostByBroker != 0 {
+				t.Errorf("at-most-once: in log %v, acknowledged %d, refused by faults %d, lost by broker %d", r.InLog, r.Acknowledged, r.RefusedByFaults, r.LostByBroker)
+			}
+			if r.Lost != r.RefusedByFaults+r.LostByConsumer {
+				t.Errorf("at-most-once lost %d; want refused %d + skipped by crashes %d", r.Lost, r.RefusedByFaults, r.LostByConsumer)
+			}
+			if want := fmt.Sprintf("(%d records;", r.RefusedByFaults); !strings.Contains(r.Note, want) || strings.Contains(r.Note, "never reached the log") {
+				t.Errorf("at-most-once note %q lacks %q or blames the broker", r.Note, want)
+			}
 		case kdeliver.AtLeastOnce:
 			// Guarantee: no loss. Consumer crashes before commit repeat records.
 			if r.Lost != 0 {
@@ -78,12 +96,18 @@ func TestDemoShowsEachGuarantee(t *testing.T) {
 			if r.Duplicated == 0 {
 				t.Error("at-least-once duplicated nothing although its consumer crashed before committing")
 			}
+			if r.InLog == nil || *r.InLog != r.Produced || r.LostByBroker != 0 || r.LostByConsumer != 0 {
+				t.Errorf("at-least-once: in log %v of %d produced, lost by broker %d, by consumer %d", r.InLog, r.Produced, r.LostByBroker, r.LostByConsumer)
+			}
 		case kdeliver.ExactlyOnce:
 			if r.Lost != 0 || r.Duplicated != 0 || r.DeliveredOnce != r.Produced {
 				t.Errorf("exactly-once: lost %d, duplicated %d, delivered once %d of %d", r.Lost, r.Duplicated, r.DeliveredOnce, r.Produced)
 			}
 			if r.AbortedTxns == 0 {
 				t.Error("exactly-once aborted no transaction; the plan aborts two")
+			}
+			if r.InLog != nil {
+				t.Errorf("exactly-once counted %d records in a log that holds aborted ones too", *r.InLog)
 			}
 		}
 	}
@@ -273,7 +297,62 @@ func TestDemoOnGivenBrokers(t *testing.T) {
 		t.Fatalf("report = %+v", rep)
 	}
 	r := rep.Rows[0]
-	if r.Lost != 0 || r.ConsumerCrashes == 0 || r.FaultsInjected != 0 || !strings.Contains(r.Note, "no broker faults") {
+	if r.Lost != 0 || r.ConsumerCrashes == 0 || r.FaultsInjected != 0 || !strings.Contains(r.Note, "no faults injected") {
 		t.Errorf("row = %+v", r)
+	}
+}
+
+func TestDemoNamesLossesTheBrokerCaused(t *testing.T) {
+	// A cluster the demo did not start drops the first two acks=0 produce
+	// requests unwritten, as Kafka does when it answers NOT_LEADER_OR_FOLLOWER
+	// to a partition not yet served: the demo injected nothing, so it must
+	// blame the broker, not its faults.
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	c, cl := startWithClient(t)
+	var mu sync.Mutex
+	var last kmsg.Request
+	dropped := 0
+	c.Kfake().Fault(kfake.Fault{Keys: []kmsg.Key{kmsg.Produce}, Err: kerr.NotLeaderForPartition, Count: -1, When: func(req kmsg.Request) bool {
+		mu.Lock()
+		defer mu.Unlock()
+		if pr, ok := req.(*kmsg.ProduceRequest); !ok || pr.Acks != 0 {
+			return false
+		}
+		if req != last && dropped < 2 { // When runs once per partition of a request
+			last = req
+			dropped++
+		}
+		return req == last
+	}})
+	// The row as runDemo runs it on given brokers, but with the embedded
+	// cluster's idle time: at-most-once never delivers everything.
+	env := &demoEnv{cfg: demoConfig{records: 300, crashes: 1, partitions: 6, timeout: time.Minute},
+		brokers: c.Brokers(), admin: cl, idle: time.Second, runID: "broker-loss"}
+	r, err := env.runRow(ctx, kdeliver.AtMostOnce, rand.New(rand.NewPCG(1, 1)), newProgress(io.Discard))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.InLog == nil || r.LostByBroker == 0 || r.LostByBroker != r.Acknowledged-*r.InLog || r.RefusedByFaults != 0 || r.FaultsInjected != 0 {
+		t.Fatalf("row = %+v; want the records missing from the log counted as lost by the broker", r)
+	}
+	if r.Lost != r.LostByBroker+r.LostByConsumer {
+		t.Errorf("lost %d; want lost by broker %d + by consumer %d", r.Lost, r.LostByBroker, r.LostByConsumer)
+	}
+	want := fmt.Sprintf("%d acknowledged records never reached the log (acks=0", r.LostByBroker)
+	if !strings.Contains(r.Note, want) || strings.Contains(r.Note, "refused unwritten on purpose") {
+		t.Errorf("note %q lacks %q or claims injected faults", r.Note, want)
+	}
+}
+
+func TestNoteNeverHidesMissingRecords(t *testing.T) {
+	r := Row{Semantics: kdeliver.AtMostOnce, Produced: 2000, Acknowledged: 2000, InLog: new(42), LostByBroker: 1958, Lost: 1960, LostByConsumer: 2, ConsumerCrashes: 3, ShowedExpectedRisk: true}
+	got := note(r, false)
+	if !strings.Contains(got, "1958 acknowledged records never reached the log") || strings.Contains(got, "0 produce requests") {
+		t.Errorf("note = %q", got)
+	}
+	r.InLog, r.LostByBroker, r.Lost, r.LostByConsumer = new(2000), 0, 2, 2
+	if got := note(r, false); !strings.Contains(got, "every acknowledged record reached the log") || strings.Contains(got, "never reached") {
+		t.Errorf("note = %q", got)
 	}
 }

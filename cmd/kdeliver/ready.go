@@ -198,6 +198,37 @@ func listOffsets(ctx context.Context, cl *kgo.Client, topic string, leader int32
 	return offsets, errs, nil
 }
 
+// recordsInLog counts the records in a non-transactional topic's log: the
+// sum over its partitions of high watermark minus log start. (A
+// transactional topic's log also holds aborted records and commit markers.)
+func recordsInLog(ctx context.Context, cl *kgo.Client, topic string, partitions int) (int64, error) {
+	leaders, why, err := partitionLeaders(ctx, cl, topic, partitions)
+	if err != nil {
+		return 0, err
+	}
+	if why != "" {
+		return 0, fmt.Errorf("counting the records of topic %s: %s", topic, why)
+	}
+	var n int64
+	for leader, parts := range leaders {
+		var ends [2]map[int32]int64
+		for i, ts := range []int64{-1, -2} {
+			offsets, errs, err := listOffsets(ctx, cl, topic, leader, parts, ts)
+			if err != nil {
+				return 0, err
+			}
+			for p, err := range errs {
+				return 0, fmt.Errorf("counting the records of topic %s: partition %d: %w", topic, p, err)
+			}
+			ends[i] = offsets
+		}
+		for _, p := range parts {
+			n += ends[0][p.partition] - ends[1][p.partition]
+		}
+	}
+	return n, nil
+}
+
 // errName is a Kafka error's name (NOT_LEADER_FOR_PARTITION), or err's text.
 func errName(err error) string {
 	var ke *kerr.Error

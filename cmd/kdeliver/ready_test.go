@@ -83,6 +83,9 @@ func TestWaitWritableNewTopic(t *testing.T) {
 	if err := cl.ProduceSync(ctx, record("fresh", 1), record("fresh", 2), record("fresh", 3)).FirstErr(); err != nil {
 		t.Fatal(err)
 	}
+	if n, err := recordsInLog(ctx, cl, "fresh", 6); err != nil || n != 3 {
+		t.Errorf("recordsInLog = %d, %v; want the 3 records produced", n, err)
+	}
 }
 
 func TestWaitWritableWaitsForTheLeader(t *testing.T) {

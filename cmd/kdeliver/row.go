@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -165,8 +166,17 @@ wait:
 	if err := <-consumed; err != nil {
 		return Row{}, err
 	}
+	// Delivery is over, so the brokers have long read what was sent.
+	var inLog *int
+	if sem != kdeliver.ExactlyOnce {
+		n, err := recordsInLog(ctx, e.admin, topic, e.cfg.partitions)
+		if err != nil {
+			return Row{}, err
+		}
+		inLog = new(int(n))
+	}
 
-	row := Row{Semantics: sem, Produced: n, Acknowledged: int(t.ackedN.Load()), Handled: t.calls.Load(),
+	row := Row{InLog: inLog, RefusedByFaults: faults.refusedRecords(), Semantics: sem, Produced: n, Acknowledged: int(t.ackedN.Load()), Handled: t.calls.Load(),
 		FaultsInjected: faults.count(), ConsumerCrashes: int(t.crashes.Load()), AbortedTxns: int(t.aborted.Load())}
 	for i := range t.handled {
 		switch h := t.handled[i].Load(); {
@@ -183,31 +193,58 @@ wait:
 	if elapsed > 0 {
 		row.RecordsPerSec = float64(t.distinct.Load()) / elapsed.Seconds()
 	}
+	if inLog != nil {
+		missing := max(row.Acknowledged-*inLog, 0)
+		row.LostByBroker = max(missing-row.RefusedByFaults, 0)
+		row.LostByConsumer = max(row.Lost-missing, 0)
+	}
 	row.Guarantee, row.GuaranteeHeld, row.ShowedExpectedRisk = guarantee(sem, row)
 	row.Note = note(row, e.kfake != nil)
 	return row, nil
 }
 
 func note(r Row, faults bool) string {
-	var s string
+	var parts []string
+	add := func(format string, args ...any) { parts = append(parts, fmt.Sprintf(format, args...)) }
 	switch r.Semantics {
 	case kdeliver.AtMostOnce:
-		s = fmt.Sprintf("%d produce requests dropped unwritten, %d consumer crashes (each loses the rest of its committed batch)", r.FaultsInjected, r.ConsumerCrashes)
+		if faults {
+			add("%d produce requests refused unwritten on purpose (%d records; nothing tells an acks=0 producer)", r.FaultsInjected, r.RefusedByFaults)
+		}
+		if r.LostByBroker > 0 {
+			add("%d acknowledged records never reached the log (acks=0: the broker answers an error, e.g. NOT_LEADER_OR_FOLLOWER, by closing the connection, and nothing tells the producer)", r.LostByBroker)
+		} else if r.InLog != nil && !faults {
+			add("every acknowledged record reached the log")
+		}
+		add("%d consumer crashes lost %d records from the log (each loses the rest of its committed batch)", r.ConsumerCrashes, r.LostByConsumer)
 		if !r.ShowedExpectedRisk {
-			s += "; no loss this time"
+			add("no loss this time")
 		}
 	case kdeliver.AtLeastOnce:
-		s = fmt.Sprintf("%d acknowledgements lost (idempotent retries: no duplicate written), %d consumer crashes (each repeats the records handled since the last commit)", r.FaultsInjected, r.ConsumerCrashes)
+		if faults {
+			add("%d acknowledgements lost (idempotent retries: no duplicate written)", r.FaultsInjected)
+		}
+		if r.InLog != nil && *r.InLog != r.Produced {
+			add("the log holds %d records for %d produced", *r.InLog, r.Produced)
+		}
+		if r.LostByBroker > 0 {
+			add("%d acknowledged records are not in the log", r.LostByBroker)
+		}
+		add("%d consumer crashes (each repeats the records handled since the last commit)", r.ConsumerCrashes)
 		if !r.ShowedExpectedRisk {
-			s += "; no duplicate this time"
+			add("no duplicate this time")
 		}
 	default:
-		s = fmt.Sprintf("%d acknowledgements lost, %d producer transactions aborted on purpose and retried (their records are in the log, unseen by read_committed), %d eos.Session crashes mid-transaction (the restarted instance fences and aborts the open transaction)", r.FaultsInjected, r.AbortedTxns, r.ConsumerCrashes)
+		if faults {
+			add("%d acknowledgements lost", r.FaultsInjected)
+		}
+		add("%d producer transactions aborted on purpose and retried (their records are in the log, unseen by read_committed)", r.AbortedTxns)
+		add("%d eos.Session crashes mid-transaction (the restarted instance fences and aborts the open transaction)", r.ConsumerCrashes)
 	}
 	if !faults {
-		s += "; no broker faults on a real cluster"
+		add("no faults injected (a real cluster)")
 	}
-	return s
+	return strings.Join(parts, "; ")
 }
 
 // crashPlan picks the handler calls at which the consumer crashes: spread
@@ -435,15 +472,18 @@ func readOutput(ctx context.Context, cl *kgo.Client, t *tally) error {
 // requests) of one topic now and then, at request numbers drawn from a
 // seeded generator. It runs on the kfake cluster goroutine.
 type faultPlan struct {
-	handle *kfake.FaultHandle
-	mu     sync.Mutex
-	last   kmsg.Request
-	n      int // produce requests to the topic seen
-	next   int // the next one to fail
-	cur    bool
-	hits   int
-	max    int
-	gap    func() int
+	topic   string
+	topicID [16]byte // produce requests from v13 name the topic by ID
+	handle  *kfake.FaultHandle
+	mu      sync.Mutex
+	last    kmsg.Request
+	n       int // produce requests to the topic seen
+	next    int // the next one to fail
+	cur     bool
+	hits    int
+	refused int // records in the requests faulted: refused unwritten under acks=0
+	max     int
+	gap     func() int
 }
 
 func (f *faultPlan) when(req kmsg.Request) bool {
@@ -458,6 +498,7 @@ func (f *faultPlan) when(req kmsg.Request) bool {
 		}
 		if f.cur {
 			f.hits++
+			f.refused += recordsOf(req, f.topic, f.topicID)
 		}
 	}
 	return f.cur
@@ -470,6 +511,41 @@ func (f *faultPlan) count() int {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return f.hits
+}
+
+// refusedRecords is how many records the faulted requests carried.
+func (f *faultPlan) refusedRecords() int {
+	if f == nil {
+		return 0
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.refused
+}
+
+// recordsOf counts the records for the topic in a produce request.
+func recordsOf(req kmsg.Request, topic string, id [16]byte) int {
+	pr, ok := req.(*kmsg.ProduceRequest)
+	if !ok {
+		return 0
+	}
+	n := 0
+	for _, rt := range pr.Topics {
+		if rt.Topic != topic && rt.TopicID != id {
+			continue
+		}
+		for _, rp := range rt.Partitions {
+			for b := rp.Records; len(b) > 0; {
+				var batch kmsg.RecordBatch
+				if batch.ReadFrom(b) != nil {
+					break
+				}
+				n += int(batch.NumRecords)
+				b = b[min(12+int(batch.Length), len(b)):]
+			}
+		}
+	}
+	return n
 }
 
 func (f *faultPlan) remove() {
@@ -496,12 +572,15 @@ func (e *demoEnv) injectFaults(sem kdeliver.Semantics, topic string, rng *rand.R
 	if sem == kdeliver.AtMostOnce {
 		maxFaults = 3
 	}
-	f := &faultPlan{max: maxFaults, gap: func() int {
+	f := &faultPlan{topic: topic, max: maxFaults, gap: func() int {
 		mu.Lock()
 		defer mu.Unlock()
 		return 4 + rng.IntN(7)
 	}}
 	f.next = f.gap()
+	if ti := e.kfake.TopicInfo(topic); ti != nil {
+		f.topicID = ti.TopicID
+	}
 	code := kerr.RequestTimedOut
 	if sem == kdeliver.AtMostOnce {
 		code = kerr.NotLeaderForPartition
