@@ -174,6 +174,8 @@ type Report struct {
 	Seed           uint64 `json:"seed"`
 	Rows           []Row  `json:"rows"`
 	OK             bool   `json:"ok"`
+
+	onCluster string // Cluster with its article, for the table's header
 }
 
 func runDemo(args []string, stdout, stderr io.Writer) error {
@@ -192,12 +194,14 @@ func runDemo(args []string, stdout, stderr io.Writer) error {
 		defer cl.Close()
 		env.brokers, env.kfake, env.idle = cl.Brokers(), cl.Kfake(), time.Second
 		env.cluster = "embedded kfake cluster (3 brokers on 127.0.0.1)"
+		env.onCluster = "an " + env.cluster
 	} else {
 		if err := embedded.CreateTopics(ctx, cfg.brokers, 0); err != nil { // a ping: no topics yet
 			return err
 		}
 		env.brokers, env.idle = cfg.brokers, 15*time.Second
 		env.cluster = "cluster at " + strings.Join(cfg.brokers, ",")
+		env.onCluster = "the " + env.cluster
 	}
 
 	env.admin, err = kgo.NewClient(kgo.SeedBrokers(env.brokers...))
@@ -207,7 +211,8 @@ func runDemo(args []string, stdout, stderr io.Writer) error {
 	defer env.admin.Close()
 
 	prog := newProgress(stderr)
-	rep := Report{Cluster: env.cluster, FaultsInjected: env.kfake != nil, Records: cfg.records, Seed: cfg.seed, OK: true}
+	rep := Report{Cluster: env.cluster, FaultsInjected: env.kfake != nil, Records: cfg.records, Seed: cfg.seed, OK: true,
+		onCluster: env.onCluster}
 	for i, sem := range cfg.sems {
 		rng := rand.New(rand.NewPCG(cfg.seed, uint64(i)+1))
 		row, err := env.runRow(ctx, sem, rng, prog)
@@ -253,7 +258,7 @@ func guarantee(sem kdeliver.Semantics, r Row) (promise string, held, showedRisk 
 }
 
 func writeTable(w io.Writer, rep Report) {
-	fmt.Fprintf(w, "kdeliver demo: %d numbered records per semantics on an %s\n", rep.Records, rep.Cluster)
+	fmt.Fprintf(w, "kdeliver demo: %d numbered records per semantics on %s\n", rep.Records, rep.onCluster)
 	if rep.FaultsInjected {
 		fmt.Fprintln(w, "faults: produce acknowledgements lost on purpose (the broker writes the batch, then answers REQUEST_TIMED_OUT);")
 		fmt.Fprintln(w, "        at-most-once has no acknowledgement to lose (acks=0), so its produce requests are refused unwritten instead;")
@@ -298,13 +303,14 @@ func writeTable(w io.Writer, rep Report) {
 
 // demoEnv is what every row shares.
 type demoEnv struct {
-	cfg     demoConfig
-	brokers []string
-	kfake   *kfake.Cluster // nil on a real cluster
-	admin   *kgo.Client    // topics, metadata and offsets
-	cluster string
-	idle    time.Duration // no progress this long after the last send: delivery is over
-	runID   string
+	cfg       demoConfig
+	brokers   []string
+	kfake     *kfake.Cluster // nil on a real cluster
+	admin     *kgo.Client    // topics, metadata and offsets
+	cluster   string
+	onCluster string        // cluster with its article: "an embedded ...", "the cluster at ..."
+	idle      time.Duration // no progress this long after the last send: delivery is over
+	runID     string
 }
 
 // createTopic creates a demo topic and waits until every one of its

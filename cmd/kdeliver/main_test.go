@@ -128,6 +128,9 @@ func TestDemoTable(t *testing.T) {
 			t.Errorf("table lacks %q:\n%s", want, out)
 		}
 	}
+	if !strings.Contains(out, "on an embedded kfake cluster (3 brokers on 127.0.0.1)\n") {
+		t.Errorf("header does not name the embedded cluster:\n%s", out)
+	}
 	if strings.Contains(out, "exactly-once ") {
 		t.Errorf("--semantics alo,amo ran exactly-once too:\n%s", out)
 	}
@@ -299,6 +302,15 @@ func TestDemoOnGivenBrokers(t *testing.T) {
 	r := rep.Rows[0]
 	if r.Lost != 0 || r.ConsumerCrashes == 0 || r.FaultsInjected != 0 || !strings.Contains(r.Note, "no faults injected") {
 		t.Errorf("row = %+v", r)
+	}
+
+	brokers := strings.Join(c.Brokers(), ",")
+	code, out, errOut = runCmd("demo", "--brokers", brokers, "--records", "100", "--semantics", "alo")
+	if code != exitOK {
+		t.Fatalf("exit %d: %s", code, errOut)
+	}
+	if header, _, _ := strings.Cut(out, "\n"); header != "kdeliver demo: 100 numbered records per semantics on the cluster at "+brokers {
+		t.Errorf("header = %q", header)
 	}
 }
 
