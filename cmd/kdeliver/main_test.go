@@ -170,6 +170,21 @@ func (b *syncBuffer) String() string {
 	return b.b.String()
 }
 
+func TestDemoWithoutCrashes(t *testing.T) {
+	code, out, errOut := runCmd("demo", "--records", "300", "--semantics", "amo,alo", "--crashes", "0")
+	if code != exitOK {
+		t.Fatalf("exit %d; stderr:\n%s", code, errOut)
+	}
+	// Neither the header, the notes, the legend nor the progress line may
+	// speak of crashes that did not happen.
+	if strings.Contains(strings.ToLower(out+errOut), "crash") {
+		t.Errorf("--crashes 0 mentions crashes:\n%s\n%s", out, errOut)
+	}
+	if !strings.Contains(out, "refused unwritten instead.\n") {
+		t.Errorf("the faults line does not end the header:\n%s", out)
+	}
+}
+
 func TestBadInput(t *testing.T) {
 	cases := []struct {
 		args []string
@@ -305,9 +320,12 @@ func TestDemoOnGivenBrokers(t *testing.T) {
 	}
 
 	brokers := strings.Join(c.Brokers(), ",")
-	code, out, errOut = runCmd("demo", "--brokers", brokers, "--records", "100", "--semantics", "alo")
+	code, out, errOut = runCmd("demo", "--brokers", brokers, "--records", "100", "--semantics", "alo", "--crashes", "0")
 	if code != exitOK {
 		t.Fatalf("exit %d: %s", code, errOut)
+	}
+	if strings.Contains(strings.ToLower(out+errOut), "crash") {
+		t.Errorf("--crashes 0 mentions crashes:\n%s\n%s", out, errOut)
 	}
 	if header, _, _ := strings.Cut(out, "\n"); header != "kdeliver demo: 100 numbered records per semantics on the cluster at "+brokers {
 		t.Errorf("header = %q", header)

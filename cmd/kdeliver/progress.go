@@ -39,8 +39,15 @@ func newProgress(w io.Writer) *progress {
 func (p *progress) start(sem kdeliver.Semantics, t *tally, f *faultPlan) {
 	p.done = make(chan struct{})
 	status := func() {
-		p.print(fmt.Sprintf("kdeliver demo: %s: sent %d/%d, acknowledged %d, delivered %d, handler calls %d, faults %d, crashes %d",
-			sem, t.sent.Load(), t.n, t.ackedN.Load(), t.distinct.Load(), t.calls.Load(), f.count(), t.crashes.Load()))
+		line := fmt.Sprintf("kdeliver demo: %s: sent %d/%d, acknowledged %d, delivered %d, handler calls %d",
+			sem, t.sent.Load(), t.n, t.ackedN.Load(), t.distinct.Load(), t.calls.Load())
+		if f != nil {
+			line += fmt.Sprintf(", faults %d", f.count())
+		}
+		if len(t.crashAt) > 0 {
+			line += fmt.Sprintf(", crashes %d", t.crashes.Load())
+		}
+		p.print(line)
 	}
 	status()
 	p.wg.Add(1)

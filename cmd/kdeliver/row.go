@@ -216,7 +216,11 @@ func note(r Row, faults bool) string {
 		} else if r.InLog != nil && !faults {
 			add("every acknowledged record reached the log")
 		}
-		add("%d consumer crashes lost %d records from the log (each loses the rest of its committed batch)", r.ConsumerCrashes, r.LostByConsumer)
+		if r.ConsumerCrashes > 0 {
+			add("%d consumer crashes lost %d records from the log (each loses the rest of its committed batch)", r.ConsumerCrashes, r.LostByConsumer)
+		} else if r.LostByConsumer > 0 {
+			add("%d records in the log were never delivered", r.LostByConsumer)
+		}
 		if !r.ShowedExpectedRisk {
 			add("no loss this time")
 		}
@@ -230,7 +234,9 @@ func note(r Row, faults bool) string {
 		if r.LostByBroker > 0 {
 			add("%d acknowledged records are not in the log", r.LostByBroker)
 		}
-		add("%d consumer crashes (each repeats the records handled since the last commit)", r.ConsumerCrashes)
+		if r.ConsumerCrashes > 0 {
+			add("%d consumer crashes (each repeats the records handled since the last commit)", r.ConsumerCrashes)
+		}
 		if !r.ShowedExpectedRisk {
 			add("no duplicate this time")
 		}
@@ -239,7 +245,9 @@ func note(r Row, faults bool) string {
 			add("%d acknowledgements lost", r.FaultsInjected)
 		}
 		add("%d producer transactions aborted on purpose and retried (their records are in the log, unseen by read_committed)", r.AbortedTxns)
-		add("%d eos.Session crashes mid-transaction (the restarted instance fences and aborts the open transaction)", r.ConsumerCrashes)
+		if r.ConsumerCrashes > 0 {
+			add("%d eos.Session crashes mid-transaction (the restarted instance fences and aborts the open transaction)", r.ConsumerCrashes)
+		}
 	}
 	if !faults {
 		add("no faults injected (a real cluster)")
