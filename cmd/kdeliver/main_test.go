@@ -185,6 +185,51 @@ func TestDemoWithoutCrashes(t *testing.T) {
 	}
 }
 
+func TestDemoTimeout(t *testing.T) {
+	// A cluster whose partition 1 never takes writes: the wait for it is
+	// what times out.
+	c, _ := startWithClient(t)
+	refuseListOffsets(c, func(topic string) bool { return strings.HasPrefix(topic, "kdeliver-demo-") }, func(int64) bool { return true })
+	unready := strings.Join(c.Brokers(), ",")
+
+	cases := []struct {
+		args []string
+		want []string
+	}{
+		// Over before the topic is ready.
+		{[]string{"--semantics", "amo", "--records", "100", "--timeout", "1ms"},
+			[]string{"kdeliver: at-most-once: timed out while ", "; raise --timeout (now 1ms)"}},
+		// Over mid-run: 10,000 records in 20 transactions, 2 of them
+		// aborted, through 3 session crashes take seconds on kfake.
+		{[]string{"--semantics", "eos", "--records", "10000", "--timeout", "500ms"},
+			[]string{"kdeliver: exactly-once: timed out while ", " records sent, ", "; raise --timeout (now 500ms)"}},
+		{[]string{"--brokers", unready, "--semantics", "alo", "--timeout", "1s"},
+			[]string{"kdeliver: at-least-once: timed out while waiting for topic kdeliver-demo-at-least-once-",
+				" to take writes (5 of 6 partitions ready; partition 1: its leader ", " answers NOT_LEADER_FOR_PARTITION); raise --timeout (now 1s)"}},
+	}
+	for _, c := range cases {
+		code, out, errOut := runCmd(append([]string{"demo"}, c.args...)...)
+		if code != exitFail || out != "" {
+			t.Errorf("%q: exit %d, stdout %q; want 1 and nothing", c.args, code, out)
+		}
+		lines := strings.Split(strings.TrimSpace(errOut), "\n")
+		last := lines[len(lines)-1]
+		for _, l := range lines[:len(lines)-1] {
+			if !strings.HasPrefix(l, "kdeliver demo: ") {
+				t.Errorf("%q: stderr line %q is neither progress nor the error", c.args, l)
+			}
+		}
+		for _, w := range c.want {
+			if !strings.Contains(last, w) {
+				t.Errorf("%q: error %q lacks %q", c.args, last, w)
+			}
+		}
+		if strings.Contains(last, "deadline exceeded") || strings.Count(last, "timed out") != 1 {
+			t.Errorf("%q: error %q nests the deadline", c.args, last)
+		}
+	}
+}
+
 func TestBadInput(t *testing.T) {
 	cases := []struct {
 		args []string

@@ -32,9 +32,10 @@ func startWithClient(t *testing.T) (*embedded.Cluster, *kgo.Client) {
 }
 
 // refuseListOffsets makes the cluster answer ListOffsets for partition 1 of
-// topic with NOT_LEADER_FOR_PARTITION while refuse(n) is true, n counting
-// such requests from 1; the other partitions are answered at offset 0.
-func refuseListOffsets(c *embedded.Cluster, topic string, refuse func(n int64) bool) *atomic.Int64 {
+// the topics matched with NOT_LEADER_FOR_PARTITION while refuse(n) is true,
+// n counting such requests from 1; the other partitions are answered at
+// offset 0.
+func refuseListOffsets(c *embedded.Cluster, match func(topic string) bool, refuse func(n int64) bool) *atomic.Int64 {
 	var n atomic.Int64
 	k := c.Kfake()
 	k.ControlKey(int16(kmsg.ListOffsets), func(kreq kmsg.Request) (kmsg.Response, error, bool) {
@@ -43,7 +44,7 @@ func refuseListOffsets(c *embedded.Cluster, topic string, refuse func(n int64) b
 		hit := false
 		for _, rt := range req.Topics {
 			for _, rp := range rt.Partitions {
-				hit = hit || rt.Topic == topic && rp.Partition == 1
+				hit = hit || match(rt.Topic) && rp.Partition == 1
 			}
 		}
 		if !hit || !refuse(n.Add(1)) {
@@ -57,7 +58,7 @@ func refuseListOffsets(c *embedded.Cluster, topic string, refuse func(n int64) b
 			for _, rp := range rt.Partitions {
 				sp := kmsg.NewListOffsetsResponseTopicPartition()
 				sp.Partition, sp.LeaderEpoch = rp.Partition, rp.CurrentLeaderEpoch
-				if rt.Topic == topic && rp.Partition == 1 {
+				if match(rt.Topic) && rp.Partition == 1 {
 					sp.ErrorCode = kerr.NotLeaderForPartition.Code
 				}
 				st.Partitions = append(st.Partitions, sp)
@@ -68,6 +69,8 @@ func refuseListOffsets(c *embedded.Cluster, topic string, refuse func(n int64) b
 	})
 	return &n
 }
+
+func is(topic string) func(string) bool { return func(s string) bool { return s == topic } }
 
 func TestWaitWritableNewTopic(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
@@ -96,7 +99,7 @@ func TestWaitWritableWaitsForTheLeader(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Partition 1's leader is listed but not yet serving it, 3 times.
-	asked := refuseListOffsets(c, "slow", func(n int64) bool { return n <= 3 })
+	asked := refuseListOffsets(c, is("slow"), func(n int64) bool { return n <= 3 })
 	if err := waitWritable(ctx, cl, "slow", 6); err != nil {
 		t.Fatal(err)
 	}
@@ -114,7 +117,7 @@ func TestWaitWritableGivesUp(t *testing.T) {
 	}
 	wctx, stop := context.WithCancel(ctx)
 	defer stop()
-	refuseListOffsets(c, "never", func(n int64) bool {
+	refuseListOffsets(c, is("never"), func(n int64) bool {
 		if n == 3 {
 			stop() // the wait's ctx ends while the partition is still refused
 		}

@@ -95,17 +95,68 @@ func parseSeq(rec *kgo.Record, n int) (int, error) {
 	return seq, nil
 }
 
+// runRow runs one semantics within --timeout. If the timeout ends it, the
+// error is a *timeoutError saying what was in progress.
 func (e *demoEnv) runRow(ctx context.Context, sem kdeliver.Semantics, rng *rand.Rand, prog *progress) (Row, error) {
 	ctx, cancel := context.WithTimeout(ctx, e.cfg.timeout)
 	defer cancel()
+	var st rowState
+	row, err := e.row(ctx, sem, rng, prog, &st)
+	if err != nil && ctx.Err() != nil {
+		// Whatever failed, it failed because the time was up: the
+		// error's chain of "context deadline exceeded" says no more.
+		return Row{}, &timeoutError{doing: st.doing(err), timeout: e.cfg.timeout}
+	}
+	return row, err
+}
+
+// rowState is how far a row got, for the error when it times out.
+type rowState struct {
+	phase string // what the row is doing
+	t     *tally // nil until producing
+}
+
+// doing says what was in progress when err ended the row.
+func (s *rowState) doing(err error) string {
+	var nw *notWritableError
+	switch {
+	case errors.As(err, &nw):
+		return fmt.Sprintf("waiting for topic %s to take writes (%s)", nw.topic, nw.detail())
+	case s.t != nil:
+		return fmt.Sprintf("%s (%d of %d records sent, %d acknowledged, %d delivered)", s.phase, s.t.sent.Load(), s.t.n, s.t.ackedN.Load(), s.t.distinct.Load())
+	}
+	return s.phase
+}
+
+// timeoutError is a row that --timeout ended.
+type timeoutError struct {
+	doing   string
+	timeout time.Duration
+}
+
+func (e *timeoutError) Error() string {
+	return fmt.Sprintf("timed out while %s; raise --timeout (now %v)", e.doing, e.timeout)
+}
+
+func (e *timeoutError) Unwrap() error { return context.DeadlineExceeded }
+
+func (e *demoEnv) row(ctx context.Context, sem kdeliver.Semantics, rng *rand.Rand, prog *progress, st *rowState) (Row, error) {
 	n := e.cfg.records
 	topic := fmt.Sprintf("kdeliver-demo-%s-%s", sem, e.runID)
-	if err := e.createTopic(ctx, topic); err != nil {
-		return Row{}, err
+	topics := []string{topic}
+	if sem == kdeliver.ExactlyOnce {
+		topics = append(topics, topic+"-out") // the pipeline's output
 	}
-	defer e.deleteTopic(context.WithoutCancel(ctx), topic)
+	for _, tp := range topics {
+		st.phase = "creating topic " + tp
+		if err := e.createTopic(ctx, tp); err != nil {
+			return Row{}, err
+		}
+		defer e.deleteTopic(context.WithoutCancel(ctx), tp)
+	}
 
 	t := newTally(n)
+	st.phase, st.t = "producing", t
 	t.crashAt = crashPlan(rng, n, e.cfg.crashes)
 	faults := e.injectFaults(sem, topic, rng)
 	defer faults.remove()
@@ -141,6 +192,7 @@ func (e *demoEnv) runRow(ctx context.Context, sem kdeliver.Semantics, rng *rand.
 
 	// Wait until everything acknowledged was delivered, or nothing more
 	// arrives (what is missing then is lost).
+	st.phase = "waiting for delivery"
 	tick := time.NewTicker(20 * time.Millisecond)
 	defer tick.Stop()
 wait:
@@ -154,7 +206,7 @@ wait:
 		case <-ctx.Done():
 			stopConsume()
 			<-consumed
-			return Row{}, fmt.Errorf("gave up after %v (--timeout): %d of %d acknowledged records delivered", e.cfg.timeout, t.distinct.Load(), t.ackedN.Load())
+			return Row{}, ctx.Err()
 		case <-tick.C:
 			last := max(t.lastProgress.Load(), t.produceDone.Load())
 			if t.complete() || time.Since(time.Unix(0, last)) > e.idle {
@@ -169,6 +221,7 @@ wait:
 	// Delivery is over, so the brokers have long read what was sent.
 	var inLog *int
 	if sem != kdeliver.ExactlyOnce {
+		st.phase, st.t = "counting the records in topic "+topic, nil
 		n, err := recordsInLog(ctx, e.admin, topic, e.cfg.partitions)
 		if err != nil {
 			return Row{}, err
@@ -397,11 +450,7 @@ func (e *demoEnv) consume(ctx context.Context, sem kdeliver.Semantics, topic str
 // and aborts what the crashed one left. A read_committed reader of the
 // output delivers what the pipeline committed.
 func (e *demoEnv) pipeline(ctx context.Context, topic string, t *tally) error {
-	out := topic + "-out"
-	if err := e.createTopic(ctx, out); err != nil {
-		return err
-	}
-	defer e.deleteTopic(context.WithoutCancel(ctx), out)
+	out := topic + "-out" // created by row
 	reader, err := kgo.NewClient(kgo.SeedBrokers(e.brokers...), kgo.ConsumeTopics(out),
 		kgo.FetchIsolationLevel(kgo.ReadCommitted()), kgo.MetadataMinAge(metadataAge))
 	if err != nil {
