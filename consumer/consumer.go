@@ -121,11 +121,8 @@ func New(brokers []string, group string, topics []string, sem kdeliver.Semantics
 	c := &Consumer{
 		sem:     sem,
 		cfg:     cfg,
-		log:     cfg.shared.Logger,
+		log:     cfg.shared.Log(),
 		pending: make(map[string]map[int32]kgo.EpochOffset),
-	}
-	if c.log == nil {
-		c.log = slog.New(slog.DiscardHandler)
 	}
 	c.log = c.log.With("group", group, "semantics", sem.String())
 	base, tracer := preset.Base(&cfg.shared, group)

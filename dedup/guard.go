@@ -143,11 +143,7 @@ func NewGuard(store Store, namespace string, opts ...Option) (*Guard, error) {
 	if err := ps.Err("dedup guard", 0); err != nil {
 		return nil, err
 	}
-	log := c.shared.Logger
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
-	}
-	return &Guard{store: store, namespace: namespace + ":", lease: c.lease, ttl: c.ttl, key: c.key, log: log}, nil
+	return &Guard{store: store, namespace: namespace + ":", lease: c.lease, ttl: c.ttl, key: c.key, log: c.shared.Log()}, nil
 }
 
 // Key returns the store key of a record: the namespace followed by the key

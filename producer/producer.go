@@ -126,7 +126,7 @@ func New(brokers []string, sem kdeliver.Semantics, opts ...Option) (*Producer, e
 		return nil, err
 	}
 
-	p := &Producer{cl: cl, sem: sem, pre: pre, log: c.shared.Logger, msgIDs: c.messageIDs}
+	p := &Producer{cl: cl, sem: sem, pre: pre, log: c.shared.Log(), msgIDs: c.messageIDs}
 	if sem != kdeliver.AtMostOnce {
 		p.timeouts = deadline.New(pre.Timeout())
 	}
@@ -296,7 +296,7 @@ func (p *Producer) deliveryError(rec *kgo.Record, err error) error {
 }
 
 func (p *Producer) logFailure(rec *kgo.Record, err error) {
-	if err == nil || p.log == nil {
+	if err == nil {
 		return
 	}
 	var de *DeliveryError

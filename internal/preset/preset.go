@@ -57,10 +57,7 @@ func Base(s *shared.Settings, group string) ([]kgo.Opt, *kotel.Tracer) {
 	if !noopMeter(mp) {
 		hooks = append(hooks, kotel.NewMeter(kotel.MeterProvider(mp)))
 	}
-	opts := []kgo.Opt{kgo.ClientID(id), kgo.WithHooks(hooks...)}
-	if s.Logger != nil {
-		opts = append(opts, kgo.WithLogger(slogLogger{s.Logger}))
-	}
+	opts := []kgo.Opt{kgo.ClientID(id), kgo.WithHooks(hooks...), kgo.WithLogger(slogLogger{s.Log()})}
 	return opts, tracer
 }
 
