@@ -15,6 +15,21 @@ var ErrInvalidConfig = errors.New("kdeliver: invalid configuration")
 // Close. Create a new one.
 var ErrClosed = errors.New("kdeliver: closed")
 
+// ErrUnreachable is matched (errors.Is) by the error a consumer's or an
+// exactly-once session's Run (and their Ping) returns when no seed broker
+// answered within the start timeout ([WithStartTimeout]). The message names
+// the brokers and the last connection error. Check the addresses, that the
+// brokers run, and the network and TLS/SASL settings.
+var ErrUnreachable = errors.New("kdeliver: brokers unreachable")
+
+// ErrTopicNotFound is matched (errors.Is) by the error Run (and Ping) of a
+// consumer or an exactly-once session returns when a topic it reads or
+// writes does not exist within the start timeout ([WithStartTimeout]), or
+// when an exactly-once session's output topic stays unknown that long. The
+// message names the topics; the error also matches
+// kerr.UnknownTopicOrPartition. Create the topic or fix its name.
+var ErrTopicNotFound = errors.New("kdeliver: topic not found")
+
 // ConfigError lists every problem found in one configuration. It wraps
 // [ErrInvalidConfig].
 type ConfigError struct {

@@ -2,6 +2,7 @@ package kdeliver
 
 import (
 	"log/slog"
+	"time"
 
 	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/trace"
@@ -25,8 +26,10 @@ func (o Option) Apply(c shared.Config) {
 }
 
 // WithLogger logs the client's lifecycle events (commits, rebalances,
-// retries, fencing) to l, overriding the default of no logging. kdeliver never
-// logs record contents or credentials.
+// retries, fencing) to l, overriding the default of passing warnings and
+// errors (a record retried, a client replaced, a commit that failed) to
+// slog.Default(). Pass slog.New(slog.DiscardHandler) for silence. kdeliver
+// never logs record contents or credentials.
 func WithLogger(l *slog.Logger) Option {
 	return Option{func(s *shared.Settings) { s.Logger = l }}
 }
@@ -46,4 +49,25 @@ func WithTracerProvider(tp trace.TracerProvider) Option {
 // provider (otel.GetMeterProvider).
 func WithMeterProvider(mp metric.MeterProvider) Option {
 	return Option{func(s *shared.Settings) { s.MeterProvider = mp }}
+}
+
+// DefaultStartTimeout is how long a consumer's or an exactly-once session's
+// Run waits for the brokers to answer and its topics to exist.
+const DefaultStartTimeout = 30 * time.Second
+
+// WithStartTimeout sets how long Run of a consumer or an exactly-once
+// session waits, before reading, for a broker to answer and for every topic
+// it reads (and, for a session, writes) to exist, overriding
+// [DefaultStartTimeout]; Run then fails with an error matching
+// [ErrUnreachable] or [ErrTopicNotFound] that names what is missing. For a
+// session it is also how long an output topic may stay unknown to its
+// produces before Run fails. It must be positive. A producer ignores it: its
+// records fail after the delivery timeout.
+func WithStartTimeout(d time.Duration) Option {
+	return Option{func(s *shared.Settings) {
+		if d <= 0 {
+			d = -1 // refused by the constructor
+		}
+		s.StartTimeout = d
+	}}
 }

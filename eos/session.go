@@ -4,8 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
+	"regexp"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -14,6 +14,7 @@ import (
 	"github.com/cenkalti/backoff/v4"
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/kmsg"
 	"github.com/twmb/franz-go/plugin/kotel"
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
@@ -22,7 +23,9 @@ import (
 
 	"github.com/kdeliver/kdeliver"
 	"github.com/kdeliver/kdeliver/internal/crash"
+	"github.com/kdeliver/kdeliver/internal/deadline"
 	"github.com/kdeliver/kdeliver/internal/preset"
+	"github.com/kdeliver/kdeliver/internal/ready"
 )
 
 // Handler processes one input record and emits zero or more output records
@@ -39,6 +42,11 @@ import (
 // becomes visible once: keep side effects outside Kafka idempotent.
 type Handler func(ctx context.Context, in *kgo.Record, emit func(*kgo.Record)) error
 
+// closeTimeout bounds closing a client that Run replaces or drops (a
+// graceful leave can wait for a group join in flight until the rebalance
+// timeout).
+const closeTimeout = 10 * time.Second
+
 // Session is an exactly-once consume-process-produce loop: it reads the
 // input topics as a member of a consumer group, and writes the handler's
 // output and the input offsets in one Kafka transaction, so each input
@@ -47,23 +55,38 @@ type Handler func(ctx context.Context, in *kgo.Record, emit func(*kgo.Record)) e
 // A Session's methods are safe to call from several goroutines, but only one
 // [Session.Run] runs at a time.
 type Session struct {
-	cfg     config
-	opts    []kgo.Opt
-	txnID   string
-	kotel   *kotel.Tracer
-	tracer  trace.Tracer
-	log     *slog.Logger
-	stats   counters
-	newSess func(...kgo.Opt) (*kgo.GroupTransactSession, error)
+	cfg      config
+	opts     []kgo.Opt
+	brokers  []string
+	topics   []string
+	txnID    string
+	kotel    *kotel.Tracer
+	tracer   trace.Tracer
+	log      *slog.Logger
+	stats    counters
+	start    time.Duration // the start timeout
+	timeouts *deadline.Timeouts
+	newSess  func(...kgo.Opt) (*kgo.GroupTransactSession, error)
 	// committed, when set (tests), is called after each commit.
 	committed func()
 
 	mu      sync.Mutex
-	sess    *kgo.GroupTransactSession // nil after an abandon, until recreated
+	cl      *client // nil after an abandon, until recreated
 	running bool
 	closed  bool
 	stop    context.CancelFunc
 	done    chan struct{}
+}
+
+// client is one GroupTransactSession with the root context it was built
+// with: cancelling it aborts whatever the client waits for (a group join in
+// flight included), which Close uses to stay within its ctx.
+type client struct {
+	gts    *kgo.GroupTransactSession
+	cancel context.CancelFunc
+	// prepared is set once the client fenced earlier producers of the
+	// transactional ID and started consuming.
+	prepared bool
 }
 
 // New builds a Session that consumes topics as a member of group and
@@ -73,11 +96,16 @@ type Session struct {
 // the old one. All configuration problems are reported at once in an error
 // wrapping kdeliver.ErrInvalidConfig.
 //
-// The client starts and joins the group in the background; call
-// [Session.Run] promptly and [Session.Close] when done.
+// New does not connect; [Session.Run] checks the brokers and topics, fences
+// what an earlier instance with the same transactional ID left open, and
+// joins the group. Call [Session.Close] when done.
 func New(brokers []string, group string, topics []string, transactionalID string, opts ...Option) (*Session, error) {
 	cfg := defaultConfig()
 	for _, o := range opts {
+		if o == nil {
+			cfg.Reject("a nil option was passed: remove it")
+			continue
+		}
 		o.Apply(&cfg)
 	}
 	prod := preset.Producer{Semantics: kdeliver.ExactlyOnce, TransactionalID: transactionalID, TxnIDHint: "a non-empty transactionalID to eos.New"}
@@ -87,6 +115,8 @@ func New(brokers []string, group string, topics []string, transactionalID string
 	prod.Validate(&ps)
 	cons.Validate(&ps)
 	cfg.validate(&ps)
+	start, problem := cfg.shared.Start()
+	ps.Add(problem != "", problem)
 	for _, t := range topics {
 		ps.Add(cfg.deadLetter != "" && t == cfg.deadLetter, fmt.Sprintf("the dead-letter topic %q is also an input topic: a failing record would loop", t))
 	}
@@ -97,7 +127,13 @@ func New(brokers []string, group string, topics []string, transactionalID string
 	base, kt := preset.Base(&cfg.shared, group)
 	kopts := append([]kgo.Opt{kgo.SeedBrokers(brokers...)}, base...)
 	kopts = append(kopts, prod.Opts()...)
-	kopts = append(kopts, cons.Opts()...)
+	// The input topics are added once the session's producer has fenced
+	// earlier instances (see fence): a client that joined first would
+	// fetch the group's offsets while the old transaction still holds them
+	// (UNSTABLE_OFFSET_COMMIT, retried until it times out).
+	noTopics := cons
+	noTopics.Topics = nil
+	kopts = append(kopts, noTopics.Opts()...)
 	kopts = append(kopts,
 		kgo.TransactionTimeout(cfg.txnTimeout),
 		kgo.SessionTimeout(cfg.sessionTimeout),
@@ -108,45 +144,62 @@ func New(brokers []string, group string, topics []string, transactionalID string
 	if tp == nil {
 		tp = otel.GetTracerProvider()
 	}
-	lg := cfg.shared.Logger
-	if lg == nil {
-		lg = slog.New(slog.NewTextHandler(io.Discard, nil))
-	}
 	s := &Session{
 		cfg:     cfg,
 		opts:    kopts,
+		brokers: brokers,
+		topics:  topics,
 		txnID:   transactionalID,
 		kotel:   kt,
 		tracer:  tp.Tracer("github.com/kdeliver/kdeliver/eos"),
-		log:     lg.With("transactional_id", transactionalID, "group", group),
+		log:     cfg.shared.Log().With("transactional_id", transactionalID, "group", group),
+		start:   start,
 		newSess: kgo.NewGroupTransactSession,
 	}
-	sess, err := s.newSess(kopts...)
+	// Build the client once to check the effective options.
+	probe, err := s.newSess(append(kopts, kgo.WithContext(canceled()))...)
 	if err != nil {
 		return nil, &kdeliver.ConfigError{What: "eos session", Semantics: kdeliver.ExactlyOnce, Problems: []string{"franz-go rejected the options: " + err.Error()}}
 	}
-	cl := sess.Client()
+	defer probe.Close()
+	cl := probe.Client()
 	prod.Check(cl, &ps)
 	cons.Check(cl, &ps)
 	txnTimeout := cl.OptValue(kgo.TransactionTimeout).(time.Duration)
 	sessTimeout := cl.OptValue(kgo.SessionTimeout).(time.Duration)
 	ps.Add(txnTimeout >= sessTimeout, fmt.Sprintf("a raw option left the transaction timeout %v not below the session timeout %v: use WithTransactionTimeout and WithSessionTimeout", txnTimeout, sessTimeout))
 	ps.Add(cl.OptValue(kgo.BlockRebalanceOnPoll).(bool), "a raw option set BlockRebalanceOnPoll, which the session does not release: remove it (a rebalance aborts the open transaction anyway)")
+	ps.Add(len(cl.OptValue(kgo.ConsumeTopics).(map[string]*regexp.Regexp)) > 0 || cl.OptValue(kgo.ConsumeRegex).(bool),
+		"a raw option set the topics to consume: pass them to eos.New only (the session adds them once it has fenced earlier instances)")
+	if ctx, _ := cl.OptValue(kgo.WithContext).(context.Context); ctx != nil && ctx.Err() == nil {
+		ps.Add(true, "a raw option set kgo.WithContext, which Close needs to stop a client within its ctx: remove it (cancel Run's ctx, or call Close, to stop)")
+	}
 	if err := ps.Err("eos session", kdeliver.ExactlyOnce); err != nil {
-		sess.Close()
 		return nil, err
 	}
 	s.cfg.txnTimeout = txnTimeout
-	s.sess = sess
+	// An output not acknowledged within the transaction timeout is no use:
+	// the broker aborts the transaction by then.
+	s.timeouts = deadline.New(txnTimeout)
 	return s, nil
+}
+
+// canceled returns a cancelled context: a client built with it does not
+// connect or join anything.
+func canceled() context.Context {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	return ctx
 }
 
 // Stats counts what a Session did since New. Counters only grow.
 type Stats struct {
 	Committed        int64 // transactions committed
-	Aborted          int64 // transactions aborted, for any reason
+	Aborted          int64 // transactions aborted, for any reason (fencing included)
 	AbortedRebalance int64 // aborted by a rebalance or an abortable commit error (End returned false, nil)
 	AbortedHandler   int64 // aborted because the handler failed on a record
+	AbortedTimeout   int64 // aborted because handling outlived the transaction timeout
+	Fenced           int64 // transactions ended because another instance took over the transactional ID
 	Records          int64 // input records whose transaction committed
 	DeadLettered     int64 // input records sent to the dead-letter topic and committed
 	Recreated        int64 // times the client was closed and built again after an error
@@ -154,7 +207,8 @@ type Stats struct {
 }
 
 type counters struct {
-	committed, aborted, abortedRebalance, abortedHandler, records, deadLettered, recreated, rewind atomic.Int64
+	committed, aborted, abortedRebalance, abortedHandler, abortedTimeout, fenced,
+	records, deadLettered, recreated, rewind atomic.Int64
 }
 
 // Stats returns the counters.
@@ -162,16 +216,55 @@ func (s *Session) Stats() Stats {
 	c := &s.stats
 	return Stats{
 		Committed: c.committed.Load(), Aborted: c.aborted.Load(), AbortedRebalance: c.abortedRebalance.Load(),
-		AbortedHandler: c.abortedHandler.Load(), Records: c.records.Load(), DeadLettered: c.deadLettered.Load(),
+		AbortedHandler: c.abortedHandler.Load(), AbortedTimeout: c.abortedTimeout.Load(), Fenced: c.fenced.Load(),
+		Records: c.records.Load(), DeadLettered: c.deadLettered.Load(),
 		Recreated: c.recreated.Load(), RewindViolations: c.rewind.Load(),
 	}
 }
 
+// Ping checks once, bounded by ctx, that a broker answers and that the input
+// topics and the output and dead-letter topics set by options exist. It
+// returns nil or an error matching kdeliver.ErrUnreachable or
+// kdeliver.ErrTopicNotFound that names what is missing. Run makes the same
+// check, repeated for up to the start timeout (kdeliver.WithStartTimeout),
+// before reading.
+func (s *Session) Ping(ctx context.Context) error {
+	c, err := s.current()
+	if err != nil {
+		return err
+	}
+	return ready.Check(ctx, c.gts.Client(), s.brokers, s.needed())
+}
+
+// needed lists the topics the session reads and the fixed ones it writes.
+func (s *Session) needed() []string {
+	ts := append([]string(nil), s.topics...)
+	for _, t := range []string{s.cfg.outputTopic, s.cfg.deadLetter} {
+		if t != "" {
+			ts = append(ts, t)
+		}
+	}
+	return ts
+}
+
 // Run polls the input, calls h for each record and commits the outputs with
 // the input offsets in transactions of up to [WithCommitEvery] records or
-// interval. It returns nil when ctx is cancelled or Close is called, after
-// aborting the open transaction (its input is handled again by whoever owns
-// the partitions next).
+// interval, whichever comes first, even in the middle of what one poll
+// returned: the records after the cut are fetched and handled again in the
+// next transaction.
+//
+// Before reading, Run waits up to the start timeout
+// (kdeliver.WithStartTimeout) for a broker to answer and for the input,
+// output and dead-letter topics to exist, and returns an error matching
+// kdeliver.ErrUnreachable or kdeliver.ErrTopicNotFound if they do not. Then
+// it fences earlier producers of the transactional ID (a crashed instance's
+// open transaction is aborted at once, not when it times out) and joins the
+// group.
+//
+// When ctx is cancelled or Close is called, Run stops at the next record:
+// the handler call in progress finishes (its ctx is cancelled), the records
+// handled so far are committed, and Run returns nil; what was polled but not
+// handled is read again by whoever owns the partitions next.
 //
 // Faults are handled, not returned:
 //   - a rebalance or an abortable commit error aborts the transaction and
@@ -180,14 +273,24 @@ func (s *Session) Stats() Stats {
 //     unknown server errors, lost connections), or a transaction that
 //     outlived its timeout aborts and replaces the client, whose new producer
 //     epoch fences whatever the old one left in flight;
+//   - a transaction whose handling took longer than the transaction timeout
+//     is aborted and handled again, its slowest record in a transaction of
+//     its own (a handler that takes longer than the transaction timeout on
+//     one record still makes progress: the broker's timer starts at the
+//     first output);
 //   - a handler error or panic aborts, waits ([WithBackoff]) and handles the
 //     record again, up to [WithMaxAttempts]; then it either goes to the
 //     dead-letter topic or Run returns a [*HandlerError].
 //
 // Run returns an error matching [ErrFenced] when another instance took over
-// the transactional ID, and an error for failures no retry can fix
-// (authorization). A Run that returned can be called again.
+// the transactional ID, an error matching kdeliver.ErrTopicNotFound when an
+// output topic stays unknown for the start timeout, and an error for
+// failures no retry can fix (authorization). A Run that returned can be
+// called again.
 func (s *Session) Run(ctx context.Context, h Handler) error {
+	if h == nil {
+		return fmt.Errorf("%w: eos: Run needs a handler", kdeliver.ErrInvalidConfig)
+	}
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
@@ -207,16 +310,19 @@ func (s *Session) Run(ctx context.Context, h Handler) error {
 		close(s.done)
 		s.mu.Unlock()
 	}()
-	l := &loop{s: s, h: h, attempts: map[recordKey]int{}, bo: s.newBackoff(), recreateBo: s.newBackoff()}
+	l := &loop{s: s, h: h, attempts: map[recordKey]int{}, bo: s.newBackoff(), recreateBo: s.newBackoff(),
+		missing: map[string]time.Time{}}
 	return l.run(ctx)
 }
 
-// Close stops a running [Session.Run] (its open transaction is aborted),
-// leaves the group so its partitions move to other members at once, and
-// closes the client. If ctx ends first, the client is closed without waiting
-// for Run's abort; the broker then aborts the transaction when its timeout
-// expires or the next instance with the same transactional ID starts. Close
-// is safe to call twice; later calls return nil.
+// Close stops a running [Session.Run] (it stops at the next record and
+// commits what was handled), leaves the group so its partitions move to
+// other members at once, and closes the client, all within ctx: when ctx
+// ends first, the client is closed at once (a transaction left open is
+// aborted by the broker when it times out, or by the next instance with the
+// same transactional ID as it starts) and Close returns ctx's error. A
+// client still joining the group is closed at once: it has nothing to leave.
+// Close is safe to call twice; later calls return nil.
 func (s *Session) Close(ctx context.Context) error {
 	s.mu.Lock()
 	if s.closed {
@@ -233,22 +339,68 @@ func (s *Session) Close(ctx context.Context) error {
 		case <-done:
 		case <-ctx.Done():
 			err = ctx.Err()
-			s.closeClient() // unblocks Run
+			s.mu.Lock()
+			if s.cl != nil {
+				s.cl.cancel() // unblocks Run
+			}
+			s.mu.Unlock()
 			<-done
 		}
 	}
-	s.closeClient()
+	if cerr := s.closeClient(ctx); err == nil {
+		err = cerr
+	}
 	return err
 }
 
-func (s *Session) closeClient() {
+// closeClient drops the session's client and closes it within ctx.
+func (s *Session) closeClient(ctx context.Context) error {
 	s.mu.Lock()
-	sess := s.sess
-	s.sess = nil
+	c := s.cl
+	s.cl = nil
 	s.mu.Unlock()
-	if sess != nil {
-		sess.Close()
+	if c == nil {
+		return nil
 	}
+	return c.close(ctx)
+}
+
+// close leaves the group and closes the client, cancelling the client's
+// root context when ctx ends first or when the client never joined (its
+// join may wait on the broker until the rebalance timeout, and kgo's Close
+// waits for it).
+func (c *client) close(ctx context.Context) error {
+	if _, gen := c.gts.Client().GroupMetadata(); gen < 0 {
+		c.cancel()
+	}
+	done := make(chan struct{})
+	go func() {
+		c.gts.Close()
+		close(done)
+	}()
+	var err error
+	select {
+	case <-done:
+	case <-ctx.Done():
+		err = ctx.Err()
+		c.cancel()
+		<-done
+	}
+	c.cancel()
+	return err
+}
+
+// dropClient closes c (if it is still the session's client) within
+// closeTimeout.
+func (s *Session) dropClient(c *client) {
+	s.mu.Lock()
+	if s.cl == c {
+		s.cl = nil
+	}
+	s.mu.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), closeTimeout)
+	defer cancel()
+	_ = c.close(ctx)
 }
 
 func (s *Session) newBackoff() *backoff.ExponentialBackOff {
@@ -262,21 +414,69 @@ func (s *Session) newBackoff() *backoff.ExponentialBackOff {
 
 // current returns the session's client, building a new one if an error or a
 // crash discarded the last.
-func (s *Session) current() (*kgo.GroupTransactSession, error) {
+func (s *Session) current() (*client, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed {
 		return nil, kdeliver.ErrClosed
 	}
-	if s.sess == nil {
-		sess, err := s.newSess(s.opts...)
+	if s.cl == nil {
+		root, cancel := context.WithCancel(context.Background())
+		gts, err := s.newSess(append(s.opts, kgo.WithContext(root))...)
 		if err != nil {
+			cancel()
 			return nil, err
 		}
-		s.sess = sess
-		s.stats.recreated.Add(1)
+		s.cl = &client{gts: gts, cancel: cancel}
 	}
-	return s.sess, nil
+	return s.cl, nil
+}
+
+// fenceAttempt bounds one InitProducerID request of [Session.fence].
+const fenceAttempt = 10 * time.Second
+
+// prepare fences earlier producers of the transactional ID, then starts
+// consuming. The fence is an InitProducerID request of its own: the
+// coordinator aborts the transaction a crashed instance left open (pending
+// offsets included) before it answers, so the group's offsets are stable
+// when this client fetches them; kgo's producer initializes (and bumps the
+// epoch) again at its first produce.
+func (s *Session) prepare(ctx context.Context, c *client) error {
+	cl := c.gts.Client()
+	req := kmsg.NewPtrInitProducerIDRequest()
+	req.TransactionalID = kmsg.StringPtr(s.txnID)
+	req.TransactionTimeoutMillis = int32(s.cfg.txnTimeout.Milliseconds())
+	req.ProducerID, req.ProducerEpoch = -1, -1
+	bo := s.newBackoff()
+	limit := time.Now().Add(s.cfg.txnTimeout)
+	for {
+		actx, cancel := context.WithTimeout(ctx, fenceAttempt)
+		resp, err := req.RequestWith(actx, cl)
+		cancel()
+		if err == nil {
+			err = kerr.ErrorForCode(resp.ErrorCode)
+		}
+		switch {
+		case err == nil:
+			cl.AddConsumeTopics(s.topics...)
+			c.prepared = true
+			return nil
+		case ctx.Err() != nil:
+			return ctx.Err()
+		case fatal(err):
+			return fmt.Errorf("eos: fencing earlier producers of transactional ID %q: %w", s.txnID, err)
+		case !time.Now().Before(limit):
+			// Not fenced: kgo's producer fences at its first produce,
+			// which is correct, only slower to resume.
+			s.log.Warn("eos: could not fence earlier producers of the transactional ID before reading; reading anyway (a crashed instance's transaction may delay the first poll until it times out)", "err", err)
+			cl.AddConsumeTopics(s.topics...)
+			c.prepared = true
+			return nil
+		}
+		// CONCURRENT_TRANSACTIONS while the old transaction's markers
+		// are written, a coordinator moving, a connection failing.
+		wait(ctx, bo.NextBackOff())
+	}
 }
 
 type recordKey struct {
@@ -290,11 +490,12 @@ const (
 	reasonRebalance = "rebalance"      // End returned (false, nil)
 	reasonHandler   = "handler_error"  // the handler failed; retried
 	reasonProduce   = "produce_error"  // an output record failed; client replaced
-	reasonShutdown  = "shutdown"       // ctx cancelled or Close
+	reasonShutdown  = "shutdown"       // ctx cancelled or Close, nothing handled yet
 	reasonEnd       = "end_error"      // End failed; client replaced
-	reasonTimeout   = "txn_timeout"    // open longer than the transaction timeout
+	reasonTimeout   = "txn_timeout"    // handling outlived the transaction timeout
 	reasonRewind    = "rewind_guard"   // polled below the committed offset; client replaced
 	reasonStop      = "handler_failed" // the handler failed for the last time; Run returns
+	reasonFenced    = "fenced"         // another instance owns the transactional ID
 )
 
 // loop is the state of one Run.
@@ -304,9 +505,15 @@ type loop struct {
 	attempts   map[recordKey]int
 	bo         *backoff.ExponentialBackOff // between handler attempts
 	recreateBo *backoff.ExponentialBackOff // between client recreations
-	// expect holds, after an abort, the committed offset each partition
+	// expect holds, after an abort or a cut, the offset each partition
 	// must resume at; the first record polled per partition is checked.
 	expect map[string]map[int32]int64
+	// solo is a record whose handling made a transaction outlive its
+	// timeout: it is handled first in a transaction of its own.
+	solo recordKey
+	// missing holds output topics that produces found unknown, since when.
+	missing map[string]time.Time
+	checked bool // the brokers and topics were found ready in this Run
 	// out collects what the handler emits; emit appends to it while
 	// handling is set. Both are reused for every record.
 	out      []*kgo.Record
@@ -320,19 +527,29 @@ type loop struct {
 
 // txn is the state of one transaction.
 type txn struct {
-	sess    *kgo.GroupTransactSession
-	span    trace.Span
-	begun   time.Time
-	records int
-	dlq     int
-	reason  string // abort reason, "" while the transaction can commit
-	replace bool   // close the client after End
-	fatal   error  // Run returns it after End
-	crashed error  // abandon without End and return it
+	c        *client
+	sess     *kgo.GroupTransactSession
+	span     trace.Span
+	begun    time.Time
+	firstOut time.Time // when the first output was produced: the broker's timer starts then
+	records  int
+	dlq      int
+	reason   string // abort reason, "" while the transaction can commit
+	replace  bool   // close the client after End
+	fatal    error  // Run returns it after End
+	crashed  error  // abandon without End and return it
+	// cut holds, for partitions whose polled records were not all
+	// handled, the offset of the first one not handled: the transaction
+	// commits that offset instead of the end of the poll.
+	cut map[string]map[int32]kgo.EpochOffset
+	// slowest is the record whose handler took longest, and how long.
+	slowest     recordKey
+	slowestTook time.Duration
 
-	prodMu  sync.Mutex
-	prodErr error
-	promise func(*kgo.Record, error) // one for all the transaction's records
+	prodMu    sync.Mutex
+	prodErr   error
+	prodTopic string                   // topic of the output that failed first
+	promise   func(*kgo.Record, error) // one for all the transaction's records
 }
 
 func (t *txn) abort(reason string) {
@@ -349,23 +566,46 @@ func (l *loop) run(ctx context.Context) error {
 		if ctx.Err() != nil {
 			return nil
 		}
-		sess, err := l.s.current()
+		c, err := l.s.current()
 		if err != nil {
 			if errors.Is(err, kdeliver.ErrClosed) {
 				return nil
 			}
 			return fmt.Errorf("eos: rebuilding the client: %w", err)
 		}
-		if err := l.transaction(ctx, sess); err != nil {
+		if !c.prepared {
+			if err := l.prepare(ctx, c); err != nil {
+				if ctx.Err() != nil {
+					return nil
+				}
+				return err
+			}
+		}
+		if err := l.transaction(ctx, c); err != nil {
 			return err
 		}
 	}
 }
 
-// transaction polls, begins, handles records until the batch is full or its
-// time is up, and ends the transaction. It returns an error only to stop Run.
-func (l *loop) transaction(ctx context.Context, sess *kgo.GroupTransactSession) error {
+// prepare checks, once per Run, that the brokers answer and the topics
+// exist, then fences and starts consuming on c.
+func (l *loop) prepare(ctx context.Context, c *client) error {
 	s := l.s
+	if !l.checked {
+		if err := ready.Wait(ctx, c.gts.Client(), s.brokers, s.needed(), s.start, s.log); err != nil {
+			return fmt.Errorf("eos: %w", err)
+		}
+		l.checked = true
+	}
+	return s.prepare(ctx, c)
+}
+
+// transaction polls, begins, handles records until the transaction is full,
+// its time is up or Run stops, and ends the transaction. It returns an error
+// only to stop Run.
+func (l *loop) transaction(ctx context.Context, c *client) error {
+	s := l.s
+	sess := c.gts
 	fs := sess.PollRecords(ctx, s.cfg.commitRecords)
 	if fs.IsClientClosed() {
 		return nil
@@ -377,7 +617,7 @@ func (l *loop) transaction(ctx context.Context, sess *kgo.GroupTransactSession) 
 			// would commit their offsets with its first transaction.
 			// Drop the client; the next one starts from the committed
 			// offsets.
-			s.closeClient()
+			s.dropClient(c)
 		}
 		return nil
 	}
@@ -385,14 +625,13 @@ func (l *loop) transaction(ctx context.Context, sess *kgo.GroupTransactSession) 
 	if fs.Empty() {
 		return nil
 	}
-	t := &txn{sess: sess, begun: time.Now()}
+	t := &txn{c: c, sess: sess, begun: time.Now()}
 	if err := sess.Begin(); err != nil {
 		// The previous End left the producer unusable.
 		if f := l.fenced(err, t); f != nil {
 			return f
 		}
-		s.log.Warn("eos: begin failed; replacing the client", "err", err)
-		l.replace(ctx, sess)
+		l.replace(ctx, c, "begin failed", err)
 		return nil
 	}
 	_, t.span = s.tracer.Start(context.Background(), "eos transaction", trace.WithSpanKind(trace.SpanKindInternal),
@@ -400,15 +639,21 @@ func (l *loop) transaction(ctx context.Context, sess *kgo.GroupTransactSession) 
 
 	deadline := t.begun.Add(s.cfg.commitInterval)
 	for {
-		l.handleAll(ctx, t, fs)
-		if t.reason != "" || t.crashed != nil || t.records >= s.cfg.commitRecords || !time.Now().Before(deadline) {
+		l.handleAll(ctx, t, fs, deadline)
+		if t.reason != "" || t.crashed != nil || t.cut != nil || t.records >= s.cfg.commitRecords || !time.Now().Before(deadline) {
 			break
 		}
 		pctx, cancel := context.WithDeadline(ctx, deadline)
 		fs = sess.PollRecords(pctx, s.cfg.commitRecords-t.records)
 		cancel()
-		if ctx.Err() != nil || fs.IsClientClosed() {
-			t.abort(reasonShutdown) // the abort rewinds what was polled
+		if fs.IsClientClosed() {
+			t.abort(reasonShutdown)
+			break
+		}
+		if ctx.Err() != nil {
+			// Records this poll returned are not handled: cut before
+			// them, so the transaction commits what was handled.
+			l.cutRest(t, fs)
 			break
 		}
 		l.pollErrors(fs)
@@ -419,173 +664,60 @@ func (l *loop) transaction(ctx context.Context, sess *kgo.GroupTransactSession) 
 		// with this transactional ID initializes.
 		t.span.SetAttributes(attribute.String("eos.outcome", "crash"))
 		t.span.End()
-		s.closeClient()
+		c.cancel()
+		s.dropClient(c)
 		return t.crashed
+	}
+	if t.records == 0 && t.reason == "" {
+		t.abort(reasonShutdown) // stopped before handling anything
 	}
 	return l.end(ctx, t)
 }
 
-// end ends t and acts on the outcome.
-func (l *loop) end(ctx context.Context, t *txn) error {
+// handleAll handles the polled records in order until the transaction is
+// full, its interval is up or Run stops (then the rest are cut, see
+// [txn.cut]); after an abort reason is set the rest are left for the rewind.
+func (l *loop) handleAll(ctx context.Context, t *txn, fs kgo.Fetches, deadline time.Time) {
 	s := l.s
-	// kgo commits whatever was written if asked to, even when some records
-	// of the transaction failed: wait for every produce to finish before
-	// deciding, or a failure that lands during End's own flush would commit
-	// the offsets of output that was never written.
-	var prodErr error
-	if t.reason == "" {
-		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.txnTimeout)
-		prodErr = t.sess.Client().Flush(fctx)
-		cancel()
-	}
-	t.prodMu.Lock()
-	if t.prodErr != nil {
-		prodErr = t.prodErr
-	}
-	t.prodMu.Unlock()
-	if prodErr != nil {
-		// Every produce error aborts, and the client is replaced: a
-		// request timeout or lost connection leaves unknown what the
-		// broker applied, and only a new producer epoch fences it.
-		t.abort(reasonProduce)
-		t.replace = true
-	}
-	if t.reason == "" && time.Since(t.begun) >= s.cfg.txnTimeout {
-		t.abort(reasonTimeout)
-		t.replace = true
-	}
-	// End must not be cancelled except to shut down: it leaves the
-	// transaction in an unknown state. Close unblocks it by closing the
-	// client.
-	ectx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.txnTimeout+s.cfg.sessionTimeout)
-	committed, err := t.sess.End(ectx, kgo.TransactionEndTry(t.reason == ""))
-	cancel()
-
-	switch {
-	case committed:
-		s.stats.committed.Add(1)
-		s.stats.records.Add(int64(t.records))
-		s.stats.deadLettered.Add(int64(t.dlq))
-		clear(l.attempts)
-		l.bo.Reset()
-		l.recreateBo.Reset()
-		l.expect = nil
-		t.span.SetAttributes(attribute.String("eos.outcome", "commit"), attribute.Int("eos.records", t.records))
-		t.span.End()
-		if s.committed != nil {
-			s.committed()
+	fs.EachPartition(func(p kgo.FetchTopicPartition) {
+		for i, r := range p.Records {
+			if t.reason != "" || t.crashed != nil {
+				return
+			}
+			stop := t.cut != nil || ctx.Err() != nil ||
+				t.records > 0 && (t.records >= s.cfg.commitRecords || !time.Now().Before(deadline) ||
+					l.solo == recordKey{r.Topic, r.Partition, r.Offset})
+			if stop {
+				t.cutAt(p.Records[i])
+				return
+			}
+			l.handle(ctx, t, r)
 		}
-		return nil
-	case err == nil:
-		if t.reason == "" {
-			t.reason = reasonRebalance
-			s.stats.abortedRebalance.Add(1)
-		}
-	default:
-		if f := l.fenced(err, t); f != nil {
-			l.endAbortSpan(t, reasonEnd, err)
-			return f
-		}
-		if fatal(err) {
-			l.endAbortSpan(t, reasonEnd, err)
-			return fmt.Errorf("eos: ending the transaction: %w", err)
-		}
-		if ctx.Err() == nil {
-			s.log.Warn("eos: end failed; replacing the client", "err", err, "reason", t.reason)
-		}
-		t.abort(reasonEnd)
-		t.replace = true
-	}
-	s.stats.aborted.Add(1)
-	if t.reason == reasonHandler || t.reason == reasonStop {
-		s.stats.abortedHandler.Add(1)
-	}
-	l.endAbortSpan(t, t.reason, err)
-	if t.fatal != nil {
-		return t.fatal
-	}
-	if t.replace {
-		if ctx.Err() == nil {
-			l.replace(ctx, t.sess)
-		}
-		return nil
-	}
-	l.expect = committedOffsets(t.sess.Client())
-	if t.reason == reasonHandler {
-		wait(ctx, l.bo.NextBackOff())
-	}
-	return nil
-}
-
-func (l *loop) endAbortSpan(t *txn, reason string, err error) {
-	t.span.SetAttributes(attribute.String("eos.outcome", "abort"), attribute.String("eos.reason", reason), attribute.Int("eos.records", t.records))
-	if err != nil {
-		t.span.RecordError(err)
-		t.span.SetStatus(codes.Error, reason)
-	}
-	t.span.End()
-}
-
-// replace closes the client after an error; the next transaction builds a
-// new one, whose InitProducerID bumps the epoch and fences anything the old
-// producer left in flight.
-func (l *loop) replace(ctx context.Context, sess *kgo.GroupTransactSession) {
-	s := l.s
-	s.mu.Lock()
-	if s.sess == sess {
-		s.sess = nil
-	}
-	s.mu.Unlock()
-	sess.Close()
-	wait(ctx, l.recreateBo.NextBackOff())
-}
-
-// fenced returns a fencedError when err says another producer owns the
-// transactional ID. A fence that follows a transaction open longer than its
-// timeout is the broker's timeout abort, not another owner: the client is
-// replaced instead.
-func (l *loop) fenced(err error, t *txn) error {
-	if !errors.Is(err, kerr.ProducerFenced) && !errors.Is(err, kerr.InvalidProducerEpoch) {
-		return nil
-	}
-	if time.Since(t.begun) >= l.s.cfg.txnTimeout {
-		t.abort(reasonTimeout)
-		t.replace = true
-		return nil
-	}
-	l.s.log.Error("eos: producer fenced: another instance owns the transactional ID", "err", err)
-	l.s.closeClient()
-	return &fencedError{err: err}
-}
-
-// fatal reports errors no new client fixes.
-func fatal(err error) bool {
-	for _, e := range []error{kerr.TransactionalIDAuthorizationFailed, kerr.GroupAuthorizationFailed,
-		kerr.TopicAuthorizationFailed, kerr.ClusterAuthorizationFailed} {
-		if errors.Is(err, e) {
-			return true
-		}
-	}
-	return false
-}
-
-func (l *loop) pollErrors(fs kgo.Fetches) {
-	fs.EachError(func(topic string, p int32, err error) {
-		if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
-			return
-		}
-		l.s.log.Warn("eos: fetch error; the client retries", "topic", topic, "partition", p, "err", err)
 	})
 }
 
-// handleAll handles the polled records in order; after an abort reason is
-// set the rest are left for the rewind.
-func (l *loop) handleAll(ctx context.Context, t *txn, fs kgo.Fetches) {
-	fs.EachRecord(func(r *kgo.Record) {
-		if t.reason != "" || t.crashed != nil {
-			return
+// cutAt notes that r and the records after it in its partition are not
+// handled in this transaction.
+func (t *txn) cutAt(r *kgo.Record) {
+	if t.cut == nil {
+		t.cut = map[string]map[int32]kgo.EpochOffset{}
+	}
+	ps := t.cut[r.Topic]
+	if ps == nil {
+		ps = map[int32]kgo.EpochOffset{}
+		t.cut[r.Topic] = ps
+	}
+	if _, ok := ps[r.Partition]; !ok {
+		ps[r.Partition] = kgo.EpochOffset{Epoch: r.LeaderEpoch, Offset: r.Offset}
+	}
+}
+
+// cutRest cuts before every record of fs.
+func (l *loop) cutRest(t *txn, fs kgo.Fetches) {
+	fs.EachPartition(func(p kgo.FetchTopicPartition) {
+		if len(p.Records) > 0 {
+			t.cutAt(p.Records[0])
 		}
-		l.handle(ctx, t, r)
 	})
 }
 
@@ -608,9 +740,16 @@ func (l *loop) handle(ctx context.Context, t *txn, r *kgo.Record) {
 		// The handler's ctx ends with Run's and carries the record's trace.
 		pctx = trace.ContextWithSpan(ctx, span)
 	}
+	began := time.Now()
 	out, err := l.call(pctx, r)
+	if took := time.Since(began); took > t.slowestTook {
+		t.slowest, t.slowestTook = recordKey{r.Topic, r.Partition, r.Offset}, took
+	}
 	if err == nil {
 		t.records++
+		if l.solo == (recordKey{r.Topic, r.Partition, r.Offset}) {
+			l.solo = recordKey{}
+		}
 		octx := l.outputContext(t, pctx, r)
 		for _, o := range out {
 			if o.Context == nil {
@@ -621,7 +760,9 @@ func (l *loop) handle(ctx context.Context, t *txn, r *kgo.Record) {
 		return
 	}
 	if ctx.Err() != nil {
-		t.abort(reasonShutdown) // not the handler's fault: no attempt counted
+		// Not the handler's fault: no attempt counted; the record is
+		// handled again after the stop.
+		t.cutAt(r)
 		return
 	}
 	span.RecordError(err)
@@ -647,6 +788,230 @@ func (l *loop) handle(ctx context.Context, t *txn, r *kgo.Record) {
 		t.abort(reasonStop)
 		t.fatal = &HandlerError{Record: r, Attempts: n, Err: err}
 	}
+}
+
+// end ends t and acts on the outcome.
+func (l *loop) end(ctx context.Context, t *txn) error {
+	s := l.s
+	// kgo commits whatever was written if asked to, even when some records
+	// of the transaction failed: wait for every produce to finish before
+	// deciding, or a failure that lands during End's own flush would commit
+	// the offsets of output that was never written.
+	var prodErr error
+	if t.reason == "" {
+		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.txnTimeout)
+		prodErr = t.sess.Client().Flush(fctx)
+		cancel()
+	}
+	t.prodMu.Lock()
+	if t.prodErr != nil {
+		prodErr = t.prodErr
+	}
+	prodTopic := t.prodTopic
+	t.prodMu.Unlock()
+	if prodErr != nil {
+		// Every produce error aborts, and the client is replaced: a
+		// request timeout or lost connection leaves unknown what the
+		// broker applied, and only a new producer epoch fences it.
+		t.abort(reasonProduce)
+		t.replace = true
+		if err := l.noteMissing(prodTopic, prodErr); err != nil {
+			t.fatal = err
+		}
+	}
+	if t.reason == "" && !t.firstOut.IsZero() && time.Since(t.firstOut) >= s.cfg.txnTimeout {
+		l.timedOut(t)
+	}
+	// End must not be cancelled except to shut down: it leaves the
+	// transaction in an unknown state. Close unblocks it by closing the
+	// client.
+	ectx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.txnTimeout+s.cfg.sessionTimeout)
+	if t.reason == "" && t.cut != nil {
+		ectx = kgo.PreTxnCommitFnContext(ectx, func(req *kmsg.TxnOffsetCommitRequest) error {
+			for i := range req.Topics {
+				rt := &req.Topics[i]
+				for j := range rt.Partitions {
+					rp := &rt.Partitions[j]
+					if eo, ok := t.cut[rt.Topic][rp.Partition]; ok {
+						rp.Offset, rp.LeaderEpoch = eo.Offset, eo.Epoch
+					}
+				}
+			}
+			return nil
+		})
+	}
+	committed, err := t.sess.End(ectx, kgo.TransactionEndTry(t.reason == ""))
+	cancel()
+
+	switch {
+	case committed:
+		if t.cut != nil {
+			// End moved the client to the end of the poll; resume at
+			// the cut instead (the offset just committed).
+			t.sess.Client().SetOffsets(t.cut)
+			l.expect = map[string]map[int32]int64{}
+			for topic, ps := range t.cut {
+				l.expect[topic] = map[int32]int64{}
+				for p, eo := range ps {
+					l.expect[topic][p] = eo.Offset
+				}
+			}
+		} else {
+			l.expect = nil
+		}
+		s.stats.committed.Add(1)
+		s.stats.records.Add(int64(t.records))
+		s.stats.deadLettered.Add(int64(t.dlq))
+		clear(l.attempts)
+		clear(l.missing)
+		l.bo.Reset()
+		l.recreateBo.Reset()
+		t.span.SetAttributes(attribute.String("eos.outcome", "commit"), attribute.Int("eos.records", t.records))
+		t.span.End()
+		if s.committed != nil {
+			s.committed()
+		}
+		return nil
+	case err == nil:
+		if t.reason == "" {
+			t.reason = reasonRebalance
+			s.stats.abortedRebalance.Add(1)
+		}
+	default:
+		if f := l.fenced(err, t); f != nil {
+			l.endAbortSpan(t, reasonFenced, err)
+			return f
+		}
+		if fatal(err) {
+			l.endAbortSpan(t, reasonEnd, err)
+			return fmt.Errorf("eos: ending the transaction: %w", err)
+		}
+		t.abort(reasonEnd)
+		t.replace = true
+	}
+	s.stats.aborted.Add(1)
+	switch t.reason {
+	case reasonHandler, reasonStop:
+		s.stats.abortedHandler.Add(1)
+	case reasonTimeout:
+		s.stats.abortedTimeout.Add(1)
+	}
+	l.endAbortSpan(t, t.reason, err)
+	if t.fatal != nil {
+		return t.fatal
+	}
+	if t.replace {
+		if ctx.Err() == nil {
+			why := t.reason
+			if err == nil {
+				err = prodErr
+			}
+			l.replace(ctx, t.c, why, err)
+		}
+		return nil
+	}
+	l.expect = committedOffsets(t.sess.Client())
+	if t.reason == reasonHandler {
+		wait(ctx, l.bo.NextBackOff())
+	}
+	return nil
+}
+
+// timedOut aborts t, which outlived the transaction timeout because
+// handling was slow, and says what to change.
+func (l *loop) timedOut(t *txn) {
+	s := l.s
+	t.abort(reasonTimeout)
+	t.replace = true
+	held := time.Since(t.firstOut).Round(time.Millisecond)
+	slow := t.slowest
+	s.log.Warn("eos: transaction outlived its timeout because handling was slow; aborting it and handling its records again, the slowest in a transaction of its own",
+		"records", t.records, "held_open", held, "transaction_timeout", s.cfg.txnTimeout,
+		"slowest_topic", slow.topic, "slowest_partition", slow.partition, "slowest_offset", slow.offset,
+		"slowest_took", t.slowestTook.Round(time.Millisecond),
+		"fix", "raise eos.WithTransactionTimeout above the slowest record's handling plus the commit interval, lower eos.WithCommitEvery, or speed up the handler")
+	if t.records > 1 {
+		l.solo = slow
+	}
+}
+
+// noteMissing records that the output topic failed as unknown, and returns
+// the error that stops Run once it stayed unknown for the start timeout.
+func (l *loop) noteMissing(topic string, err error) error {
+	if topic == "" || !errors.Is(err, kerr.UnknownTopicOrPartition) {
+		return nil
+	}
+	since, ok := l.missing[topic]
+	if !ok {
+		l.missing[topic] = time.Now()
+		l.s.log.Warn("eos: output topic unknown to the brokers; retrying", "topic", topic, "up_to", l.s.start, "err", err)
+		return nil
+	}
+	if time.Since(since) < l.s.start {
+		return nil
+	}
+	return fmt.Errorf("eos: output %w", ready.Missing(time.Since(since).Round(time.Second), topic))
+}
+
+func (l *loop) endAbortSpan(t *txn, reason string, err error) {
+	t.span.SetAttributes(attribute.String("eos.outcome", "abort"), attribute.String("eos.reason", reason), attribute.Int("eos.records", t.records))
+	if err != nil {
+		t.span.RecordError(err)
+		t.span.SetStatus(codes.Error, reason)
+	}
+	t.span.End()
+}
+
+// replace closes the client after an error; the next transaction builds a
+// new one, whose InitProducerID bumps the epoch and fences anything the old
+// producer left in flight.
+func (l *loop) replace(ctx context.Context, c *client, why string, err error) {
+	s := l.s
+	pause := l.recreateBo.NextBackOff()
+	s.log.Warn("eos: replacing the client: a new producer epoch fences what the old one may have left in flight",
+		"reason", why, "err", err, "retry_in", pause)
+	s.dropClient(c)
+	s.stats.recreated.Add(1)
+	wait(ctx, pause)
+}
+
+// fenced returns a fencedError when err says another producer owns the
+// transactional ID. A fence that follows a transaction open longer than its
+// timeout is the broker's timeout abort, not another owner: the client is
+// replaced instead.
+func (l *loop) fenced(err error, t *txn) error {
+	if !errors.Is(err, kerr.ProducerFenced) && !errors.Is(err, kerr.InvalidProducerEpoch) {
+		return nil
+	}
+	if !t.firstOut.IsZero() && time.Since(t.firstOut) >= l.s.cfg.txnTimeout {
+		l.timedOut(t)
+		return nil
+	}
+	l.s.stats.aborted.Add(1)
+	l.s.stats.fenced.Add(1)
+	l.s.log.Error("eos: producer fenced: another instance owns the transactional ID", "err", err)
+	l.s.dropClient(t.c)
+	return &fencedError{err: err}
+}
+
+// fatal reports errors no new client fixes.
+func fatal(err error) bool {
+	for _, e := range []error{kerr.TransactionalIDAuthorizationFailed, kerr.GroupAuthorizationFailed,
+		kerr.TopicAuthorizationFailed, kerr.ClusterAuthorizationFailed} {
+		if errors.Is(err, e) {
+			return true
+		}
+	}
+	return false
+}
+
+func (l *loop) pollErrors(fs kgo.Fetches) {
+	fs.EachError(func(topic string, p int32, err error) {
+		if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+			return
+		}
+		l.s.log.Warn("eos: fetch error; the client retries", "topic", topic, "partition", p, "err", err)
+	})
 }
 
 // call runs the handler, turning a panic into an error and checking the
@@ -701,23 +1066,31 @@ func (l *loop) outputContext(t *txn, pctx context.Context, in *kgo.Record) conte
 	return l.runTrace
 }
 
+// produce writes r in t. Its delivery timeout counts from now, not from its
+// Timestamp (which an output or dead letter may copy from an old input).
 func (l *loop) produce(t *txn, r *kgo.Record) {
 	if t.promise == nil {
-		t.promise = func(_ *kgo.Record, err error) {
+		t.promise = func(r *kgo.Record, err error) {
 			if err != nil {
+				err = deadline.Err(r, err)
 				t.prodMu.Lock()
 				if t.prodErr == nil {
-					t.prodErr = err
+					t.prodErr, t.prodTopic = err, r.Topic
 				}
 				t.prodMu.Unlock()
 			}
+			deadline.Detach(r)
 		}
 	}
+	if t.firstOut.IsZero() {
+		t.firstOut = time.Now()
+	}
+	l.s.timeouts.Attach(nil, r)
 	t.sess.Produce(context.Background(), r, t.promise)
 }
 
-// checkRewind reports whether r is below the committed offset its partition
-// was rewound to by the last abort (kgo #1222 guard).
+// checkRewind reports whether r is below the offset its partition was
+// rewound (or cut) to by the last transaction (kgo #1222 guard).
 func (l *loop) checkRewind(r *kgo.Record) bool {
 	ps, ok := l.expect[r.Topic]
 	if !ok {
@@ -763,7 +1136,7 @@ func deadLetter(ctx context.Context, topic string, r *kgo.Record, attempts int, 
 		kgo.RecordHeader{Key: HeaderDLQAttempts, Value: []byte(strconv.Itoa(attempts))},
 		kgo.RecordHeader{Key: HeaderDLQError, Value: []byte(err.Error())},
 	)
-	return &kgo.Record{Topic: topic, Key: r.Key, Value: r.Value, Headers: hs, Timestamp: r.Timestamp, Context: ctx}
+	return &kgo.Record{Topic: topic, Key: r.Key, Value: r.Value, Headers: hs, Timestamp: r.Timestamp, Context: context.WithoutCancel(ctx)}
 }
 
 func wait(ctx context.Context, d time.Duration) {

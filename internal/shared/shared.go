@@ -4,6 +4,7 @@ package shared
 
 import (
 	"log/slog"
+	"time"
 
 	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/trace"
@@ -15,6 +16,7 @@ type Settings struct {
 	ClientID       string
 	TracerProvider trace.TracerProvider // nil: the global provider
 	MeterProvider  metric.MeterProvider // nil: the global provider
+	StartTimeout   time.Duration        // 0: the default
 }
 
 // Config is implemented by each package's configuration: it exposes the
@@ -23,4 +25,20 @@ type Config interface {
 	Shared() *Settings
 	// Reject records an option that does not fit this configuration.
 	Reject(problem string)
+}
+
+// DefaultStartTimeout mirrors kdeliver.DefaultStartTimeout (the root
+// package imports this one).
+const DefaultStartTimeout = 30 * time.Second
+
+// Start returns the start timeout, and a problem if one was set that is not
+// positive.
+func (s *Settings) Start() (time.Duration, string) {
+	switch {
+	case s.StartTimeout == 0:
+		return DefaultStartTimeout, ""
+	case s.StartTimeout < 0:
+		return DefaultStartTimeout, "kdeliver.WithStartTimeout needs a positive duration"
+	}
+	return s.StartTimeout, ""
 }

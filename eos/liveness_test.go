@@ -1,0 +1,385 @@
+package eos
+
+import (
+	"context"
+	"errors"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kerr"
+	"github.com/twmb/franz-go/pkg/kfake"
+	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/kmsg"
+
+	"github.com/kdeliver/kdeliver"
+)
+
+// The tests of this file are the regressions of issue 14: failure paths
+// that stalled or misled rather than losing or duplicating.
+
+// seedAt writes values "0".."n-1" to topic with the given timestamp.
+func seedAt(t testing.TB, addrs []string, topic string, n int, ts time.Time) {
+	t.Helper()
+	cl, err := kgo.NewClient(kgo.SeedBrokers(addrs...), kgo.MetadataMinAge(100*time.Millisecond), kgo.DisableClientMetrics())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	rs := make([]*kgo.Record, n)
+	for i := range rs {
+		v := []byte(strconv.Itoa(i))
+		rs[i] = &kgo.Record{Topic: topic, Key: v, Value: v, Timestamp: ts}
+	}
+	if err := cl.ProduceSync(context.Background(), rs...).FirstErr(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// readAllCommitted reads topic with read_committed until idle and returns
+// the records.
+func readAllCommitted(t testing.TB, addrs []string, topic string) []*kgo.Record {
+	t.Helper()
+	cl := readerClient(t, addrs, topic)
+	defer cl.Close()
+	var out []*kgo.Record
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); {
+		ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+		fs := cl.PollFetches(ctx)
+		cancel()
+		recs := fs.Records()
+		if len(recs) == 0 {
+			return out
+		}
+		out = append(out, recs...)
+	}
+	t.Fatal("reader did not go idle in 30s")
+	return nil
+}
+
+// TestOldTimestampOutputAndDeadLetter: the outputs and the dead letter of
+// input records timestamped an hour ago are committed with that timestamp.
+// The dead letter copies the input's timestamp, and kgo's
+// RecordDeliveryTimeout (counted from the timestamp) failed it at once,
+// aborting transaction after transaction.
+func TestOldTimestampOutputAndDeadLetter(t *testing.T) {
+	c := newCluster(t, map[string]int32{"in": 3, "out": 3, "dlq": 1})
+	old := time.Now().Add(-time.Hour).Truncate(time.Millisecond)
+	const n = 30
+	seedAt(t, c.ListenAddrs(), "in", n, old)
+	s, err := New(c.ListenAddrs(), "g", []string{"in"}, "old-ts", fastOpts(
+		WithOutputTopic("out"), WithDeadLetterTopic("dlq"), WithMaxAttempts(2))...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	runUntilCommitted(t, c, s, func(_ context.Context, in *kgo.Record, emit func(*kgo.Record)) error {
+		if string(in.Value) == "7" {
+			return errors.New("poison")
+		}
+		emit(&kgo.Record{Key: in.Key, Value: in.Value, Timestamp: in.Timestamp})
+		return nil
+	})
+	st := s.Stats()
+	if st.DeadLettered != 1 || st.Records != n {
+		t.Errorf("stats %+v: want 1 dead-lettered of %d records", st, n)
+	}
+	out := readAllCommitted(t, c.ListenAddrs(), "out")
+	dlq := readAllCommitted(t, c.ListenAddrs(), "dlq")
+	if len(out) != n-1 || len(dlq) != 1 || string(dlq[0].Value) != "7" {
+		t.Fatalf("read %d outputs and %d dead letters, want %d and the one of record 7", len(out), len(dlq), n-1)
+	}
+	for _, r := range append(out, dlq...) {
+		if !r.Timestamp.Equal(old) {
+			t.Errorf("%s record %s has timestamp %v, want the input's %v", r.Topic, r.Value, r.Timestamp, old)
+		}
+	}
+}
+
+// TestSlowHandlerCommitsMidPoll: 2,000 records in one poll at 5 ms a record
+// take 10 s, far beyond the 3 s transaction timeout; the session ends each
+// transaction after its interval, in the middle of the poll, and commits
+// everything without an abort. Before, the interval was checked only between
+// polls: every transaction outlived its timeout and nothing was committed.
+func TestSlowHandlerCommitsMidPoll(t *testing.T) {
+	c := newCluster(t, map[string]int32{"in": 1, "out": 1})
+	const n = 2000
+	seed(t, c.ListenAddrs(), "in", n)
+	s, err := New(c.ListenAddrs(), "g", []string{"in"}, "slow", fastOpts(
+		WithOutputTopic("out"), WithCommitEvery(n, time.Second),
+		WithTransactionTimeout(3*time.Second), WithSessionTimeout(6*time.Second),
+		WithKgoOpts(kgo.FetchMaxPartitionBytes(10<<20)))...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() {
+		done <- s.Run(context.Background(), func(_ context.Context, in *kgo.Record, emit func(*kgo.Record)) error {
+			time.Sleep(5 * time.Millisecond)
+			emit(&kgo.Record{Key: in.Key, Value: in.Value})
+			return nil
+		})
+	}()
+	waitFor(t, 60*time.Second, "all input committed", func() bool { return committedAll(c, "g", "in") })
+	if err := s.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	st := s.Stats()
+	if st.Aborted != 0 || st.Committed < 5 {
+		t.Errorf("stats %+v: want no abort and at least 5 transactions (one a second)", st)
+	}
+	if a := auditValues(countValues(readCommitted(t, c.ListenAddrs(), "out", 500*time.Millisecond)), n); a.missing+a.dups+a.unexpected != 0 {
+		t.Errorf("output: %s, want %d exactly once", a, n)
+	}
+}
+
+// TestRecordSlowerThanTransactionTimeout: one record whose handler takes
+// longer than the transaction timeout does not stall the session: the
+// transaction it made outlive its timeout is aborted, and the record is
+// handled again first in a transaction of its own, where the broker's timer
+// starts only at its output.
+func TestRecordSlowerThanTransactionTimeout(t *testing.T) {
+	c := newCluster(t, map[string]int32{"in": 1, "out": 1})
+	const n = 20
+	seed(t, c.ListenAddrs(), "in", n)
+	s, err := New(c.ListenAddrs(), "g", []string{"in"}, "very-slow", fastOpts(
+		WithOutputTopic("out"), WithCommitEvery(n, 400*time.Millisecond),
+		WithTransactionTimeout(time.Second), WithSessionTimeout(6*time.Second))...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var slowCalls atomic.Int32
+	done := make(chan error, 1)
+	go func() {
+		done <- s.Run(context.Background(), func(_ context.Context, in *kgo.Record, emit func(*kgo.Record)) error {
+			if string(in.Value) == "5" {
+				slowCalls.Add(1)
+				time.Sleep(1500 * time.Millisecond)
+			}
+			emit(&kgo.Record{Key: in.Key, Value: in.Value})
+			return nil
+		})
+	}()
+	waitFor(t, 60*time.Second, "all input committed", func() bool { return committedAll(c, "g", "in") })
+	if err := s.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if a := auditValues(countValues(readCommitted(t, c.ListenAddrs(), "out", 500*time.Millisecond)), n); a.missing+a.dups+a.unexpected != 0 {
+		t.Errorf("output: %s, want %d exactly once", a, n)
+	}
+	t.Logf("stats %+v, slow record handled %d times", s.Stats(), slowCalls.Load())
+}
+
+// TestStopAtNextRecord: cancelling Run while a handler that ignores its ctx
+// works through a large poll stops at the next record, commits what was
+// handled, and leaves the rest (nothing lost: a second Run copies it).
+// Before, Run finished the whole poll and committed it.
+func TestStopAtNextRecord(t *testing.T) {
+	c := newCluster(t, map[string]int32{"in": 1, "out": 1})
+	const n = 500
+	seed(t, c.ListenAddrs(), "in", n)
+	s, err := New(c.ListenAddrs(), "g", []string{"in"}, "stop", fastOpts(
+		WithOutputTopic("out"), WithCommitEvery(n, 30*time.Second),
+		WithTransactionTimeout(time.Minute), WithSessionTimeout(2*time.Minute))...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	var calls, afterStop atomic.Int32
+	var stopped atomic.Bool
+	h := func(_ context.Context, in *kgo.Record, emit func(*kgo.Record)) error {
+		if calls.Add(1) == 50 {
+			cancel()
+			stopped.Store(true)
+		} else if stopped.Load() {
+			afterStop.Add(1)
+		}
+		time.Sleep(2 * time.Millisecond) // ignores ctx
+		emit(&kgo.Record{Key: in.Key, Value: in.Value})
+		return nil
+	}
+	if err := s.Run(ctx, h); err != nil {
+		t.Fatal(err)
+	}
+	if got := afterStop.Load(); got != 0 {
+		t.Errorf("%d records were handled after Run's ctx was cancelled, want 0", got)
+	}
+	g := c.GroupInfo("g")
+	if g == nil || g.Commits["in"][0].Offset != 50 {
+		t.Errorf("committed offset after the stop = %v, want 50 (the records handled)", g)
+	}
+	if err := s.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	// The next instance copies the rest: nothing lost, nothing twice.
+	s2, err := New(c.ListenAddrs(), "g", []string{"in"}, "stop", fastOpts(WithOutputTopic("out"))...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	runUntilCommitted(t, c, s2, h)
+	if a := auditValues(countValues(readCommitted(t, c.ListenAddrs(), "out", 500*time.Millisecond)), n); a.missing+a.dups+a.unexpected != 0 {
+		t.Errorf("output: %s, want %d exactly once", a, n)
+	}
+}
+
+// TestMissingTopicsAndBrokers: Run fails within the start timeout, with a
+// typed error naming what is missing, when the input topic, the output
+// topic or the brokers are not there; before, Run waited until its ctx ended
+// and returned nil, or aborted and re-created its client for ever.
+func TestMissingTopicsAndBrokers(t *testing.T) {
+	c := newCluster(t, map[string]int32{"in": 1, "out": 1})
+	seed(t, c.ListenAddrs(), "in", 10)
+	for _, tc := range []struct {
+		name    string
+		brokers []string
+		in      string
+		opts    []Option
+		want    error
+		names   string
+	}{
+		{"input", c.ListenAddrs(), "no-such-input", []Option{WithOutputTopic("out")}, kdeliver.ErrTopicNotFound, "no-such-input"},
+		{"output", c.ListenAddrs(), "in", []Option{WithOutputTopic("no-such-output")}, kdeliver.ErrTopicNotFound, "no-such-output"},
+		{"dead letters", c.ListenAddrs(), "in", []Option{WithOutputTopic("out"), WithDeadLetterTopic("no-such-dlq")}, kdeliver.ErrTopicNotFound, "no-such-dlq"},
+		{"brokers", []string{"127.0.0.1:1"}, "in", []Option{WithOutputTopic("out")}, kdeliver.ErrUnreachable, "127.0.0.1:1"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			opts := append(fastOpts(tc.opts...), kdeliver.WithStartTimeout(time.Second))
+			s, err := New(tc.brokers, "g-"+tc.name, []string{tc.in}, "missing-"+tc.name, opts...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer s.Close(context.Background())
+			if err := s.Ping(context.Background()); !errors.Is(err, tc.want) {
+				t.Errorf("Ping = %v, want %v", err, tc.want)
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			err = s.Run(ctx, copyTo("out"))
+			if !errors.Is(err, tc.want) || ctx.Err() != nil {
+				t.Fatalf("Run = %v (ctx %v), want %v before the ctx ends", err, ctx.Err(), tc.want)
+			}
+			if !contains(err.Error(), tc.names) || !contains(err.Error(), "WithStartTimeout") {
+				t.Errorf("error %q does not name %s and the option to wait longer", err, tc.names)
+			}
+		})
+	}
+}
+
+// TestUnknownOutputTopicStops: a handler that emits to a topic that does not
+// exist makes Run fail with ErrTopicNotFound naming it once the start timeout
+// passed, instead of aborting and re-creating the client for ever.
+func TestUnknownOutputTopicStops(t *testing.T) {
+	c := newCluster(t, map[string]int32{"in": 1})
+	seed(t, c.ListenAddrs(), "in", 10)
+	s, err := New(c.ListenAddrs(), "g", []string{"in"}, "dyn", append(fastOpts(), kdeliver.WithStartTimeout(time.Second))...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close(context.Background())
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	err = s.Run(ctx, copyTo("nowhere"))
+	if !errors.Is(err, kdeliver.ErrTopicNotFound) || !errors.Is(err, kerr.UnknownTopicOrPartition) || !contains(err.Error(), "nowhere") {
+		t.Fatalf("Run = %v, want ErrTopicNotFound naming topic nowhere", err)
+	}
+	if st := s.Stats(); st.Committed != 0 {
+		t.Errorf("stats %+v: nothing may commit", st)
+	}
+}
+
+// TestRestartFencesOpenTransaction: an instance that died between committing
+// its offsets in a transaction and ending it leaves the group's offsets
+// unstable (UNSTABLE_OFFSET_COMMIT) until the transaction times out. A new
+// session with the same transactional ID fences (aborts) that transaction
+// before it fetches offsets, and copies everything well before the old
+// transaction's timeout.
+func TestRestartFencesOpenTransaction(t *testing.T) {
+	c := newCluster(t, map[string]int32{"in": 1, "out": 1})
+	const n = 20
+	seed(t, c.ListenAddrs(), "in", n)
+	const txnTimeout = time.Minute
+	deadTransaction(t, c, "restart", "g", "in", txnTimeout)
+
+	s, err := New(c.ListenAddrs(), "g", []string{"in"}, "restart", fastOpts(
+		WithOutputTopic("out"), WithTransactionTimeout(txnTimeout), WithSessionTimeout(2*txnTimeout))...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- s.Run(context.Background(), copyTo("out")) }()
+	// The bound is a third of the old transaction's timeout: waiting the
+	// transaction out would miss it.
+	waitFor(t, txnTimeout/3, "all input committed by the new instance", func() bool { return committedAll(c, "g", "in") })
+	if err := s.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if a := auditValues(countValues(readCommitted(t, c.ListenAddrs(), "out", 500*time.Millisecond)), n); a.missing+a.dups+a.unexpected != 0 {
+		t.Errorf("output: %s, want %d exactly once", a, n)
+	}
+}
+
+// deadTransaction leaves what a copier killed mid-commit leaves: a
+// transaction of txnID, open, holding a pending offset commit for group on
+// topic partition 0.
+func deadTransaction(t *testing.T, c *kfake.Cluster, txnID, group, topic string, timeout time.Duration) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	cl, err := kgo.NewClient(kgo.SeedBrokers(c.ListenAddrs()...), kgo.DisableClientMetrics())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	init := kmsg.NewPtrInitProducerIDRequest()
+	init.TransactionalID = kmsg.StringPtr(txnID)
+	init.TransactionTimeoutMillis = int32(timeout.Milliseconds())
+	init.ProducerID, init.ProducerEpoch = -1, -1
+	iresp, err := init.RequestWith(ctx, cl)
+	if err == nil {
+		err = kerr.ErrorForCode(iresp.ErrorCode)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	add := kmsg.NewPtrAddOffsetsToTxnRequest()
+	add.TransactionalID, add.ProducerID, add.ProducerEpoch, add.Group = txnID, iresp.ProducerID, iresp.ProducerEpoch, group
+	aresp, err := add.RequestWith(ctx, cl)
+	if err == nil {
+		err = kerr.ErrorForCode(aresp.ErrorCode)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	commit := kmsg.NewPtrTxnOffsetCommitRequest()
+	commit.TransactionalID, commit.Group, commit.ProducerID, commit.ProducerEpoch = txnID, group, iresp.ProducerID, iresp.ProducerEpoch
+	commit.Generation, commit.MemberID = -1, ""
+	rt := kmsg.NewTxnOffsetCommitRequestTopic()
+	rt.Topic, rt.TopicID = topic, c.TopicInfo(topic).TopicID
+	rp := kmsg.NewTxnOffsetCommitRequestTopicPartition()
+	rp.Partition, rp.Offset, rp.LeaderEpoch = 0, 5, -1
+	rt.Partitions = append(rt.Partitions, rp)
+	commit.Topics = append(commit.Topics, rt)
+	cresp, err := commit.RequestWith(ctx, cl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, rt := range cresp.Topics {
+		for _, rp := range rt.Partitions {
+			if err := kerr.ErrorForCode(rp.ErrorCode); err != nil {
+				t.Fatalf("pending offset commit: %v", err)
+			}
+		}
+	}
+}
+
+func contains(s, sub string) bool { return strings.Contains(s, sub) }

@@ -1,0 +1,184 @@
+// Package ready checks, before a consumer or an exactly-once session starts
+// reading, that the brokers answer and that the topics it needs exist, so
+// that a wrong address or a missing topic fails within a bound with an error
+// that names it, instead of a Run that waits silently until its ctx ends.
+package ready
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kerr"
+	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/kmsg"
+
+	"github.com/kdeliver/kdeliver"
+)
+
+// Check asks once whether a broker answers and every topic exists. It
+// returns nil, or an error matching [kdeliver.ErrUnreachable] or
+// [kdeliver.ErrTopicNotFound] (also kerr.UnknownTopicOrPartition), or
+// kerr.TopicAuthorizationFailed wrapped with the topic names.
+func Check(ctx context.Context, cl *kgo.Client, brokers []string, topics []string) error {
+	if err := cl.Ping(ctx); err != nil {
+		if ctx.Err() != nil && errors.Is(err, ctx.Err()) {
+			return err
+		}
+		return unreachable(brokers, err)
+	}
+	if len(topics) == 0 {
+		return nil
+	}
+	req := kmsg.NewPtrMetadataRequest()
+	req.AllowAutoTopicCreation = false
+	for _, t := range topics {
+		rt := kmsg.NewMetadataRequestTopic()
+		rt.Topic = kmsg.StringPtr(t)
+		req.Topics = append(req.Topics, rt)
+	}
+	resp, err := req.RequestWith(ctx, cl)
+	if err != nil {
+		if ctx.Err() != nil && errors.Is(err, ctx.Err()) {
+			return err
+		}
+		return unreachable(brokers, err)
+	}
+	var missing, denied []string
+	for _, rt := range resp.Topics {
+		name := ""
+		if rt.Topic != nil {
+			name = *rt.Topic
+		}
+		switch err := kerr.ErrorForCode(rt.ErrorCode); {
+		case err == nil:
+		case errors.Is(err, kerr.UnknownTopicOrPartition), errors.Is(err, kerr.UnknownTopicID):
+			missing = append(missing, name)
+		case errors.Is(err, kerr.TopicAuthorizationFailed):
+			denied = append(denied, name)
+		default:
+			// LEADER_NOT_AVAILABLE and the like: the topic exists; the
+			// client waits for its leaders itself.
+		}
+	}
+	if len(denied) > 0 {
+		slices.Sort(denied)
+		return fmt.Errorf("kdeliver: not authorized to describe topic %s: %w: grant this client's principal Describe and Read (consumers) or Write (producers) on it", strings.Join(denied, ", "), kerr.TopicAuthorizationFailed)
+	}
+	if len(missing) > 0 {
+		slices.Sort(missing)
+		return &missingError{topics: missing}
+	}
+	return nil
+}
+
+// Wait repeats [Check] until it succeeds, fails for good (authorization),
+// ctx ends (Wait then returns ctx's error), or bound passes (Wait returns
+// Check's last error, saying how long it waited). log gets one warning when
+// the first check fails, so a wait of many seconds is not silent.
+func Wait(ctx context.Context, cl *kgo.Client, brokers, topics []string, bound time.Duration, log *slog.Logger) error {
+	deadline := time.Now().Add(bound)
+	wait := 100 * time.Millisecond
+	var last error
+	for attempt := 1; ; attempt++ {
+		cctx, cancel := context.WithDeadline(ctx, deadline)
+		err := Check(cctx, cl, brokers, topics)
+		cut := cctx.Err() != nil // the bound ended the attempt
+		cancel()
+		switch {
+		case ctx.Err() != nil:
+			return ctx.Err()
+		case err == nil:
+			return nil
+		case errors.Is(err, kerr.TopicAuthorizationFailed):
+			return err
+		case !cut:
+			last = err
+		case last == nil:
+			last = unreachable(brokers, err)
+		}
+		if !time.Now().Before(deadline) {
+			return withBound(last, bound)
+		}
+		if attempt == 1 {
+			log.Warn("kdeliver: waiting for the brokers and topics before reading", "err", err, "up_to", bound)
+		}
+		t := time.NewTimer(min(wait, time.Until(deadline)))
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return ctx.Err()
+		case <-t.C:
+		}
+		wait = min(2*wait, 2*time.Second)
+	}
+}
+
+func unreachable(brokers []string, err error) error {
+	return &unreachableError{brokers: brokers, err: err}
+}
+
+type unreachableError struct {
+	brokers []string
+	err     error
+	bound   time.Duration
+}
+
+func (e *unreachableError) Error() string {
+	within := ""
+	if e.bound > 0 {
+		within = fmt.Sprintf(" within %v", e.bound)
+	}
+	return fmt.Sprintf("kdeliver: no broker of %s answered%s (last error: %v): check the addresses, that the brokers run and listen there, and the TLS/SASL settings; kdeliver.WithStartTimeout waits longer",
+		strings.Join(e.brokers, ","), within, e.err)
+}
+
+func (e *unreachableError) Is(target error) bool { return target == kdeliver.ErrUnreachable }
+func (e *unreachableError) Unwrap() error        { return e.err }
+
+type missingError struct {
+	topics []string
+	bound  time.Duration
+}
+
+func (e *missingError) Error() string {
+	s := "s " + strings.Join(e.topics, ", ") + " do"
+	if len(e.topics) == 1 {
+		s = " " + e.topics[0] + " does"
+	}
+	within := ""
+	if e.bound > 0 {
+		within = fmt.Sprintf(" (waited %v)", e.bound)
+	}
+	return fmt.Sprintf("kdeliver: topic%s not exist%s: create it (most clusters do not create topics on first use) or fix the name; kdeliver.WithStartTimeout waits longer", s, within)
+}
+
+func (e *missingError) Is(target error) bool {
+	return target == kdeliver.ErrTopicNotFound || target == kerr.UnknownTopicOrPartition
+}
+
+func withBound(err error, bound time.Duration) error {
+	var ue *unreachableError
+	var me *missingError
+	switch {
+	case errors.As(err, &ue):
+		c := *ue
+		c.bound = bound
+		return &c
+	case errors.As(err, &me):
+		c := *me
+		c.bound = bound
+		return &c
+	}
+	return err
+}
+
+// Missing returns the error for topics found missing while running (an
+// output topic a produce found unknown), after waiting bound.
+func Missing(bound time.Duration, topics ...string) error {
+	return &missingError{topics: topics, bound: bound}
+}
