@@ -22,11 +22,18 @@ import (
 	"github.com/kdeliver/kdeliver/dedup"
 	"github.com/kdeliver/kdeliver/internal/crash"
 	"github.com/kdeliver/kdeliver/internal/preset"
+	"github.com/kdeliver/kdeliver/internal/ready"
 )
 
-// shutdownTimeout bounds the final commit and the group leave when Run's ctx
-// was cancelled and no Close deadline applies.
-const shutdownTimeout = 30 * time.Second
+// Bounds of Run's shutdown after its ctx was cancelled, when no Close
+// deadline applies: the final commit, then leaving the group (which kgo
+// makes wait for a group join in flight, up to the rebalance timeout; past
+// the bound the client is closed without a leave, and the group notices after
+// its session timeout).
+const (
+	shutdownTimeout = 30 * time.Second
+	leaveTimeout    = 5 * time.Second
+)
 
 // Handler processes one record. Its return value drives the commit:
 //
@@ -57,6 +64,12 @@ type Handler func(ctx context.Context, rec *kgo.Record) error
 type Consumer struct {
 	cl     *kgo.Client
 	clp    atomic.Pointer[kgo.Client] // cl, for kgo callbacks that may run during New
+	// kill cancels the client's root context: every request in flight
+	// (a group join included) ends, so closing cannot outlive a bound.
+	kill    context.CancelFunc
+	brokers []string
+	topics  []string
+	start   time.Duration // the start timeout
 	sem    kdeliver.Semantics
 	cfg    config
 	tracer *kotel.Tracer
@@ -111,6 +124,8 @@ func New(brokers []string, group string, topics []string, sem kdeliver.Semantics
 	ps.Add(cfg.guard != nil && cfg.sink != nil, "WithDedup and WithSink were both given: choose one (WithSink when the side effect is a write to the sink's database, WithDedup otherwise)")
 	ps.Add(sem.Valid() && sem != kdeliver.ExactlyOnce && (cfg.guard != nil || cfg.sink != nil), "WithDedup and WithSink make the consumer exactly-once: choose kdeliver.ExactlyOnce")
 	ps.Add(sem == kdeliver.AtMostOnce && cfg.retrySet, "AtMostOnce never retries a handler (a retry can repeat a partial effect): remove WithBackoff and WithMaxAttempts, or choose AtLeastOnce")
+	start, problem := cfg.shared.Start()
+	ps.Add(problem != "", problem)
 	for _, p := range cfg.problems {
 		ps.Add(true, p)
 	}
@@ -123,11 +138,16 @@ func New(brokers []string, group string, topics []string, sem kdeliver.Semantics
 		cfg:     cfg,
 		log:     cfg.shared.Log(),
 		pending: make(map[string]map[int32]kgo.EpochOffset),
+		brokers: brokers,
+		topics:  topics,
+		start:   start,
 	}
+	root, kill := context.WithCancel(context.Background())
+	c.kill = kill
 	c.log = c.log.With("group", group, "semantics", sem.String())
 	base, tracer := preset.Base(&cfg.shared, group)
 	c.tracer = tracer
-	kopts := append(base, kgo.SeedBrokers(brokers...))
+	kopts := append(base, kgo.SeedBrokers(brokers...), kgo.WithContext(root))
 	kopts = append(kopts, pc.Opts()...)
 	// Rebalances wait until a polled batch is committed (AtMostOnce) or
 	// processed and committed (AtLeastOnce): no partition changes owner
@@ -151,6 +171,7 @@ func New(brokers []string, group string, topics []string, sem kdeliver.Semantics
 	kopts = append(kopts, cfg.kgoOpts...)
 	cl, err := kgo.NewClient(kopts...)
 	if err != nil {
+		kill()
 		ps.Add(true, "franz-go refused the options: "+err.Error())
 		return nil, ps.Err("consumer", sem)
 	}
@@ -162,7 +183,10 @@ func New(brokers []string, group string, topics []string, sem kdeliver.Semantics
 	ps.Add(cfg.sink != nil && !adjustOK, "a raw option set AdjustFetchOffsetsFn, which WithSink uses to start each partition at the sink's offset: remove it")
 	ps.Add(cl.OptValue(kgo.ConsumeResetOffset).(kgo.Offset) != kgo.NewOffset().AtStart(),
 		"a raw option changed the reset offset, which would skip records whose offset is out of range: remove kgo.ConsumeResetOffset")
+	ps.Add(cl.OptValue(kgo.WithContext) != context.Context(root),
+		"a raw option set kgo.WithContext, which Close needs to stop the client within its ctx: remove it (cancel Run's ctx, or call Close, to stop)")
 	if err := ps.Err("consumer", sem); err != nil {
+		kill()
 		cl.Close()
 		return nil, err
 	}
@@ -267,10 +291,19 @@ func (c *Consumer) Run(ctx context.Context, h Handler) error {
 	}()
 
 	c.log.Info("consumer running")
+	if err := ready.Wait(runCtx, c.cl, c.brokers, c.topics, c.start, c.log); err != nil {
+		c.kill()
+		c.cl.Close()
+		if runCtx.Err() != nil {
+			return nil
+		}
+		return fmt.Errorf("consumer: %w", err)
+	}
 	err := c.loop(runCtx, hardCtx, h)
 	if c.crashed.Load() {
 		// A simulated SIGKILL: no commit, no graceful leave.
 		c.log.Warn("simulated crash: closing without committing", "err", err)
+		c.kill()
 		c.cl.CloseAllowingRebalance()
 		return err
 	}
@@ -279,19 +312,53 @@ func (c *Consumer) Run(ctx context.Context, h Handler) error {
 	if cerr := c.commitPending(sctx); cerr != nil {
 		c.log.Warn("final commit failed: records after the last commit will be delivered again", "err", cerr)
 	}
-	c.cl.AllowRebalance()
-	if lerr := c.cl.LeaveGroupContext(sctx); lerr != nil {
-		c.log.Warn("leaving the group", "err", lerr)
-	}
-	c.cl.Close()
+	lctx, lcancel := context.WithTimeout(hardCtx, leaveTimeout)
+	defer lcancel()
+	c.closeClient(lctx)
 	c.log.Info("consumer stopped")
 	return err
 }
 
+// closeClient leaves the group within ctx and closes the client. A client
+// that never joined (its first join may wait on the broker until the
+// rebalance timeout, and kgo's leave waits for it) or whose leave does not
+// finish within ctx is closed at once without a leave: the group notices
+// after its session timeout.
+func (c *Consumer) closeClient(ctx context.Context) {
+	if _, gen := c.cl.GroupMetadata(); gen < 0 {
+		c.kill()
+	} else {
+		c.cl.AllowRebalance()
+		if err := c.cl.LeaveGroupContext(ctx); err != nil {
+			c.log.Warn("leaving the group did not finish: closing without it (the group reassigns the partitions after its session timeout)", "err", err)
+			c.kill()
+		}
+	}
+	c.cl.CloseAllowingRebalance()
+	c.kill()
+}
+
+// Ping checks once, bounded by ctx, that a broker answers and that every
+// topic the consumer reads exists. It returns nil or an error matching
+// [kdeliver.ErrUnreachable] or [kdeliver.ErrTopicNotFound] that names what
+// is missing. Run makes the same check, repeated for up to the start timeout
+// (kdeliver.WithStartTimeout), before reading.
+func (c *Consumer) Ping(ctx context.Context) error {
+	c.mu.Lock()
+	closed := c.state == stateClosed
+	c.mu.Unlock()
+	if closed {
+		return kdeliver.ErrClosed
+	}
+	return ready.Check(ctx, c.cl, c.brokers, c.topics)
+}
+
 // Close stops a running [Consumer.Run] gracefully and waits for it to return,
-// or closes a consumer that never ran. If ctx ends first, the handler's ctx is
-// cancelled and Close returns ctx's error without waiting further. Close is
-// safe to call twice and concurrently; later calls return nil once Run has
+// or closes a consumer that never ran, within ctx. If ctx ends first, the
+// handler's ctx is cancelled, the client is closed at once (no final commit
+// beyond what was committed, no leave) and Close returns ctx's error without
+// waiting for Run, which returns once the handler in hand returns. Close
+// is safe to call twice and concurrently; later calls return nil once Run has
 // returned.
 func (c *Consumer) Close(ctx context.Context) error {
 	c.mu.Lock()
@@ -299,11 +366,19 @@ func (c *Consumer) Close(ctx context.Context) error {
 	case stateNew:
 		c.state = stateClosed
 		c.mu.Unlock()
-		if err := c.cl.LeaveGroupContext(ctx); err != nil {
-			c.log.Warn("leaving the group", "err", err)
+		done := make(chan struct{})
+		go func() {
+			c.closeClient(ctx)
+			close(done)
+		}()
+		select {
+		case <-done:
+			return nil
+		case <-ctx.Done():
+			c.kill()
+			<-done
+			return ctx.Err()
 		}
-		c.cl.CloseAllowingRebalance()
-		return nil
 	case stateRunning:
 		c.stop()
 	}
@@ -316,7 +391,9 @@ func (c *Consumer) Close(ctx context.Context) error {
 	case <-done:
 		return nil
 	case <-ctx.Done():
+		// Run returns once the handler in hand does.
 		hard()
+		c.kill()
 		return ctx.Err()
 	}
 }
