@@ -2,6 +2,7 @@ package kdeliver
 
 import (
 	"errors"
+	"slices"
 	"strings"
 )
 
@@ -75,12 +76,15 @@ type Problems struct {
 }
 
 // Add records a problem when cond is true. msg says what is wrong and how to
-// fix it.
+// fix it. A message already recorded is not repeated.
 func (p *Problems) Add(cond bool, msg string) {
-	if cond {
+	if cond && !slices.Contains(p.list, msg) {
 		p.list = append(p.list, msg)
 	}
 }
+
+// Len returns the number of problems recorded.
+func (p *Problems) Len() int { return len(p.list) }
 
 // Err returns nil when no problem was added, else a [*ConfigError] for what.
 func (p *Problems) Err(what string, s Semantics) error {

@@ -168,21 +168,16 @@ func New(brokers []string, group string, topics []string, sem kdeliver.Semantics
 			return adjust(ctx, offsets)
 		}))
 	}
-	kopts = append(kopts, cfg.kgoOpts...)
-	cl, err := kgo.NewClient(kopts...)
-	if err != nil {
+	cl := preset.Build(kopts, cfg.kgoOpts, pc.Check, &ps)
+	if cl == nil {
 		kill()
-		ps.Add(true, "franz-go refused the options: "+err.Error())
 		return nil, ps.Err("consumer", sem)
 	}
 	c.clp.Store(cl)
-	pc.Check(cl, &ps)
 	revokedOK, lostOK, adjustOK := probeCallbacks(cl)
 	ps.Add(!revokedOK, "a raw option set OnPartitionsRevoked, which kdeliver uses to commit processed offsets on revoke: remove it")
 	ps.Add(!lostOK, "a raw option set OnPartitionsLost, which kdeliver uses to forget offsets it may no longer commit: remove it")
 	ps.Add(cfg.sink != nil && !adjustOK, "a raw option set AdjustFetchOffsetsFn, which WithSink uses to start each partition at the sink's offset: remove it")
-	ps.Add(cl.OptValue(kgo.ConsumeResetOffset).(kgo.Offset) != kgo.NewOffset().AtStart(),
-		"a raw option changed the reset offset, which would skip records whose offset is out of range: remove kgo.ConsumeResetOffset")
 	ps.Add(cl.OptValue(kgo.WithContext) != context.Context(root),
 		"a raw option set kgo.WithContext, which Close needs to stop the client within its ctx: remove it (cancel Run's ctx, or call Close, to stop)")
 	if err := ps.Err("consumer", sem); err != nil {

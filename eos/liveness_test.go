@@ -383,3 +383,56 @@ func deadTransaction(t *testing.T, c *kfake.Cluster, txnID, group, topic string,
 }
 
 func contains(s, sub string) bool { return strings.Contains(s, sub) }
+
+// TestCloseWhileJoining: a session whose first join waits on the broker (a
+// static member that left without a leave holds the group's rebalance for
+// its 30 s session timeout) stops at once when Run's ctx is cancelled, and
+// Close keeps to its ctx; before, Close waited for the join (40 s on a real
+// cluster with an 8 s ctx). The bound asserted is a third of the join's wait.
+func TestCloseWhileJoining(t *testing.T) {
+	c := newCluster(t, map[string]int32{"in": 2, "out": 1})
+	seed(t, c.ListenAddrs(), "in", 10)
+	static, err := kgo.NewClient(kgo.SeedBrokers(c.ListenAddrs()...), kgo.ConsumerGroup("g"), kgo.ConsumeTopics("in"),
+		kgo.InstanceID("static"), kgo.SessionTimeout(30*time.Second), kgo.RebalanceTimeout(30*time.Second),
+		kgo.DisableClientMetrics())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if fs := static.PollRecords(ctx, 1); fs.Empty() {
+		t.Fatal("the static member did not join")
+	}
+	static.Close() // a static member does not leave: the group waits for it
+	s, err := New(c.ListenAddrs(), "g", []string{"in"}, "joining", fastOpts(WithOutputTopic("out"),
+		WithTransactionTimeout(20*time.Second), WithSessionTimeout(30*time.Second),
+		WithKgoOpts(kgo.RebalanceTimeout(30*time.Second)))...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	runCtx, stop := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Run(runCtx, copyTo("out")) }()
+	waitFor(t, 10*time.Second, "the group to rebalance", func() bool {
+		g := c.GroupInfo("g")
+		return g != nil && g.State == "PreparingRebalance"
+	})
+	stop()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Run did not return within 10 s of its ctx being cancelled while joining")
+	}
+	closeCtx, cancelClose := context.WithTimeout(context.Background(), time.Second)
+	defer cancelClose()
+	closed := make(chan error, 1)
+	go func() { closed <- s.Close(closeCtx) }()
+	select {
+	case <-closed:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Close with a 1 s ctx did not return within 10 s while joining")
+	}
+}

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"regexp"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -138,7 +137,6 @@ func New(brokers []string, group string, topics []string, transactionalID string
 		kgo.TransactionTimeout(cfg.txnTimeout),
 		kgo.SessionTimeout(cfg.sessionTimeout),
 	)
-	kopts = append(kopts, cfg.kgoOpts...)
 
 	tp := cfg.shared.TracerProvider
 	if tp == nil {
@@ -156,27 +154,27 @@ func New(brokers []string, group string, topics []string, transactionalID string
 		start:   start,
 		newSess: kgo.NewGroupTransactSession,
 	}
-	// Build the client once to check the effective options.
-	probe, err := s.newSess(append(kopts, kgo.WithContext(canceled()))...)
-	if err != nil {
-		return nil, &kdeliver.ConfigError{What: "eos session", Semantics: kdeliver.ExactlyOnce, Problems: []string{"franz-go rejected the options: " + err.Error()}}
+	// Build the client once, connecting to nothing, to check the
+	// effective options.
+	pctx := canceled()
+	probe := preset.Build(append(kopts[:len(kopts):len(kopts)], kgo.WithContext(pctx)), cfg.kgoOpts, func(f preset.Facts, ps *kdeliver.Problems) {
+		prod.Check(f, ps)
+		cons.Check(f, ps)
+		ps.Add(f.TxnTimeout >= f.SessionTimeout, fmt.Sprintf("a raw option left the transaction timeout %v not below the session timeout %v: use WithTransactionTimeout and WithSessionTimeout", f.TxnTimeout, f.SessionTimeout))
+		ps.Add(f.BlockRebalance, "a raw option set BlockRebalanceOnPoll, which the session does not release: remove it (a rebalance aborts the open transaction anyway)")
+		ps.Add(f.Consumes, "a raw option set the topics to consume: pass them to eos.New only (the session adds them once it has fenced earlier instances)")
+	}, &ps)
+	if probe == nil {
+		return nil, ps.Err("eos session", kdeliver.ExactlyOnce)
 	}
 	defer probe.Close()
-	cl := probe.Client()
-	prod.Check(cl, &ps)
-	cons.Check(cl, &ps)
-	txnTimeout := cl.OptValue(kgo.TransactionTimeout).(time.Duration)
-	sessTimeout := cl.OptValue(kgo.SessionTimeout).(time.Duration)
-	ps.Add(txnTimeout >= sessTimeout, fmt.Sprintf("a raw option left the transaction timeout %v not below the session timeout %v: use WithTransactionTimeout and WithSessionTimeout", txnTimeout, sessTimeout))
-	ps.Add(cl.OptValue(kgo.BlockRebalanceOnPoll).(bool), "a raw option set BlockRebalanceOnPoll, which the session does not release: remove it (a rebalance aborts the open transaction anyway)")
-	ps.Add(len(cl.OptValue(kgo.ConsumeTopics).(map[string]*regexp.Regexp)) > 0 || cl.OptValue(kgo.ConsumeRegex).(bool),
-		"a raw option set the topics to consume: pass them to eos.New only (the session adds them once it has fenced earlier instances)")
-	if ctx, _ := cl.OptValue(kgo.WithContext).(context.Context); ctx != nil && ctx.Err() == nil {
-		ps.Add(true, "a raw option set kgo.WithContext, which Close needs to stop a client within its ctx: remove it (cancel Run's ctx, or call Close, to stop)")
-	}
+	ps.Add(probe.OptValue(kgo.WithContext) != context.Context(pctx),
+		"a raw option set kgo.WithContext, which Close needs to stop a client within its ctx: remove it (cancel Run's ctx, or call Close, to stop)")
 	if err := ps.Err("eos session", kdeliver.ExactlyOnce); err != nil {
 		return nil, err
 	}
+	txnTimeout := probe.OptValue(kgo.TransactionTimeout).(time.Duration)
+	s.opts = append(kopts, cfg.kgoOpts...)
 	s.cfg.txnTimeout = txnTimeout
 	// An output not acknowledged within the transaction timeout is no use:
 	// the broker aborts the transaction by then.

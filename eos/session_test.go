@@ -373,6 +373,10 @@ func TestFencedByNewInstance(t *testing.T) {
 	if !errors.Is(err, kerr.ProducerFenced) && !errors.Is(err, kerr.InvalidProducerEpoch) {
 		t.Errorf("old instance error %v does not carry Kafka's fencing error", err)
 	}
+	// Issue 14: the fenced transaction was not counted.
+	if st := old.Stats(); st.Fenced != 1 || st.Aborted != 1 || st.Committed != 0 {
+		t.Errorf("old instance stats %+v: want its one transaction counted fenced and aborted", st)
+	}
 	got := readCommitted(t, addrs, "out", 500*time.Millisecond)
 	if len(got) != 1 || got[0].value != "0" {
 		t.Errorf("read_committed output = %v, want only the new instance's record 0", got)

@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"reflect"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -110,19 +109,11 @@ func New(brokers []string, sem kdeliver.Semantics, opts ...Option) (*Producer, e
 	base, _ := preset.Base(&c.shared, "")
 	kopts := append(base, kgo.SeedBrokers(seeds...))
 	kopts = append(kopts, probe.Opts()...)
-	kopts = append(kopts, c.kgoOpts...)
-	cl, err := kgo.NewClient(kopts...)
-	if err != nil {
-		ps.Add(true, fmt.Sprintf("kgo refused the options (%v): remove or fix the raw kgo option it names", err))
-		return nil, ps.Err("producer", sem)
-	}
-	probe.Check(cl, &ps)
-	ps.Add(reflect.ValueOf(cl.OptValue(kgo.ConsumeTopics)).Len() > 0 || cl.OptValue(kgo.ConsumerGroup).(string) != "",
-		"a raw consumer option (kgo.ConsumeTopics, kgo.ConsumerGroup) was passed to a producer: use package consumer to consume")
-	ps.Add(cl.OptValue(kgo.ManualFlushing).(bool),
-		"a raw option set kgo.ManualFlushing, with which Produce waits for a Flush that nothing calls: remove it (ProduceAsync plus Flush batches the same way)")
+	cl := preset.Build(kopts, c.kgoOpts, probe.CheckProducerOnly, &ps)
 	if err := ps.Err("producer", sem); err != nil {
-		cl.Close()
+		if cl != nil {
+			cl.Close()
+		}
 		return nil, err
 	}
 

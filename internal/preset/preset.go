@@ -239,18 +239,14 @@ func (p Producer) Opts() []kgo.Opt {
 	return nil
 }
 
-// Check compares a built client's effective producer options with p's
-// preset, so a raw kgo.Opt cannot weaken it.
-func (p Producer) Check(cl *kgo.Client, ps *kdeliver.Problems) {
-	acks := cl.OptValue(kgo.RequiredAcks).(kgo.Acks)
-	noIdem := cl.OptValue(kgo.DisableIdempotentWrite).(bool)
-	txn := cl.OptValues(kgo.TransactionalID)
-	txnID, hasTxn := txn[0].(string), txn[1].(bool)
+// Check compares a client's effective producer settings with p's preset,
+// so a raw kgo.Opt cannot weaken it.
+func (p Producer) Check(f Facts, ps *kdeliver.Problems) {
 	fix := "remove it and use producer.WithDeliveryTimeout (counted from the hand-over)"
 	if p.Semantics == kdeliver.AtMostOnce {
 		fix = "remove it (AtMostOnce never retries, so it needs no timeout)"
 	}
-	ps.Add(cl.OptValue(kgo.RecordDeliveryTimeout).(time.Duration) != 0,
+	ps.Add(f.DeliveryTimeout != 0,
 		"a raw option set kgo.RecordDeliveryTimeout, which franz-go counts from each record's Timestamp, so records that keep an old event time fail at once: "+fix)
 	switch p.Semantics {
 	case kdeliver.AtMostOnce:
@@ -258,20 +254,31 @@ func (p Producer) Check(cl *kgo.Client, ps *kdeliver.Problems) {
 		if p.LeaderAck {
 			want = kgo.LeaderAck()
 		}
-		ps.Add(acks != want, fmt.Sprintf("a raw option set acks=%s, but AtMostOnce uses acks=%s: remove the kgo.RequiredAcks option (use producer.WithLeaderAck for acks=1)", acksName(acks), acksName(want)))
-		ps.Add(!noIdem, "a raw option enabled idempotence, which retries and so is not AtMostOnce: remove it or choose AtLeastOnce")
-		ps.Add(hasTxn, "a raw option set a transactional ID, which AtMostOnce does not use: remove kgo.TransactionalID or choose ExactlyOnce")
-		ps.Add(cl.OptValue(kgo.RecordRetries).(int64) > 0, "a raw option enabled record retries, which can duplicate under AtMostOnce: remove kgo.RecordRetries")
+		ps.Add(f.Acks != want, fmt.Sprintf("a raw option set acks=%s, but AtMostOnce uses acks=%s: remove the kgo.RequiredAcks option (use producer.WithLeaderAck for acks=1)", acksName(f.Acks), acksName(want)))
+		ps.Add(!f.NoIdempotence, "a raw option enabled idempotence, which retries and so is not AtMostOnce: remove it or choose AtLeastOnce")
+		ps.Add(f.HasTxn, "a raw option set a transactional ID, which AtMostOnce does not use: remove kgo.TransactionalID or choose ExactlyOnce")
+		ps.Add(f.Retries > 0, "a raw option enabled record retries, which can duplicate under AtMostOnce: remove kgo.RecordRetries")
+		ps.Add(f.Inflight != 1, fmt.Sprintf("a raw option set %d produce requests in flight per broker, but AtMostOnce keeps one (more reorders records on a failed request): remove kgo.MaxProduceRequestsInflightPerBroker", f.Inflight))
 	case kdeliver.AtLeastOnce, kdeliver.ExactlyOnce:
-		ps.Add(acks != kgo.AllISRAcks(), fmt.Sprintf("a raw option set acks=%s, but %s needs acks=all: remove the kgo.RequiredAcks option", acksName(acks), p.Semantics))
-		ps.Add(noIdem, fmt.Sprintf("a raw option disabled idempotence, which %s needs against duplicates and reordering on retry: remove kgo.DisableIdempotentWrite", p.Semantics))
-		ps.Add(cl.OptValue(kgo.RecordRetries).(int64) < 1<<62, fmt.Sprintf("a raw option capped record retries, but %s retries until the delivery timeout: remove kgo.RecordRetries and use producer.WithDeliveryTimeout", p.Semantics))
+		ps.Add(f.Acks != kgo.AllISRAcks(), fmt.Sprintf("a raw option set acks=%s, but %s needs acks=all: remove the kgo.RequiredAcks option", acksName(f.Acks), p.Semantics))
+		ps.Add(f.NoIdempotence, fmt.Sprintf("a raw option disabled idempotence, which %s needs against duplicates and reordering on retry: remove kgo.DisableIdempotentWrite", p.Semantics))
+		ps.Add(f.Retries < 1<<62, fmt.Sprintf("a raw option capped record retries, but %s retries until the delivery timeout: remove kgo.RecordRetries and use producer.WithDeliveryTimeout", p.Semantics))
+		ps.Add(f.Inflight != 1, fmt.Sprintf("a raw option set kgo.MaxProduceRequestsInflightPerBroker(%d), which an idempotent producer does not take (it keeps up to 5 requests in flight, in order): remove it", f.Inflight))
 		if p.Semantics == kdeliver.AtLeastOnce {
-			ps.Add(hasTxn, "a raw option set a transactional ID under AtLeastOnce: choose ExactlyOnce instead")
+			ps.Add(f.HasTxn, "a raw option set a transactional ID under AtLeastOnce: choose ExactlyOnce instead")
 		} else {
-			ps.Add(txnID != p.TransactionalID, fmt.Sprintf("a raw option changed the transactional ID to %q: use producer.WithTransactionalID only", txnID))
+			ps.Add(f.TxnID != p.TransactionalID, fmt.Sprintf("a raw option changed the transactional ID to %q: use producer.WithTransactionalID only", f.TxnID))
 		}
 	}
+}
+
+// CheckProducerOnly adds the checks of a client that only produces.
+func (p Producer) CheckProducerOnly(f Facts, ps *kdeliver.Problems) {
+	p.Check(f, ps)
+	ps.Add(f.Consumes || f.Group != "",
+		"a raw consumer option (kgo.ConsumeTopics, kgo.ConsumerGroup) was passed to a producer: use package consumer to consume")
+	ps.Add(f.ManualFlushing,
+		"a raw option set kgo.ManualFlushing, with which Produce waits for a Flush that nothing calls: remove it (ProduceAsync plus Flush batches the same way)")
 }
 
 // Consumer describes a consumer to build.
@@ -318,17 +325,16 @@ func (c Consumer) Opts() []kgo.Opt {
 	return opts
 }
 
-// Check compares a built client's effective consumer options with c's preset.
-func (c Consumer) Check(cl *kgo.Client, ps *kdeliver.Problems) {
-	ps.Add(!cl.OptValue(kgo.DisableAutoCommit).(bool) || cl.OptValue(kgo.GreedyAutoCommit).(bool) || cl.OptValue(kgo.AutoCommitMarks).(bool),
+// Check compares a client's effective consumer settings with c's preset.
+func (c Consumer) Check(f Facts, ps *kdeliver.Problems) {
+	ps.Add(!f.AutoCommitOff || f.GreedyCommit || f.CommitMarks,
 		fmt.Sprintf("a raw option enabled auto-commit, which commits %s on a timer regardless of processing: remove it", c.Semantics))
-	// OptValue gives the isolation level as its wire value: 1 is
-	// read_committed.
-	iso, _ := cl.OptValue(kgo.FetchIsolationLevel).(int8)
 	if c.committedOnly() {
-		ps.Add(iso != 1, "a raw option set read_uncommitted, but this consumer reads committed records only (ExactlyOnce, or consumer.WithReadCommitted): remove kgo.FetchIsolationLevel")
+		ps.Add(f.Isolation != 1, "a raw option set read_uncommitted, but this consumer reads committed records only (ExactlyOnce, or consumer.WithReadCommitted): remove kgo.FetchIsolationLevel")
 	}
-	ps.Add(cl.OptValue(kgo.ConsumerGroup).(string) != c.Group, "a raw option changed the consumer group: pass it as the group argument only")
+	ps.Add(f.Group != c.Group, "a raw option changed the consumer group: pass it as the group argument only")
+	ps.Add(f.ResetOffset != kgo.NewOffset().AtStart(),
+		"a raw option changed the reset offset, which would skip records whose offset is out of range: remove kgo.ConsumeResetOffset")
 }
 
 func acksName(a kgo.Acks) string {
