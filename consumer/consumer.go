@@ -62,18 +62,18 @@ type Handler func(ctx context.Context, rec *kgo.Record) error
 // it with [New], run it once with [Consumer.Run], stop it by cancelling Run's
 // ctx or with [Consumer.Close]. Its methods are safe for concurrent use.
 type Consumer struct {
-	cl     *kgo.Client
-	clp    atomic.Pointer[kgo.Client] // cl, for kgo callbacks that may run during New
+	cl  *kgo.Client
+	clp atomic.Pointer[kgo.Client] // cl, for kgo callbacks that may run during New
 	// kill cancels the client's root context: every request in flight
 	// (a group join included) ends, so closing cannot outlive a bound.
 	kill    context.CancelFunc
 	brokers []string
 	topics  []string
 	start   time.Duration // the start timeout
-	sem    kdeliver.Semantics
-	cfg    config
-	tracer *kotel.Tracer
-	log    *slog.Logger
+	sem     kdeliver.Semantics
+	cfg     config
+	tracer  *kotel.Tracer
+	log     *slog.Logger
 
 	mu    sync.Mutex
 	state int // stateNew, stateRunning, stateClosed
