@@ -298,8 +298,9 @@ func (c *Consumer) Run(ctx context.Context, h Handler) error {
 	if c.crashed.Load() {
 		// A simulated SIGKILL: no commit, no graceful leave.
 		c.log.Warn("simulated crash: closing without committing", "err", err)
-		c.kill()
-		c.cl.CloseAllowingRebalance()
+		lctx, lcancel := context.WithTimeout(hardCtx, leaveTimeout)
+		defer lcancel()
+		c.closeClient(lctx) // leaves, so that a restart need not wait out the session
 		return err
 	}
 	sctx, cancel := context.WithTimeout(hardCtx, shutdownTimeout)

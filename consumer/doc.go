@@ -88,13 +88,20 @@
 //
 // # Lifecycle
 //
-// [New] validates everything and builds the client; [Consumer.Run] joins the
-// group and blocks. A Consumer runs once. Run stops when its ctx is cancelled
-// or [Consumer.Close] is called: it finishes the record in hand (AtMostOnce:
+// [New] validates everything and builds the client; [Consumer.Run] first
+// waits up to the start timeout (kdeliver.WithStartTimeout, 30 s by default)
+// for a broker to answer and every topic to exist, failing with an error
+// matching [kdeliver.ErrUnreachable] or [kdeliver.ErrTopicNotFound] that
+// names what is missing ([Consumer.Ping] checks once), then joins the group
+// and blocks. A Consumer runs once. Run stops when its ctx is cancelled or
+// [Consumer.Close] is called: it finishes the record in hand (AtMostOnce:
 // the rest of the batch, whose offsets are already committed), commits what
-// the semantics allows, leaves the group, closes the client and returns nil.
-// The handler's ctx is not cancelled by Run's ctx, so the record in hand can
-// finish; it is cancelled when Close's ctx ends before Run has returned.
+// the semantics allows (up to 30 s), leaves the group (up to 5 s: a leave
+// waits for a group join in flight, and past the bound the client closes
+// without it), closes the client and returns nil. A client still in its
+// first join closes at once. The handler's ctx is not cancelled by Run's
+// ctx, so the record in hand can finish; it is cancelled when Close's ctx
+// ends before Run has returned, and Close then returns at once.
 //
 // # Errors
 //

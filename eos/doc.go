@@ -34,7 +34,17 @@
 //
 // [Session.Run] begins a transaction when records arrive and ends it after
 // [WithCommitEvery] records or interval, whichever comes first (1000 records
-// or 100ms by default). Ending has three outcomes, all handled inside Run:
+// or 100ms by default), checked before each record: a slow handler ends the
+// transaction in the middle of what one poll returned, the handled records'
+// offsets are committed and the rest fetched again, so a transaction stays
+// well within its timeout whatever the handler's speed. A transaction that
+// still outlives its timeout (one record took longer than the timeout) is
+// aborted, logged with its slowest record and what to set, and handled
+// again with that record first in a transaction of its own, where the
+// broker's timer starts only at its output. Outputs and dead letters are
+// delivered whatever their timestamps: their delivery timeout (the
+// transaction timeout) counts from when they are produced. Ending has three
+// outcomes, all handled inside Run:
 //
 //   - committed: the output and offsets are visible together;
 //   - aborted without error, after a rebalance revoked partitions or an
@@ -58,18 +68,40 @@
 // # Lifecycle
 //
 // [New] validates the configuration, listing every problem in one error that
-// wraps kdeliver.ErrInvalidConfig, and builds the client, which joins the
-// group in the background. [Session.Run] returns nil when its ctx is
-// cancelled or [Session.Close] is called; the open transaction is aborted,
-// and its records are handled again by the next owner of the partitions.
-// [Session.Close] stops Run, leaves the group and closes the client.
+// wraps kdeliver.ErrInvalidConfig; it does not connect. [Session.Run] first
+// waits up to the start timeout (kdeliver.WithStartTimeout, 30 s by default)
+// for a broker to answer and for the input, output and dead-letter topics to
+// exist, failing with an error matching kdeliver.ErrUnreachable or
+// kdeliver.ErrTopicNotFound that names what is missing; then it fences
+// earlier producers of the transactional ID (so a crashed instance's open
+// transaction is aborted at once, not when it times out, and its pending
+// offsets do not hold up this one) and joins the group. [Session.Ping] makes
+// the same check once.
+//
+// When Run's ctx is cancelled or [Session.Close] is called, Run stops at the
+// next record: the handler call in progress finishes (its ctx is cancelled;
+// a handler that ignores it delays the stop by its own duration), the
+// records handled so far are committed, and Run returns nil. Records polled
+// but not handled are read again by the next owner of their partitions. A
+// Run that returned can be called again on the same Session.
+//
+// [Session.Close] stops Run, leaves the group and closes the client, within
+// its ctx: when the ctx ends first, the client is closed at once and Close
+// returns the ctx's error (an open transaction is then aborted by the broker
+// on its timeout, or by the next instance as it starts). A client still in
+// its first group join (which the broker can hold until a dead member's
+// session timeout) is closed at once: it has nothing to leave.
 //
 // # Errors
 //
 // Run returns only what no retry fixes: an error matching [ErrFenced]
-// (another instance owns the transactional ID: exit), a [*HandlerError], or
-// an authorization error. Everything else is retried, logged (kdeliver.WithLogger)
-// and counted ([Session.Stats]).
+// (another instance owns the transactional ID: exit), a [*HandlerError], an
+// error matching kdeliver.ErrUnreachable or kdeliver.ErrTopicNotFound (at
+// the start, or an output topic that produces find unknown for the start
+// timeout), or an authorization error. Everything else is retried, logged
+// (warnings go to slog.Default() unless kdeliver.WithLogger says otherwise),
+// and counted ([Session.Stats]); a client replaced after an error is logged
+// with the reason.
 //
 // After an abort, the first record polled from each partition must not be
 // below the committed offset it was rewound to (a broker bug once broke this,
@@ -81,7 +113,7 @@
 // Each transaction is an "eos transaction" span with attributes eos.outcome
 // (commit, abort, crash), eos.reason for aborts (rebalance, handler_error,
 // produce_error, end_error, txn_timeout, rewind_guard, shutdown,
-// handler_failed) and eos.records, linked to the trace of every input record
+// handler_failed, fenced) and eos.records, linked to the trace of every input record
 // it consumed. Each record is handled inside a kotel process span that is a
 // child of the record's trace, and emitted records carry that context on.
 //

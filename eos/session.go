@@ -662,8 +662,7 @@ func (l *loop) transaction(ctx context.Context, c *client) error {
 		// with this transactional ID initializes.
 		t.span.SetAttributes(attribute.String("eos.outcome", "crash"))
 		t.span.End()
-		c.cancel()
-		s.dropClient(c)
+		s.dropClient(c) // leaves, so that a restart need not wait out the session
 		return t.crashed
 	}
 	if t.records == 0 && t.reason == "" {
