@@ -46,17 +46,17 @@ const (
 	keyTxnOffsetCommit int16 = 28
 )
 
-// stallHook blocks the client's read of the TxnOffsetCommit response that
-// follows the first after of them, so the transaction stays open with its
-// offsets added (pending in the group coordinator) and no EndTxn is ever
-// sent: the process is stuck between TxnOffsetCommit and EndTxn until it is
-// killed. It also counts OffsetFetch responses, which the group retries
-// once a second while a pending transactional commit makes the offsets
-// unstable.
+// stallHook, once after TxnOffsetCommit responses have been read (after
+// > 0), blocks the client's read of the next one, so that transaction stays
+// open with its offsets added (pending in the group coordinator) and no
+// EndTxn is ever sent: the process is stuck between TxnOffsetCommit and
+// EndTxn until it is killed. It also counts OffsetFetch responses, which
+// the group retries once a second while a pending transactional commit
+// makes the offsets unstable.
 type stallHook struct {
-	after        int64
-	commits      atomic.Int64
-	offsetFetchs atomic.Int64
+	after         int64
+	commits       atomic.Int64
+	offsetFetches atomic.Int64
 }
 
 func (h *stallHook) OnBrokerRead(_ kgo.BrokerMetadata, key int16, _ int, _, _ time.Duration, err error) {
@@ -65,7 +65,7 @@ func (h *stallHook) OnBrokerRead(_ kgo.BrokerMetadata, key int16, _ int, _, _ ti
 	}
 	switch key {
 	case keyOffsetFetch:
-		h.offsetFetchs.Add(1)
+		h.offsetFetches.Add(1)
 	case keyTxnOffsetCommit:
 		if h.after > 0 && h.commits.Add(1) > h.after {
 			fmt.Printf("liveness: %s #%d (after %d commits); blocking until killed\n", lineStalled, h.commits.Load(), h.after)
@@ -127,7 +127,7 @@ func TestHelperLiveness(t *testing.T) {
 	go func() {
 		for range time.Tick(20 * time.Millisecond) {
 			if s.Stats().Committed > 0 {
-				fmt.Printf("%s at %s, after %d OffsetFetch responses\n", lineFirstCommit, at(), hook.offsetFetchs.Load())
+				fmt.Printf("%s at %s, after %d OffsetFetch responses\n", lineFirstCommit, at(), hook.offsetFetches.Load())
 				return
 			}
 		}
