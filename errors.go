@@ -1,26 +1,37 @@
 package kdeliver
 
 import (
+	"context"
 	"errors"
-	"slices"
+	"fmt"
+	"io"
+	"net"
 	"strings"
+
+	"github.com/twmb/franz-go/pkg/kerr"
+	"github.com/twmb/franz-go/pkg/kgo"
 )
+
+// Every error kdeliver returns is one of the types and sentinels of this
+// file, whichever package returned it, and wraps the Kafka error behind it
+// with %w, so that errors.Is(err, kerr.ProducerFenced) works through it.
+// [ClassOf] says what the caller should do with any of them.
 
 // ErrInvalidConfig is wrapped by every error that rejects a configuration: an
 // invalid [Semantics], an option that contradicts the chosen semantics, a
 // missing broker list, topic or group. Construction fails with it; nothing is
-// started. Fix the configuration the message names.
+// started. Fix the configuration the message names. Class: [Fatal].
 var ErrInvalidConfig = errors.New("kdeliver: invalid configuration")
 
 // ErrClosed is returned by calls on a producer, consumer or session after its
-// Close. Create a new one.
+// Close. Create a new one. Class: [Fatal].
 var ErrClosed = errors.New("kdeliver: closed")
 
 // ErrUnreachable is matched (errors.Is) by the error a consumer's or an
 // exactly-once session's Run (and their Ping) returns when no seed broker
 // answered within the start timeout ([WithStartTimeout]). The message names
 // the brokers and the last connection error. Check the addresses, that the
-// brokers run, and the network and TLS/SASL settings.
+// brokers run, and the network and TLS/SASL settings. Class: [Retriable].
 var ErrUnreachable = errors.New("kdeliver: brokers unreachable")
 
 // ErrTopicNotFound is matched (errors.Is) by the error Run (and Ping) of a
@@ -28,11 +39,109 @@ var ErrUnreachable = errors.New("kdeliver: brokers unreachable")
 // writes does not exist within the start timeout ([WithStartTimeout]), or
 // when an exactly-once session's output topic stays unknown that long. The
 // message names the topics; the error also matches
-// kerr.UnknownTopicOrPartition. Create the topic or fix its name.
+// kerr.UnknownTopicOrPartition. Create the topic or fix its name. Class:
+// [Fatal].
 var ErrTopicNotFound = errors.New("kdeliver: topic not found")
 
+// ErrFenced is matched (errors.Is) by the error of a transactional producer,
+// an exactly-once session or a sink whose claim another instance took over:
+// a producer or session with the same transactional ID started elsewhere
+// (Kafka fenced this one: errors.Is(err, kerr.ProducerFenced) is true too),
+// or a consumer was assigned the sink partition after this one. Nothing this
+// instance left open becomes visible. Stop this instance, and do not retry
+// with the same transactional ID while the other runs: that would fence it
+// in turn. Class: [Fatal].
+var ErrFenced = errors.New("kdeliver: fenced: another instance took over")
+
+// ErrAborted is matched by the error of a transaction that could not commit
+// and was aborted instead: none of its records are visible to read_committed
+// readers. The error also wraps the cause (a failed produce, the function's
+// error, the broker's reason such as kerr.TransactionAbortable). The
+// producer is still usable: run the transaction again. Class: [Abortable].
+var ErrAborted = errors.New("kdeliver: transaction aborted, none of its records are visible; it is safe to retry")
+
+// ErrUnconfirmed is matched by the error of a transaction whose commit
+// request's outcome is unknown (the connection failed, or the broker answered
+// UNKNOWN_SERVER_ERROR). kdeliver aborted what it could, but the commit may
+// already have taken effect: the records may or may not be visible. Running
+// it again may duplicate them; do so only if readers tolerate that (message
+// IDs and package dedup). Class: [Abortable].
+var ErrUnconfirmed = errors.New("kdeliver: transaction outcome unknown: the commit may or may not have taken effect")
+
+// ErrPanic is matched by the error a panicking handler (or sink write)
+// turns into. A panic never crashes the process: it is a failure of the
+// record like any other, retried or skipped as the semantics says.
+var ErrPanic = errors.New("kdeliver: handler panicked")
+
+// Class says what a caller should do with an error, after the categories
+// of KIP-1050. See [ClassOf].
+type Class uint8
+
+const (
+	// Retriable: the call may succeed if made again (brokers unreachable, a
+	// record not acknowledged in time). A retry can duplicate what may
+	// already have been written.
+	Retriable Class = iota + 1
+	// Abortable: the transaction was aborted (or its outcome is unknown):
+	// run it again.
+	Abortable
+	// Fatal: making the call again will not help. The instance must stop
+	// (fenced, closed, not authorized, a handler that kept failing) or the
+	// cause be fixed first (configuration, a missing topic, a record the
+	// broker refuses).
+	Fatal
+)
+
+func (c Class) String() string {
+	switch c {
+	case Retriable:
+		return "retriable"
+	case Abortable:
+		return "abortable"
+	case Fatal:
+		return "fatal"
+	}
+	return fmt.Sprintf("Class(%d)", uint8(c))
+}
+
+// ClassOf returns the class of err: the class its kdeliver error says (each
+// sentinel's and type's doc gives it), else the class of the Kafka or
+// network error in it. An error it knows nothing of is [Fatal]: retrying
+// what is not understood risks a loop. ClassOf(nil) is 0.
+func ClassOf(err error) Class {
+	if err == nil {
+		return 0
+	}
+	var c interface{ Class() Class }
+	if errors.As(err, &c) {
+		return c.Class()
+	}
+	return classOfCause(err)
+}
+
+func classOfCause(err error) Class {
+	var ne net.Error
+	switch {
+	case errors.Is(err, ErrAborted), errors.Is(err, ErrUnconfirmed), errors.Is(err, kerr.TransactionAbortable):
+		return Abortable
+	case errors.Is(err, ErrFenced), errors.Is(err, ErrClosed), errors.Is(err, ErrInvalidConfig),
+		errors.Is(err, ErrTopicNotFound), errors.Is(err, kgo.ErrClientClosed),
+		errors.Is(err, kerr.ProducerFenced), errors.Is(err, kerr.InvalidProducerEpoch):
+		return Fatal
+	case errors.Is(err, ErrUnreachable), errors.Is(err, kgo.ErrRecordTimeout), errors.Is(err, kgo.ErrRecordRetries),
+		errors.Is(err, context.DeadlineExceeded), errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF),
+		errors.As(err, &ne):
+		return Retriable
+	}
+	var ke *kerr.Error
+	if errors.As(err, &ke) && ke.Retriable {
+		return Retriable
+	}
+	return Fatal
+}
+
 // ConfigError lists every problem found in one configuration. It wraps
-// [ErrInvalidConfig].
+// [ErrInvalidConfig]. Class: [Fatal].
 type ConfigError struct {
 	// What names the thing being configured, e.g. "producer".
 	What string
@@ -69,27 +178,91 @@ func (e *ConfigError) Error() string {
 // Unwrap returns [ErrInvalidConfig].
 func (e *ConfigError) Unwrap() error { return ErrInvalidConfig }
 
-// Problems collects configuration problems and turns them into one
-// [ConfigError]. The zero value is ready to use.
-type Problems struct {
-	list []string
+// Class returns [Fatal].
+func (e *ConfigError) Class() Class { return Fatal }
+
+// HandlerError is returned by Run of a consumer or an exactly-once session
+// when it stops because a record's handler (or a sink's write) kept
+// failing: it failed the attempts allowed ([WithMaxAttempts]) and no
+// dead-letter topic was set, or it failed in a way no retry fixes (a record
+// without a dedup key). The record's offset is not committed, so the group
+// delivers it again to the next reader of its partition. Err says what the
+// handler returned (errors.Is(err, [ErrPanic]) for a panic). Fix the cause
+// and start again. Class: [Fatal].
+type HandlerError struct {
+	// Record is the record the handler failed on (with a sink, the first
+	// record of the batch). Its key and value are never printed.
+	Record *kgo.Record
+	// Attempts is how many times the handler ran on the record.
+	Attempts int
+	// Err is the handler's last error.
+	Err error
 }
 
-// Add records a problem when cond is true. msg says what is wrong and how to
-// fix it. A message already recorded is not repeated.
-func (p *Problems) Add(cond bool, msg string) {
-	if cond && !slices.Contains(p.list, msg) {
-		p.list = append(p.list, msg)
+func (e *HandlerError) Error() string {
+	topic, part, off := "", int32(-1), int64(-1)
+	if e.Record != nil {
+		topic, part, off = e.Record.Topic, e.Record.Partition, e.Record.Offset
 	}
+	return fmt.Sprintf("kdeliver: handler failed on %s[%d]@%d after %d attempt(s): %v", topic, part, off, e.Attempts, e.Err)
 }
 
-// Len returns the number of problems recorded.
-func (p *Problems) Len() int { return len(p.list) }
+// Unwrap returns the handler's error.
+func (e *HandlerError) Unwrap() error { return e.Err }
 
-// Err returns nil when no problem was added, else a [*ConfigError] for what.
-func (p *Problems) Err(what string, s Semantics) error {
-	if len(p.list) == 0 {
-		return nil
+// Class returns [Fatal]: Run stopped.
+func (e *HandlerError) Class() Class { return Fatal }
+
+// DeliveryError is the error of a record that was not delivered: returned
+// by a producer's Produce and a transaction's Produce, and passed to
+// asynchronous callbacks. Err is the cause; errors.Is sees through it, so
+// errors.Is(err, kerr.NotEnoughReplicas) or errors.Is(err,
+// kgo.ErrRecordTimeout) work on the DeliveryError. The message names the
+// topic and partition and what to do; it never includes the record's key or
+// value. Class: [Retriable] when the cause is transient (a timeout, a
+// retriable broker error), else [Fatal] (fix the record or the topic).
+type DeliveryError struct {
+	// Record is the record that was not delivered.
+	Record *kgo.Record
+	// Err is why.
+	Err error
+}
+
+// Error says which topic and partition, why, and what to do.
+func (e *DeliveryError) Error() string {
+	topic, part := "", int32(-1)
+	if e.Record != nil {
+		topic, part = e.Record.Topic, e.Record.Partition
 	}
-	return &ConfigError{What: what, Semantics: s, Problems: p.list}
+	if errors.Is(e.Err, kerr.UnknownTopicOrPartition) {
+		// No partition was chosen: the topic has none.
+		return fmt.Sprintf("kdeliver: record to topic %q not delivered: %v: %s", topic, e.Err, deliveryAdvice(e.Err))
+	}
+	return fmt.Sprintf("kdeliver: record to topic %q partition %d not delivered: %v: %s", topic, part, e.Err, deliveryAdvice(e.Err))
+}
+
+// Unwrap returns Err.
+func (e *DeliveryError) Unwrap() error { return e.Err }
+
+// Class returns the class of the cause.
+func (e *DeliveryError) Class() Class { return classOfCause(e.Err) }
+
+func deliveryAdvice(err error) string {
+	switch {
+	case errors.Is(err, ErrClosed):
+		return "the producer was closed: create a new one"
+	case errors.Is(err, kerr.UnknownTopicOrPartition):
+		return "the topic does not exist, or this client may not see it: create it (most clusters do not create topics on first write) or fix the topic name; if it exists, check the client's Describe ACL on it"
+	case errors.Is(err, kgo.ErrRecordTimeout):
+		return "the brokers did not acknowledge it within the delivery timeout (check broker health and min.insync.replicas, or raise producer.WithDeliveryTimeout); it may still have been written: re-send it if it must arrive (a re-send may duplicate)"
+	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
+		return "the context ended first; the record may still have been written: re-send it if it must arrive (a re-send may duplicate)"
+	case errors.Is(err, kgo.ErrRecordRetries):
+		return "it was not retried (AtMostOnce never retries) or ran out of retries; it may still have been written: re-send it only if a duplicate is acceptable"
+	case errors.Is(err, kerr.InvalidProducerEpoch), errors.Is(err, kerr.ProducerFenced):
+		return "another producer with this transactional ID took over: close this one"
+	case kerr.IsRetriable(err):
+		return "the brokers kept refusing it with a retriable error until the delivery timeout (check broker health and min.insync.replicas); it may still have been written: re-send it if it must arrive (a re-send may duplicate)"
+	}
+	return "it may not have been written: fix the cause named above (unreachable brokers, authorization, record too large), then re-send it if it must arrive"
 }

@@ -1,6 +1,7 @@
 package kdeliver
 
 import (
+	"fmt"
 	"log/slog"
 	"time"
 
@@ -10,19 +11,34 @@ import (
 	"github.com/kdeliver/kdeliver/internal/shared"
 )
 
-// Option is a setting shared by producers, consumers and exactly-once
-// sessions: it is accepted wherever a producer.Option, consumer.Option or
-// eos.Option is.
+// Option is a setting every kdeliver client takes: it is a producer.Option,
+// a consumer.Option, an eos.Option and a dedup.Option at once. Each package
+// has an Option type of its own, and an option of one package passed to
+// another's constructor does not compile.
 type Option struct {
-	apply func(*shared.Settings)
+	apply func(*shared.Target)
 }
 
-// Apply applies the option to a package's configuration. It is called by
-// kdeliver's packages; applications pass options to constructors instead.
-func (o Option) Apply(c shared.Config) {
-	if o.apply != nil {
-		o.apply(c.Shared())
+// ApplyProducer applies the option; producer's constructors call it.
+func (o Option) ApplyProducer(t *shared.Target) { apply(o.apply, t) }
+
+// ApplyConsumer applies the option; consumer's constructors call it.
+func (o Option) ApplyConsumer(t *shared.Target) { apply(o.apply, t) }
+
+// ApplySession applies the option; eos.New calls it.
+func (o Option) ApplySession(t *shared.Target) { apply(o.apply, t) }
+
+// ApplyGuard applies the option; dedup.NewGuard calls it.
+func (o Option) ApplyGuard(t *shared.Target) { apply(o.apply, t) }
+
+// apply applies an option, refusing the zero value (made without a With
+// function).
+func apply(f func(*shared.Target), t *shared.Target) {
+	if f == nil {
+		t.Reject("an empty option (a zero kdeliver.Option or HandlerOption) was passed: make options with the With functions")
+		return
 	}
+	f(t)
 }
 
 // WithLogger logs the client's lifecycle events (commits, rebalances,
@@ -31,43 +47,140 @@ func (o Option) Apply(c shared.Config) {
 // slog.Default(). Pass slog.New(slog.DiscardHandler) for silence. kdeliver
 // never logs record contents or credentials.
 func WithLogger(l *slog.Logger) Option {
-	return Option{func(s *shared.Settings) { s.Logger = l }}
+	return Option{func(t *shared.Target) {
+		if l == nil {
+			t.Reject("kdeliver.WithLogger(nil): pass a logger, or slog.New(slog.DiscardHandler) for none")
+			return
+		}
+		t.Shared.Logger = l
+	}}
 }
 
 // WithClientID sets the Kafka client ID, overriding the default "kdeliver".
 func WithClientID(id string) Option {
-	return Option{func(s *shared.Settings) { s.ClientID = id }}
+	return Option{func(t *shared.Target) {
+		if id == "" {
+			t.Reject("kdeliver.WithClientID(\"\"): pass a non-empty ID, or leave the option out for \"kdeliver\"")
+			return
+		}
+		t.Shared.ClientID = id
+	}}
 }
 
 // WithTracerProvider makes record and transaction spans with tp, overriding
 // the global provider (otel.GetTracerProvider).
 func WithTracerProvider(tp trace.TracerProvider) Option {
-	return Option{func(s *shared.Settings) { s.TracerProvider = tp }}
+	return Option{func(t *shared.Target) {
+		if tp == nil {
+			t.Reject("kdeliver.WithTracerProvider(nil): pass a provider, or leave the option out for the global one")
+			return
+		}
+		t.Shared.TracerProvider = tp
+	}}
 }
 
 // WithMeterProvider records client metrics with mp, overriding the global
 // provider (otel.GetMeterProvider).
 func WithMeterProvider(mp metric.MeterProvider) Option {
-	return Option{func(s *shared.Settings) { s.MeterProvider = mp }}
-}
-
-// DefaultStartTimeout is how long a consumer's or an exactly-once session's
-// Run waits for the brokers to answer and its topics to exist.
-const DefaultStartTimeout = 30 * time.Second
-
-// WithStartTimeout sets how long Run of a consumer or an exactly-once
-// session waits, before reading, for a broker to answer and for every topic
-// it reads (and, for a session, writes) to exist, overriding
-// [DefaultStartTimeout]; Run then fails with an error matching
-// [ErrUnreachable] or [ErrTopicNotFound] that names what is missing. For a
-// session it is also how long an output topic may stay unknown to its
-// produces before Run fails. It must be positive. A producer ignores it: its
-// records fail after the delivery timeout.
-func WithStartTimeout(d time.Duration) Option {
-	return Option{func(s *shared.Settings) {
-		if d <= 0 {
-			d = -1 // refused by the constructor
+	return Option{func(t *shared.Target) {
+		if mp == nil {
+			t.Reject("kdeliver.WithMeterProvider(nil): pass a provider, or leave the option out for the global one")
+			return
 		}
-		s.StartTimeout = d
+		t.Shared.MeterProvider = mp
 	}}
 }
+
+// HandlerOption is a setting of what runs a handler: it is a
+// consumer.Option and an eos.Option at once (and not a producer.Option).
+type HandlerOption struct {
+	apply func(*shared.Target)
+}
+
+// ApplyConsumer applies the option; consumer's constructors call it.
+func (o HandlerOption) ApplyConsumer(t *shared.Target) { apply(o.apply, t) }
+
+// ApplySession applies the option; eos.New calls it.
+func (o HandlerOption) ApplySession(t *shared.Target) { apply(o.apply, t) }
+
+// Defaults of the handler options.
+const (
+	// DefaultBackoffInitial is the first wait before a failed record is
+	// handled again.
+	DefaultBackoffInitial = shared.DefaultBackoffInitial
+	// DefaultBackoffMax caps the wait between attempts of a failing record.
+	DefaultBackoffMax = shared.DefaultBackoffMax
+	// DefaultStartTimeout is how long Run waits for the brokers to answer
+	// and its topics to exist.
+	DefaultStartTimeout = shared.DefaultStartTimeout
+)
+
+// WithBackoff sets the exponential wait between attempts of a failing
+// record: the first wait is initial, each next one about doubles (with
+// jitter), up to max, overriding [DefaultBackoffInitial] to
+// [DefaultBackoffMax]. An at-most-once consumer never retries and refuses
+// it.
+func WithBackoff(initial, max time.Duration) HandlerOption {
+	return HandlerOption{func(t *shared.Target) {
+		t.Handling.RetrySet = true
+		if initial <= 0 || max < initial {
+			t.Reject(fmt.Sprintf("kdeliver.WithBackoff(%v, %v): the initial wait must be positive and not above the maximum", initial, max))
+			return
+		}
+		t.Handling.BackoffInitial, t.Handling.BackoffMax = initial, max
+	}}
+}
+
+// WithMaxAttempts makes a record whose handler failed (or panicked) n times
+// in a row stop being retried, overriding the default of retrying it for
+// ever: an exactly-once session then sends it to its dead-letter topic
+// (eos.WithDeadLetterTopic), if it has one; otherwise Run stops with a
+// [*HandlerError] without committing past it. An
+// at-most-once consumer never retries and refuses it.
+func WithMaxAttempts(n int) HandlerOption {
+	return HandlerOption{func(t *shared.Target) {
+		t.Handling.RetrySet = true
+		if n < 1 {
+			t.Reject(fmt.Sprintf("kdeliver.WithMaxAttempts(%d): use at least 1", n))
+			return
+		}
+		t.Handling.MaxAttempts = n
+	}}
+}
+
+// WithStartTimeout sets how long Run waits, before reading, for a broker to
+// answer and for every topic it reads (and, for a session, writes) to exist,
+// overriding [DefaultStartTimeout]; Run then fails with an error matching
+// [ErrUnreachable] or [ErrTopicNotFound] that names what is missing. For a
+// session it is also how long an output topic may stay unknown to its
+// produces before Run fails.
+func WithStartTimeout(d time.Duration) HandlerOption {
+	return HandlerOption{func(t *shared.Target) {
+		if d <= 0 {
+			t.Reject(fmt.Sprintf("kdeliver.WithStartTimeout(%v): pass a positive duration", d))
+			return
+		}
+		t.Handling.StartTimeout = d
+	}}
+}
+
+// Headers of kdeliver's records.
+const (
+	// HeaderMessageID carries a message ID: a value unique per logical
+	// message and kept by every retry and re-send of it, which a dedup
+	// guard keys on. producer.WithMessageIDs stamps it: 16 lowercase hex
+	// digits naming the producer instance, a hyphen, and 16 hex digits
+	// counting its records ("9f1c2b3a4d5e6f70-000000000000002a"). Any
+	// producer may set it; treat it as an opaque string.
+	HeaderMessageID = "kdeliver-message-id"
+
+	// The headers of a dead letter, besides the failed record's own: where
+	// it came from, how often and why it failed, and when it first did
+	// (RFC 3339, UTC).
+	HeaderDLQTopic        = "kdeliver-dlq-topic"
+	HeaderDLQPartition    = "kdeliver-dlq-partition"
+	HeaderDLQOffset       = "kdeliver-dlq-offset"
+	HeaderDLQAttempts     = "kdeliver-dlq-attempts"
+	HeaderDLQError        = "kdeliver-dlq-error"
+	HeaderDLQFirstFailure = "kdeliver-dlq-first-failure"
+)

@@ -10,7 +10,7 @@ import (
 
 	"github.com/twmb/franz-go/pkg/kgo"
 
-	"github.com/kdeliver/kdeliver"
+	"github.com/kdeliver/kdeliver/internal/preset"
 	"github.com/kdeliver/kdeliver/internal/shared"
 )
 
@@ -20,31 +20,23 @@ const (
 	DefaultTTL   = 24 * time.Hour
 )
 
-// Option configures a [Guard]. kdeliver.Option values (logger) are Options
-// too.
-type Option interface{ Apply(shared.Config) }
+// Option configures a [Guard]. kdeliver.Option values are Options too (the
+// guard uses the logger); an option of another package is not, and does
+// not compile here.
+type Option interface {
+	ApplyGuard(*shared.Target)
+}
 
 type option func(*config)
 
-// Apply implements Option.
-func (o option) Apply(c shared.Config) {
-	if gc, ok := c.(*config); ok {
-		o(gc)
-		return
-	}
-	c.Reject("a dedup option was passed to another package's constructor")
-}
+// ApplyGuard applies the option; [NewGuard] calls it.
+func (o option) ApplyGuard(t *shared.Target) { o(t.Pkg.(*config)) }
 
 type config struct {
-	shared   shared.Settings
-	problems []string
-	lease    time.Duration
-	ttl      time.Duration
-	key      func(*kgo.Record) string
+	lease time.Duration
+	ttl   time.Duration
+	key   func(*kgo.Record) string
 }
-
-func (c *config) Shared() *shared.Settings { return &c.shared }
-func (c *config) Reject(p string)          { c.problems = append(c.problems, p) }
 
 // WithLease sets how long a reservation stays held while the side effect
 // runs, overriding [DefaultLease]. It must exceed the longest side effect: a
@@ -128,11 +120,16 @@ type Guard struct {
 // every problem with the arguments and options.
 func NewGuard(store Store, namespace string, opts ...Option) (*Guard, error) {
 	c := config{lease: DefaultLease, ttl: DefaultTTL, key: DefaultKey}
-	for _, o := range opts {
-		o.Apply(&c)
+	t := &shared.Target{Pkg: &c}
+	var ps preset.Problems
+	for i, o := range opts {
+		if o == nil {
+			ps.Add(true, fmt.Sprintf("option %d of %d is nil: remove it", i+1, len(opts)))
+			continue
+		}
+		o.ApplyGuard(t)
 	}
-	var ps kdeliver.Problems
-	for _, p := range c.problems {
+	for _, p := range t.Problems {
 		ps.Add(true, p)
 	}
 	ps.Add(store == nil, "the store is nil: pass dedup.NewMemory, redisstore.New or pgstore.New")
@@ -143,7 +140,7 @@ func NewGuard(store Store, namespace string, opts ...Option) (*Guard, error) {
 	if err := ps.Err("dedup guard", 0); err != nil {
 		return nil, err
 	}
-	return &Guard{store: store, namespace: namespace + ":", lease: c.lease, ttl: c.ttl, key: c.key, log: c.shared.Log()}, nil
+	return &Guard{store: store, namespace: namespace + ":", lease: c.lease, ttl: c.ttl, key: c.key, log: t.Shared.Log()}, nil
 }
 
 // Key returns the store key of a record: the namespace followed by the key

@@ -8,13 +8,9 @@ import (
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kgo"
-)
 
-// HeaderMessageID is the record header that carries a message ID: a value
-// unique per logical message, kept by every retry and re-send of it. The
-// kdeliver producer stamps it with producer.WithMessageIDs(); any producer
-// may set it. [MessageID] reads it.
-const HeaderMessageID = "kdeliver-message-id"
+	"github.com/kdeliver/kdeliver"
+)
 
 // Status is what [Store.Reserve] found.
 type Status uint8
@@ -78,11 +74,11 @@ type Store interface {
 // the caller retries later. ctx errors are returned as they are.
 var ErrStore = errors.New("dedup: store unavailable")
 
-// MessageID returns the record's [HeaderMessageID] header value, or "" when
-// it has none.
+// MessageID returns the record's [kdeliver.HeaderMessageID] header value
+// (producer.WithMessageIDs stamps it), or "" when it has none.
 func MessageID(r *kgo.Record) string {
 	for i := len(r.Headers) - 1; i >= 0; i-- {
-		if r.Headers[i].Key == HeaderMessageID {
+		if r.Headers[i].Key == kdeliver.HeaderMessageID {
 			return string(r.Headers[i].Value)
 		}
 	}

@@ -5,26 +5,21 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/cenkalti/backoff/v4"
-	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
-	"github.com/twmb/franz-go/pkg/kmsg"
 	"github.com/twmb/franz-go/plugin/kotel"
 	"go.opentelemetry.io/otel"
-	"go.opentelemetry.io/otel/attribute"
-	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/kdeliver/kdeliver"
-	"github.com/kdeliver/kdeliver/internal/crash"
 	"github.com/kdeliver/kdeliver/internal/deadline"
 	"github.com/kdeliver/kdeliver/internal/preset"
 	"github.com/kdeliver/kdeliver/internal/ready"
+	"github.com/kdeliver/kdeliver/internal/shared"
 )
 
 // Handler processes one input record and emits zero or more output records
@@ -54,7 +49,8 @@ const closeTimeout = 10 * time.Second
 // A Session's methods are safe to call from several goroutines, but only one
 // [Session.Run] runs at a time.
 type Session struct {
-	cfg      config
+	cfg      *config
+	hd       shared.Handling
 	opts     []kgo.Opt
 	brokers  []string
 	topics   []string
@@ -63,7 +59,6 @@ type Session struct {
 	tracer   trace.Tracer
 	log      *slog.Logger
 	stats    counters
-	start    time.Duration // the start timeout
 	timeouts *deadline.Timeouts
 	newSess  func(...kgo.Opt) (*kgo.GroupTransactSession, error)
 	// committed, when set (tests), is called after each commit.
@@ -74,6 +69,7 @@ type Session struct {
 	running bool
 	closed  bool
 	stop    context.CancelFunc
+	hard    context.CancelFunc // cancels the handler's ctx
 	done    chan struct{}
 }
 
@@ -99,23 +95,14 @@ type client struct {
 // what an earlier instance with the same transactional ID left open, and
 // joins the group. Call [Session.Close] when done.
 func New(brokers []string, group string, topics []string, transactionalID string, opts ...Option) (*Session, error) {
-	cfg := defaultConfig()
-	for _, o := range opts {
-		if o == nil {
-			cfg.Reject("a nil option was passed: remove it")
-			continue
-		}
-		o.Apply(&cfg)
-	}
+	cfg := apply(opts)
 	prod := preset.Producer{Semantics: kdeliver.ExactlyOnce, TransactionalID: transactionalID, TxnIDHint: "a non-empty transactionalID to eos.New"}
 	cons := preset.Consumer{Semantics: kdeliver.ExactlyOnce, Group: group, Topics: topics}
-	var ps kdeliver.Problems
+	var ps preset.Problems
 	ps.Add(len(brokers) == 0, "no seed brokers: pass at least one host:port")
 	prod.Validate(&ps)
 	cons.Validate(&ps)
 	cfg.validate(&ps)
-	start, problem := cfg.shared.Start()
-	ps.Add(problem != "", problem)
 	for _, t := range topics {
 		ps.Add(cfg.deadLetter != "" && t == cfg.deadLetter, fmt.Sprintf("the dead-letter topic %q is also an input topic: a failing record would loop", t))
 	}
@@ -123,7 +110,7 @@ func New(brokers []string, group string, topics []string, transactionalID string
 		return nil, err
 	}
 
-	base, kt := preset.Base(&cfg.shared, group)
+	base, kt := preset.Base(&cfg.t.Shared, group)
 	kopts := append([]kgo.Opt{kgo.SeedBrokers(brokers...)}, base...)
 	kopts = append(kopts, prod.Opts()...)
 	// The input topics are added once the session's producer has fenced
@@ -138,7 +125,7 @@ func New(brokers []string, group string, topics []string, transactionalID string
 		kgo.SessionTimeout(cfg.sessionTimeout),
 	)
 
-	tp := cfg.shared.TracerProvider
+	tp := cfg.t.Shared.TracerProvider
 	if tp == nil {
 		tp = otel.GetTracerProvider()
 	}
@@ -150,14 +137,14 @@ func New(brokers []string, group string, topics []string, transactionalID string
 		txnID:   transactionalID,
 		kotel:   kt,
 		tracer:  tp.Tracer("github.com/kdeliver/kdeliver/eos"),
-		log:     cfg.shared.Log().With("transactional_id", transactionalID, "group", group),
-		start:   start,
+		log:     cfg.t.Shared.Log().With("transactional_id", transactionalID, "group", group),
+		hd:      cfg.t.Handling,
 		newSess: kgo.NewGroupTransactSession,
 	}
 	// Build the client once, connecting to nothing, to check the
 	// effective options.
 	pctx := canceled()
-	probe := preset.Build(append(kopts[:len(kopts):len(kopts)], kgo.WithContext(pctx)), cfg.kgoOpts, func(f preset.Facts, ps *kdeliver.Problems) {
+	probe := preset.Build(append(kopts[:len(kopts):len(kopts)], kgo.WithContext(pctx)), cfg.kgoOpts, func(f preset.Facts, ps *preset.Problems) {
 		prod.Check(f, ps)
 		cons.Check(f, ps)
 		ps.Add(f.TxnTimeout >= f.SessionTimeout, fmt.Sprintf("a raw option left the transaction timeout %v not below the session timeout %v: use WithTransactionTimeout and WithSessionTimeout", f.TxnTimeout, f.SessionTimeout))
@@ -298,17 +285,19 @@ func (s *Session) Run(ctx context.Context, h Handler) error {
 		s.mu.Unlock()
 		return errors.New("eos: Run is already running on this session")
 	}
+	hctx, hard := context.WithCancel(context.WithoutCancel(ctx))
 	ctx, cancel := context.WithCancel(ctx)
-	s.running, s.stop, s.done = true, cancel, make(chan struct{})
+	s.running, s.stop, s.hard, s.done = true, cancel, hard, make(chan struct{})
 	s.mu.Unlock()
 	defer func() {
 		cancel()
+		hard()
 		s.mu.Lock()
 		s.running = false
 		close(s.done)
 		s.mu.Unlock()
 	}()
-	l := &loop{s: s, h: h, attempts: map[recordKey]int{}, bo: s.newBackoff(), recreateBo: s.newBackoff(),
+	l := &loop{s: s, h: h, hctx: hctx, attempts: map[recordKey]attempts{}, bo: s.newBackoff(), recreateBo: s.newBackoff(),
 		missing: map[string]time.Time{}}
 	return l.run(ctx)
 }
@@ -328,7 +317,7 @@ func (s *Session) Close(ctx context.Context) error {
 		return nil
 	}
 	s.closed = true
-	running, done, stop := s.running, s.done, s.stop
+	running, done, stop, hard := s.running, s.done, s.stop, s.hard
 	s.mu.Unlock()
 	var err error
 	if running {
@@ -337,12 +326,12 @@ func (s *Session) Close(ctx context.Context) error {
 		case <-done:
 		case <-ctx.Done():
 			err = ctx.Err()
+			hard()
 			s.mu.Lock()
 			if s.cl != nil {
 				s.cl.cancel() // unblocks Run
 			}
 			s.mu.Unlock()
-			<-done
 		}
 	}
 	if cerr := s.closeClient(ctx); err == nil {
@@ -403,8 +392,7 @@ func (s *Session) dropClient(c *client) {
 
 func (s *Session) newBackoff() *backoff.ExponentialBackOff {
 	b := backoff.NewExponentialBackOff()
-	b.InitialInterval = s.cfg.backoffInitial
-	b.MaxInterval = s.cfg.backoffMax
+	b.InitialInterval, b.MaxInterval = s.hd.Backoff()
 	b.MaxElapsedTime = 0
 	b.Reset()
 	return b
@@ -428,719 +416,4 @@ func (s *Session) current() (*client, error) {
 		s.cl = &client{gts: gts, cancel: cancel}
 	}
 	return s.cl, nil
-}
-
-// fenceAttempt bounds one InitProducerID request of [Session.fence].
-const fenceAttempt = 10 * time.Second
-
-// prepare fences earlier producers of the transactional ID, then starts
-// consuming. The fence is an InitProducerID request of its own: the
-// coordinator aborts the transaction a crashed instance left open (pending
-// offsets included) before it answers, so the group's offsets are stable
-// when this client fetches them; kgo's producer initializes (and bumps the
-// epoch) again at its first produce.
-func (s *Session) prepare(ctx context.Context, c *client) error {
-	cl := c.gts.Client()
-	req := kmsg.NewPtrInitProducerIDRequest()
-	req.TransactionalID = kmsg.StringPtr(s.txnID)
-	req.TransactionTimeoutMillis = int32(s.cfg.txnTimeout.Milliseconds())
-	req.ProducerID, req.ProducerEpoch = -1, -1
-	bo := s.newBackoff()
-	limit := time.Now().Add(s.cfg.txnTimeout)
-	for {
-		actx, cancel := context.WithTimeout(ctx, fenceAttempt)
-		resp, err := req.RequestWith(actx, cl)
-		cancel()
-		if err == nil {
-			err = kerr.ErrorForCode(resp.ErrorCode)
-		}
-		switch {
-		case err == nil:
-			cl.AddConsumeTopics(s.topics...)
-			c.prepared = true
-			return nil
-		case ctx.Err() != nil:
-			return ctx.Err()
-		case fatal(err):
-			return fmt.Errorf("eos: fencing earlier producers of transactional ID %q: %w", s.txnID, err)
-		case !time.Now().Before(limit):
-			// Not fenced: kgo's producer fences at its first produce,
-			// which is correct, only slower to resume.
-			s.log.Warn("eos: could not fence earlier producers of the transactional ID before reading; reading anyway (a crashed instance's transaction may delay the first poll until it times out)", "err", err)
-			cl.AddConsumeTopics(s.topics...)
-			c.prepared = true
-			return nil
-		}
-		// CONCURRENT_TRANSACTIONS while the old transaction's markers
-		// are written, a coordinator moving, a connection failing.
-		wait(ctx, bo.NextBackOff())
-	}
-}
-
-type recordKey struct {
-	topic     string
-	partition int32
-	offset    int64
-}
-
-// Abort reasons, the "eos.reason" attribute of an aborted transaction span.
-const (
-	reasonRebalance = "rebalance"      // End returned (false, nil)
-	reasonHandler   = "handler_error"  // the handler failed; retried
-	reasonProduce   = "produce_error"  // an output record failed; client replaced
-	reasonShutdown  = "shutdown"       // ctx cancelled or Close, nothing handled yet
-	reasonEnd       = "end_error"      // End failed; client replaced
-	reasonTimeout   = "txn_timeout"    // handling outlived the transaction timeout
-	reasonRewind    = "rewind_guard"   // polled below the committed offset; client replaced
-	reasonStop      = "handler_failed" // the handler failed for the last time; Run returns
-	reasonFenced    = "fenced"         // another instance owns the transactional ID
-)
-
-// loop is the state of one Run.
-type loop struct {
-	s          *Session
-	h          Handler
-	attempts   map[recordKey]int
-	bo         *backoff.ExponentialBackOff // between handler attempts
-	recreateBo *backoff.ExponentialBackOff // between client recreations
-	// expect holds, after an abort or a cut, the offset each partition
-	// must resume at; the first record polled per partition is checked.
-	expect map[string]map[int32]int64
-	// solo is a record whose handling made a transaction outlive its
-	// timeout: it is handled first in a transaction of its own.
-	solo recordKey
-	// missing holds output topics that produces found unknown, since when.
-	missing map[string]time.Time
-	checked bool // the brokers and topics were found ready in this Run
-	// out collects what the handler emits; emit appends to it while
-	// handling is set. Both are reused for every record.
-	out      []*kgo.Record
-	emit     func(*kgo.Record)
-	handling bool
-	// runTrace is Run's ctx without its cancellation when it carries a
-	// span, else nil: the context of output records when tracing is off
-	// and the input record carries no trace of its own.
-	runTrace context.Context
-}
-
-// txn is the state of one transaction.
-type txn struct {
-	c        *client
-	sess     *kgo.GroupTransactSession
-	span     trace.Span
-	begun    time.Time
-	firstOut time.Time // when the first output was produced: the broker's timer starts then
-	records  int
-	dlq      int
-	reason   string // abort reason, "" while the transaction can commit
-	replace  bool   // close the client after End
-	fatal    error  // Run returns it after End
-	crashed  error  // abandon without End and return it
-	// cut holds, for partitions whose polled records were not all
-	// handled, the offset of the first one not handled: the transaction
-	// commits that offset instead of the end of the poll.
-	cut map[string]map[int32]kgo.EpochOffset
-	// slowest is the record whose handler took longest, and how long.
-	slowest     recordKey
-	slowestTook time.Duration
-
-	prodMu    sync.Mutex
-	prodErr   error
-	prodTopic string                   // topic of the output that failed first
-	promise   func(*kgo.Record, error) // one for all the transaction's records
-}
-
-func (t *txn) abort(reason string) {
-	if t.reason == "" {
-		t.reason = reason
-	}
-}
-
-func (l *loop) run(ctx context.Context) error {
-	if trace.SpanContextFromContext(ctx).IsValid() {
-		l.runTrace = context.WithoutCancel(ctx)
-	}
-	for {
-		if ctx.Err() != nil {
-			return nil
-		}
-		c, err := l.s.current()
-		if err != nil {
-			if errors.Is(err, kdeliver.ErrClosed) {
-				return nil
-			}
-			return fmt.Errorf("eos: rebuilding the client: %w", err)
-		}
-		if !c.prepared {
-			if err := l.prepare(ctx, c); err != nil {
-				if ctx.Err() != nil {
-					return nil
-				}
-				return err
-			}
-		}
-		if err := l.transaction(ctx, c); err != nil {
-			return err
-		}
-	}
-}
-
-// prepare checks, once per Run, that the brokers answer and the topics
-// exist, then fences and starts consuming on c.
-func (l *loop) prepare(ctx context.Context, c *client) error {
-	s := l.s
-	if !l.checked {
-		if err := ready.Wait(ctx, c.gts.Client(), s.brokers, s.needed(), s.start, s.log); err != nil {
-			return fmt.Errorf("eos: %w", err)
-		}
-		l.checked = true
-	}
-	return s.prepare(ctx, c)
-}
-
-// transaction polls, begins, handles records until the transaction is full,
-// its time is up or Run stops, and ends the transaction. It returns an error
-// only to stop Run.
-func (l *loop) transaction(ctx context.Context, c *client) error {
-	s := l.s
-	sess := c.gts
-	fs := sess.PollRecords(ctx, s.cfg.commitRecords)
-	if fs.IsClientClosed() {
-		return nil
-	}
-	if ctx.Err() != nil {
-		if !fs.Empty() {
-			// The poll raced the cancellation: the client has moved past
-			// records nobody handled, and a later Run on this session
-			// would commit their offsets with its first transaction.
-			// Drop the client; the next one starts from the committed
-			// offsets.
-			s.dropClient(c)
-		}
-		return nil
-	}
-	l.pollErrors(fs)
-	if fs.Empty() {
-		return nil
-	}
-	t := &txn{c: c, sess: sess, begun: time.Now()}
-	if err := sess.Begin(); err != nil {
-		// The previous End left the producer unusable.
-		if f := l.fenced(err, t); f != nil {
-			return f
-		}
-		l.replace(ctx, c, "begin failed", err)
-		return nil
-	}
-	_, t.span = s.tracer.Start(context.Background(), "eos transaction", trace.WithSpanKind(trace.SpanKindInternal),
-		trace.WithAttributes(attribute.String("messaging.system", "kafka"), attribute.String("eos.transactional_id", s.txnID)))
-
-	deadline := t.begun.Add(s.cfg.commitInterval)
-	for {
-		l.handleAll(ctx, t, fs, deadline)
-		if t.reason != "" || t.crashed != nil || t.cut != nil || t.records >= s.cfg.commitRecords || !time.Now().Before(deadline) {
-			break
-		}
-		pctx, cancel := context.WithDeadline(ctx, deadline)
-		fs = sess.PollRecords(pctx, s.cfg.commitRecords-t.records)
-		cancel()
-		if fs.IsClientClosed() {
-			t.abort(reasonShutdown)
-			break
-		}
-		if ctx.Err() != nil {
-			// Records this poll returned are not handled: cut before
-			// them, so the transaction commits what was handled.
-			l.cutRest(t, fs)
-			break
-		}
-		l.pollErrors(fs)
-	}
-	if t.crashed != nil {
-		// A simulated crash: no End, no commit, no leave; the broker
-		// aborts the transaction on timeout or when the next instance
-		// with this transactional ID initializes.
-		t.span.SetAttributes(attribute.String("eos.outcome", "crash"))
-		t.span.End()
-		s.dropClient(c) // leaves, so that a restart need not wait out the session
-		return t.crashed
-	}
-	if t.records == 0 && t.reason == "" {
-		t.abort(reasonShutdown) // stopped before handling anything
-	}
-	return l.end(ctx, t)
-}
-
-// handleAll handles the polled records in order until the transaction is
-// full, its interval is up or Run stops (then the rest are cut, see
-// [txn.cut]); after an abort reason is set the rest are left for the rewind.
-func (l *loop) handleAll(ctx context.Context, t *txn, fs kgo.Fetches, deadline time.Time) {
-	s := l.s
-	fs.EachPartition(func(p kgo.FetchTopicPartition) {
-		for i, r := range p.Records {
-			if t.reason != "" || t.crashed != nil {
-				return
-			}
-			stop := t.cut != nil || ctx.Err() != nil ||
-				t.records > 0 && (t.records >= s.cfg.commitRecords || !time.Now().Before(deadline) ||
-					l.solo == recordKey{r.Topic, r.Partition, r.Offset})
-			if stop {
-				t.cutAt(p.Records[i])
-				return
-			}
-			l.handle(ctx, t, r)
-		}
-	})
-}
-
-// cutAt notes that r and the records after it in its partition are not
-// handled in this transaction.
-func (t *txn) cutAt(r *kgo.Record) {
-	if t.cut == nil {
-		t.cut = map[string]map[int32]kgo.EpochOffset{}
-	}
-	ps := t.cut[r.Topic]
-	if ps == nil {
-		ps = map[int32]kgo.EpochOffset{}
-		t.cut[r.Topic] = ps
-	}
-	if _, ok := ps[r.Partition]; !ok {
-		ps[r.Partition] = kgo.EpochOffset{Epoch: r.LeaderEpoch, Offset: r.Offset}
-	}
-}
-
-// cutRest cuts before every record of fs.
-func (l *loop) cutRest(t *txn, fs kgo.Fetches) {
-	fs.EachPartition(func(p kgo.FetchTopicPartition) {
-		if len(p.Records) > 0 {
-			t.cutAt(p.Records[0])
-		}
-	})
-}
-
-func (l *loop) handle(ctx context.Context, t *txn, r *kgo.Record) {
-	s := l.s
-	if l.checkRewind(r) {
-		s.log.Error("eos: polled a record below the committed offset after an abort; replacing the client", "topic", r.Topic, "partition", r.Partition, "offset", r.Offset)
-		s.stats.rewind.Add(1)
-		t.abort(reasonRewind)
-		t.replace = true
-		return
-	}
-	pctx, span := ctx, trace.SpanFromContext(context.Background()) // a no-op span
-	if t.span.IsRecording() {                                      // tracing is on: skip the per-record work otherwise
-		if sc := trace.SpanContextFromContext(r.Context); sc.IsValid() {
-			t.span.AddLink(trace.Link{SpanContext: sc})
-		}
-		_, span = s.kotel.WithProcessSpan(r)
-		defer span.End()
-		// The handler's ctx ends with Run's and carries the record's trace.
-		pctx = trace.ContextWithSpan(ctx, span)
-	}
-	began := time.Now()
-	out, err := l.call(pctx, r)
-	if took := time.Since(began); took > t.slowestTook {
-		t.slowest, t.slowestTook = recordKey{r.Topic, r.Partition, r.Offset}, took
-	}
-	if err == nil {
-		t.records++
-		if l.solo == (recordKey{r.Topic, r.Partition, r.Offset}) {
-			l.solo = recordKey{}
-		}
-		octx := l.outputContext(t, pctx, r)
-		for _, o := range out {
-			if o.Context == nil {
-				o.Context = octx
-			}
-			l.produce(t, o)
-		}
-		return
-	}
-	if ctx.Err() != nil {
-		// Not the handler's fault: no attempt counted; the record is
-		// handled again after the stop.
-		t.cutAt(r)
-		return
-	}
-	span.RecordError(err)
-	span.SetStatus(codes.Error, "handler failed")
-	if errors.Is(err, crash.ErrCrash) {
-		t.crashed = err
-		return
-	}
-	k := recordKey{r.Topic, r.Partition, r.Offset}
-	l.attempts[k]++
-	n := l.attempts[k]
-	switch {
-	case n < s.cfg.maxAttempts:
-		s.log.Info("eos: handler failed; aborting and retrying", "topic", r.Topic, "partition", r.Partition, "offset", r.Offset, "attempt", n, "err", err)
-		t.abort(reasonHandler)
-	case s.cfg.deadLetter != "":
-		s.log.Warn("eos: handler failed for the last time; dead-lettering the record", "topic", r.Topic, "partition", r.Partition, "offset", r.Offset, "attempts", n, "err", err)
-		delete(l.attempts, k)
-		t.records++
-		t.dlq++
-		l.produce(t, deadLetter(pctx, s.cfg.deadLetter, r, n, err))
-	default:
-		t.abort(reasonStop)
-		t.fatal = &HandlerError{Record: r, Attempts: n, Err: err}
-	}
-}
-
-// end ends t and acts on the outcome.
-func (l *loop) end(ctx context.Context, t *txn) error {
-	s := l.s
-	// kgo commits whatever was written if asked to, even when some records
-	// of the transaction failed: wait for every produce to finish before
-	// deciding, or a failure that lands during End's own flush would commit
-	// the offsets of output that was never written.
-	var prodErr error
-	if t.reason == "" {
-		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.txnTimeout)
-		prodErr = t.sess.Client().Flush(fctx)
-		cancel()
-	}
-	t.prodMu.Lock()
-	if t.prodErr != nil {
-		prodErr = t.prodErr
-	}
-	prodTopic := t.prodTopic
-	t.prodMu.Unlock()
-	if prodErr != nil {
-		// Every produce error aborts, and the client is replaced: a
-		// request timeout or lost connection leaves unknown what the
-		// broker applied, and only a new producer epoch fences it.
-		t.abort(reasonProduce)
-		t.replace = true
-		if err := l.noteMissing(prodTopic, prodErr); err != nil {
-			t.fatal = err
-		}
-	}
-	if t.reason == "" && !t.firstOut.IsZero() && time.Since(t.firstOut) >= s.cfg.txnTimeout {
-		l.timedOut(t)
-	}
-	// End must not be cancelled except to shut down: it leaves the
-	// transaction in an unknown state. Close unblocks it by closing the
-	// client.
-	ectx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.txnTimeout+s.cfg.sessionTimeout)
-	if t.reason == "" && t.cut != nil {
-		ectx = kgo.PreTxnCommitFnContext(ectx, func(req *kmsg.TxnOffsetCommitRequest) error {
-			for i := range req.Topics {
-				rt := &req.Topics[i]
-				for j := range rt.Partitions {
-					rp := &rt.Partitions[j]
-					if eo, ok := t.cut[rt.Topic][rp.Partition]; ok {
-						rp.Offset, rp.LeaderEpoch = eo.Offset, eo.Epoch
-					}
-				}
-			}
-			return nil
-		})
-	}
-	committed, err := t.sess.End(ectx, kgo.TransactionEndTry(t.reason == ""))
-	cancel()
-
-	switch {
-	case committed:
-		if t.cut != nil {
-			// End moved the client to the end of the poll; resume at
-			// the cut instead (the offset just committed).
-			t.sess.Client().SetOffsets(t.cut)
-			l.expect = map[string]map[int32]int64{}
-			for topic, ps := range t.cut {
-				l.expect[topic] = map[int32]int64{}
-				for p, eo := range ps {
-					l.expect[topic][p] = eo.Offset
-				}
-			}
-		} else {
-			l.expect = nil
-		}
-		s.stats.committed.Add(1)
-		s.stats.records.Add(int64(t.records))
-		s.stats.deadLettered.Add(int64(t.dlq))
-		clear(l.attempts)
-		clear(l.missing)
-		l.bo.Reset()
-		l.recreateBo.Reset()
-		t.span.SetAttributes(attribute.String("eos.outcome", "commit"), attribute.Int("eos.records", t.records))
-		t.span.End()
-		if s.committed != nil {
-			s.committed()
-		}
-		return nil
-	case err == nil:
-		if t.reason == "" {
-			t.reason = reasonRebalance
-			s.stats.abortedRebalance.Add(1)
-		}
-	default:
-		if f := l.fenced(err, t); f != nil {
-			l.endAbortSpan(t, reasonFenced, err)
-			return f
-		}
-		if fatal(err) {
-			l.endAbortSpan(t, reasonEnd, err)
-			return fmt.Errorf("eos: ending the transaction: %w", err)
-		}
-		t.abort(reasonEnd)
-		t.replace = true
-	}
-	s.stats.aborted.Add(1)
-	switch t.reason {
-	case reasonHandler, reasonStop:
-		s.stats.abortedHandler.Add(1)
-	case reasonTimeout:
-		s.stats.abortedTimeout.Add(1)
-	}
-	l.endAbortSpan(t, t.reason, err)
-	if t.fatal != nil {
-		return t.fatal
-	}
-	if t.replace {
-		if ctx.Err() == nil {
-			why := t.reason
-			if err == nil {
-				err = prodErr
-			}
-			l.replace(ctx, t.c, why, err)
-		}
-		return nil
-	}
-	l.expect = committedOffsets(t.sess.Client())
-	if t.reason == reasonHandler {
-		wait(ctx, l.bo.NextBackOff())
-	}
-	return nil
-}
-
-// timedOut aborts t, which outlived the transaction timeout because
-// handling was slow, and says what to change.
-func (l *loop) timedOut(t *txn) {
-	s := l.s
-	t.abort(reasonTimeout)
-	t.replace = true
-	held := time.Since(t.firstOut).Round(time.Millisecond)
-	slow := t.slowest
-	s.log.Warn("eos: transaction outlived its timeout because handling was slow; aborting it and handling its records again, the slowest in a transaction of its own",
-		"records", t.records, "held_open", held, "transaction_timeout", s.cfg.txnTimeout,
-		"slowest_topic", slow.topic, "slowest_partition", slow.partition, "slowest_offset", slow.offset,
-		"slowest_took", t.slowestTook.Round(time.Millisecond),
-		"fix", "raise eos.WithTransactionTimeout above the slowest record's handling plus the commit interval, lower eos.WithCommitEvery, or speed up the handler")
-	if t.records > 1 {
-		l.solo = slow
-	}
-}
-
-// noteMissing records that the output topic failed as unknown, and returns
-// the error that stops Run once it stayed unknown for the start timeout.
-func (l *loop) noteMissing(topic string, err error) error {
-	if topic == "" || !errors.Is(err, kerr.UnknownTopicOrPartition) {
-		return nil
-	}
-	since, ok := l.missing[topic]
-	if !ok {
-		l.missing[topic] = time.Now()
-		l.s.log.Warn("eos: output topic unknown to the brokers; retrying", "topic", topic, "up_to", l.s.start, "err", err)
-		return nil
-	}
-	if time.Since(since) < l.s.start {
-		return nil
-	}
-	return fmt.Errorf("eos: output %w", ready.Missing(time.Since(since).Round(time.Second), topic))
-}
-
-func (l *loop) endAbortSpan(t *txn, reason string, err error) {
-	t.span.SetAttributes(attribute.String("eos.outcome", "abort"), attribute.String("eos.reason", reason), attribute.Int("eos.records", t.records))
-	if err != nil {
-		t.span.RecordError(err)
-		t.span.SetStatus(codes.Error, reason)
-	}
-	t.span.End()
-}
-
-// replace closes the client after an error; the next transaction builds a
-// new one, whose InitProducerID bumps the epoch and fences anything the old
-// producer left in flight.
-func (l *loop) replace(ctx context.Context, c *client, why string, err error) {
-	s := l.s
-	pause := l.recreateBo.NextBackOff()
-	s.log.Warn("eos: replacing the client: a new producer epoch fences what the old one may have left in flight",
-		"reason", why, "err", err, "retry_in", pause)
-	s.dropClient(c)
-	s.stats.recreated.Add(1)
-	wait(ctx, pause)
-}
-
-// fenced returns a fencedError when err says another producer owns the
-// transactional ID. A fence that follows a transaction open longer than its
-// timeout is the broker's timeout abort, not another owner: the client is
-// replaced instead.
-func (l *loop) fenced(err error, t *txn) error {
-	if !errors.Is(err, kerr.ProducerFenced) && !errors.Is(err, kerr.InvalidProducerEpoch) {
-		return nil
-	}
-	if !t.firstOut.IsZero() && time.Since(t.firstOut) >= l.s.cfg.txnTimeout {
-		l.timedOut(t)
-		return nil
-	}
-	l.s.stats.aborted.Add(1)
-	l.s.stats.fenced.Add(1)
-	l.s.log.Error("eos: producer fenced: another instance owns the transactional ID", "err", err)
-	l.s.dropClient(t.c)
-	return &fencedError{err: err}
-}
-
-// fatal reports errors no new client fixes.
-func fatal(err error) bool {
-	for _, e := range []error{kerr.TransactionalIDAuthorizationFailed, kerr.GroupAuthorizationFailed,
-		kerr.TopicAuthorizationFailed, kerr.ClusterAuthorizationFailed} {
-		if errors.Is(err, e) {
-			return true
-		}
-	}
-	return false
-}
-
-func (l *loop) pollErrors(fs kgo.Fetches) {
-	fs.EachError(func(topic string, p int32, err error) {
-		if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
-			return
-		}
-		l.s.log.Warn("eos: fetch error; the client retries", "topic", topic, "partition", p, "err", err)
-	})
-}
-
-// call runs the handler, turning a panic into an error and checking the
-// emitted records.
-func (l *loop) call(ctx context.Context, r *kgo.Record) (out []*kgo.Record, err error) {
-	if l.emit == nil {
-		l.emit = func(o *kgo.Record) {
-			if !l.handling {
-				panic("eos: emit called after the handler returned")
-			}
-			l.out = append(l.out, o)
-		}
-	}
-	clear(l.out)
-	l.out = l.out[:0]
-	l.handling = true
-	defer func() {
-		l.handling = false
-		if v := recover(); v != nil {
-			out, err = nil, panicError{v}
-		}
-	}()
-	if err = l.h(ctx, r, l.emit); err != nil {
-		return nil, err
-	}
-	for _, o := range l.out {
-		if o == nil {
-			return nil, errors.New("emitted a nil record")
-		}
-		if o.Topic == "" {
-			if l.s.cfg.outputTopic == "" {
-				return nil, errors.New("emitted a record without a topic and no WithOutputTopic is set")
-			}
-			o.Topic = l.s.cfg.outputTopic
-		}
-	}
-	return l.out, nil
-}
-
-// outputContext is the context of the records emitted for in: the trace,
-// not the cancellation (kgo fails a record whose Context is done). With
-// tracing on it is the process span's; with tracing off, in's upstream trace
-// (from its headers) or else Run's ctx's trace, and nil when there is none,
-// which spares the client's tracing hooks every per-record look-up.
-func (l *loop) outputContext(t *txn, pctx context.Context, in *kgo.Record) context.Context {
-	switch {
-	case t.span.IsRecording():
-		return context.WithoutCancel(pctx)
-	case trace.SpanContextFromContext(in.Context).IsValid(): // nil-safe
-		return context.WithoutCancel(in.Context)
-	}
-	return l.runTrace
-}
-
-// produce writes r in t. Its delivery timeout counts from now, not from its
-// Timestamp (which an output or dead letter may copy from an old input).
-func (l *loop) produce(t *txn, r *kgo.Record) {
-	if t.promise == nil {
-		t.promise = func(r *kgo.Record, err error) {
-			if err != nil {
-				err = deadline.Err(r, err)
-				t.prodMu.Lock()
-				if t.prodErr == nil {
-					t.prodErr, t.prodTopic = err, r.Topic
-				}
-				t.prodMu.Unlock()
-			}
-			deadline.Detach(r)
-		}
-	}
-	if t.firstOut.IsZero() {
-		t.firstOut = time.Now()
-	}
-	l.s.timeouts.Attach(nil, r)
-	t.sess.Produce(context.Background(), r, t.promise)
-}
-
-// checkRewind reports whether r is below the offset its partition was
-// rewound (or cut) to by the last transaction (kgo #1222 guard).
-func (l *loop) checkRewind(r *kgo.Record) bool {
-	ps, ok := l.expect[r.Topic]
-	if !ok {
-		return false
-	}
-	want, ok := ps[r.Partition]
-	if !ok {
-		return false
-	}
-	delete(ps, r.Partition)
-	// With read_committed, aborted records and markers take offsets, so
-	// the first record may be above the committed offset; below is a
-	// re-read of committed input.
-	return r.Offset < want
-}
-
-func committedOffsets(cl *kgo.Client) map[string]map[int32]int64 {
-	m := map[string]map[int32]int64{}
-	for t, ps := range cl.CommittedOffsets() {
-		m[t] = map[int32]int64{}
-		for p, eo := range ps {
-			m[t][p] = eo.Offset
-		}
-	}
-	return m
-}
-
-// Headers of a dead-lettered record, besides the input's own headers.
-const (
-	HeaderDLQTopic     = "kdeliver-dlq-topic"
-	HeaderDLQPartition = "kdeliver-dlq-partition"
-	HeaderDLQOffset    = "kdeliver-dlq-offset"
-	HeaderDLQAttempts  = "kdeliver-dlq-attempts"
-	HeaderDLQError     = "kdeliver-dlq-error"
-)
-
-func deadLetter(ctx context.Context, topic string, r *kgo.Record, attempts int, err error) *kgo.Record {
-	hs := append([]kgo.RecordHeader(nil), r.Headers...)
-	hs = append(hs,
-		kgo.RecordHeader{Key: HeaderDLQTopic, Value: []byte(r.Topic)},
-		kgo.RecordHeader{Key: HeaderDLQPartition, Value: []byte(strconv.Itoa(int(r.Partition)))},
-		kgo.RecordHeader{Key: HeaderDLQOffset, Value: []byte(strconv.FormatInt(r.Offset, 10))},
-		kgo.RecordHeader{Key: HeaderDLQAttempts, Value: []byte(strconv.Itoa(attempts))},
-		kgo.RecordHeader{Key: HeaderDLQError, Value: []byte(err.Error())},
-	)
-	return &kgo.Record{Topic: topic, Key: r.Key, Value: r.Value, Headers: hs, Timestamp: r.Timestamp, Context: context.WithoutCancel(ctx)}
-}
-
-func wait(ctx context.Context, d time.Duration) {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-	case <-ctx.Done():
-	}
 }

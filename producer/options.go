@@ -1,6 +1,7 @@
 package producer
 
 import (
+	"fmt"
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kgo"
@@ -8,55 +9,43 @@ import (
 	"github.com/kdeliver/kdeliver/internal/shared"
 )
 
-// Option configures a [Producer]. The root package's options
-// ([kdeliver.WithLogger], [kdeliver.WithClientID],
+// Option configures a [Producer] or a [Transactional]. The root package's
+// options ([kdeliver.WithLogger], [kdeliver.WithClientID],
 // [kdeliver.WithTracerProvider], [kdeliver.WithMeterProvider]) are Options
-// too. An Option of another package (a consumer option, say) is refused by
-// [New] with an error wrapping [kdeliver.ErrInvalidConfig].
+// too; an option of another package is not, and does not compile here.
 type Option interface {
-	Apply(shared.Config)
+	ApplyProducer(*shared.Target)
 }
 
 type option func(*config)
 
-// Apply applies the option to a producer configuration and rejects any other.
-// It is called by [New]; applications pass options to New instead.
-func (o option) Apply(c shared.Config) {
-	if pc, ok := c.(*config); ok {
-		o(pc)
-		return
-	}
-	c.Reject("a producer option was passed to another package's constructor: pass it to producer.New only")
-}
+// ApplyProducer applies the option; [New] and [NewTransactional] call it.
+func (o option) ApplyProducer(t *shared.Target) { o(t.Pkg.(*config)) }
 
 type config struct {
-	shared   shared.Settings
-	problems []string
+	t *shared.Target
 
-	txnID           string
-	txnIDSet        bool
 	leaderAck       bool
 	deliveryTimeout time.Duration
-	timeoutSet      bool
 	kgoOpts         []kgo.Opt
 	messageIDs      bool
 }
 
-func (c *config) Shared() *shared.Settings { return &c.shared }
-func (c *config) Reject(p string)          { c.problems = append(c.problems, p) }
+func (c *config) reject(p string) { c.t.Reject(p) }
 
-// WithTransactionalID sets the Kafka transactional ID, which
-// [kdeliver.ExactlyOnce] requires and the other semantics refuse. It must be
-// unique per running producer instance and stable across its restarts (for
-// example the pod name plus a shard number): a second producer started with
-// the same ID fences the first, whose calls then fail with [ErrFenced].
-func WithTransactionalID(id string) Option {
-	return option(func(c *config) {
-		c.txnID, c.txnIDSet = id, true
-		if id == "" {
-			c.Reject("WithTransactionalID got an empty ID: pass an ID unique per producer instance")
+// apply applies opts to a new configuration.
+func apply(opts []Option) *config {
+	t := &shared.Target{}
+	c := &config{t: t}
+	t.Pkg = c
+	for i, o := range opts {
+		if o == nil {
+			c.reject(fmt.Sprintf("option %d of %d is nil: remove it", i+1, len(opts)))
+			continue
 		}
-	})
+		o.ApplyProducer(t)
+	}
+	return c
 }
 
 // WithLeaderAck makes an [kdeliver.AtMostOnce] producer wait for the
@@ -70,37 +59,40 @@ func WithLeaderAck() Option {
 }
 
 // WithDeliveryTimeout bounds how long an [kdeliver.AtLeastOnce] or
-// [kdeliver.ExactlyOnce] record is retried before [Producer.Produce] fails
-// it, overriding [kdeliver.DefaultDeliveryTimeout]. The minimum is one
-// second. Refused under [kdeliver.AtMostOnce], which never retries.
+// transactional record is retried before it fails, counted from when it was
+// handed to the producer (not from its Timestamp), overriding
+// [kdeliver.DefaultDeliveryTimeout]. The minimum is one second. Refused
+// under [kdeliver.AtMostOnce], which never retries.
 func WithDeliveryTimeout(d time.Duration) Option {
 	return option(func(c *config) {
-		c.deliveryTimeout, c.timeoutSet = d, true
 		if d == 0 {
-			c.Reject("WithDeliveryTimeout(0): pass at least 1s, or leave the option out for the default")
+			c.reject("WithDeliveryTimeout(0): pass at least 1s, or leave the option out for the default")
+			return
 		}
+		c.deliveryTimeout = d
 	})
 }
 
 // WithKgoOpts passes raw franz-go options to the underlying client. They are
 // applied after the semantics' preset, so they can tune anything (linger,
-// batch size, compression, SASL, TLS, request timeouts), but after the client
-// is built its effective settings are checked against the preset: an option
-// that would weaken the guarantee (acks, idempotence, retries, transactional
-// ID) or that kgo itself refuses makes [New] fail with an error wrapping
-// [kdeliver.ErrInvalidConfig]. Consumer options (topics, groups) are refused
-// too (use package consumer), and so is kgo.ManualFlushing, with which Produce
+// batch size, compression, SASL, TLS, request timeouts), but the built
+// client's effective settings are checked against the preset: an option that
+// would weaken the guarantee (acks, idempotence, retries, in-flight
+// requests, transactional ID, kgo.RecordDeliveryTimeout) or that kgo itself
+// refuses makes the constructor fail with an error wrapping
+// [kdeliver.ErrInvalidConfig] that names it. Consumer options (topics,
+// groups) are refused too, and so is kgo.ManualFlushing, with which Produce
 // would never return.
 func WithKgoOpts(opts ...kgo.Opt) Option {
 	return option(func(c *config) { c.kgoOpts = append(c.kgoOpts, opts...) })
 }
 
-// WithMessageIDs stamps every produced record with a [MessageIDHeader]
-// header, overriding the default of adding no header. The ID is unique per
-// record and the same on every retry kgo makes, so a consumer can drop
-// redelivered copies (package dedup does). A record that already carries the
-// header keeps it, so an application that re-sends a failed record re-sends
-// it with the same ID. See [MessageIDHeader] for the format.
+// WithMessageIDs stamps every produced record with a
+// [kdeliver.HeaderMessageID] header, overriding the default of adding no
+// header. The ID is unique per record and the same on every retry kgo makes,
+// so a consumer can drop redelivered copies (package dedup does). A record
+// that already carries the header keeps it, so an application that re-sends
+// a failed record re-sends it with the same ID.
 func WithMessageIDs() Option {
 	return option(func(c *config) { c.messageIDs = true })
 }

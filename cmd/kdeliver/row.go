@@ -363,8 +363,7 @@ var errPlannedAbort = errors.New("transaction aborted on purpose by the demo")
 // chunk through an ExactlyOnce producer, aborting a few transactions on
 // purpose after their records were written, and retrying them.
 func (e *demoEnv) produceTransactional(ctx context.Context, topic string, t *tally, rng *rand.Rand) error {
-	p, err := producer.New(e.brokers, kdeliver.ExactlyOnce, quiet,
-		producer.WithTransactionalID("kdeliver-demo-"+e.runID),
+	p, err := producer.NewTransactional(e.brokers, "kdeliver-demo-"+e.runID, quiet,
 		producer.WithKgoOpts(kgo.MetadataMinAge(metadataAge)))
 	if err != nil {
 		return err
@@ -397,7 +396,7 @@ func (e *demoEnv) produceTransactional(ctx context.Context, topic string, t *tal
 				}
 				break
 			}
-			if !errors.Is(err, producer.ErrAborted) || attempt == maxTxnRetries {
+			if !errors.Is(err, kdeliver.ErrAborted) || attempt == maxTxnRetries {
 				return err
 			}
 			t.aborted.Add(1)
@@ -479,7 +478,7 @@ func (e *demoEnv) pipeline(ctx context.Context, topic string, t *tally) error {
 			eos.WithCommitEvery(maxPoll, 250*time.Millisecond),
 			eos.WithTransactionTimeout(time.Second),
 			eos.WithSessionTimeout(e.sessionTimeout()),
-			eos.WithBackoff(10*time.Millisecond, 100*time.Millisecond),
+			kdeliver.WithBackoff(10*time.Millisecond, 100*time.Millisecond),
 			eos.WithKgoOpts(kgo.MetadataMinAge(metadataAge), kgo.HeartbeatInterval(100*time.Millisecond)))
 		if err != nil {
 			runErr = err

@@ -10,6 +10,8 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/twmb/franz-go/pkg/kgo"
 
+	"github.com/kdeliver/kdeliver"
+	"github.com/kdeliver/kdeliver/consumer"
 	"github.com/kdeliver/kdeliver/dedup"
 )
 
@@ -18,7 +20,7 @@ import (
 // the whole batch: nothing of it is applied and its offset is not stored.
 type ApplyFunc func(ctx context.Context, tx pgx.Tx, r *kgo.Record) error
 
-// Sink is a [dedup.Sink] into PostgreSQL: each [Sink.Write] runs the
+// Sink is a [consumer.Sink] into PostgreSQL: each [Sink.Write] runs the
 // records' ApplyFunc and stores the offset after the last record in one
 // transaction, so the side effects and the consumer's position cannot
 // diverge. It is exactly-once with no dedup table: a redelivered record is
@@ -27,7 +29,7 @@ type ApplyFunc func(ctx context.Context, tx pgx.Tx, r *kgo.Record) error
 // A Sink serves one consumer (one group member): it remembers the epochs of
 // the partitions that member claimed. Each [Sink.Assign] increments the
 // partitions' epochs in the offsets table; each Write locks the partition's
-// row (SELECT ... FOR UPDATE) and fails with [dedup.ErrFenced] unless the
+// row (SELECT ... FOR UPDATE) and fails with [kdeliver.ErrFenced] unless the
 // epoch is still the one this Sink claimed. Two writers of one partition are
 // thus serialized by the row lock, and the one that lost the partition
 // writes nothing.
@@ -52,7 +54,7 @@ type claim struct {
 
 type sinkSQL struct{ create, assign, lock, advance string }
 
-var _ dedup.Sink = (*Sink)(nil)
+var _ consumer.Sink = (*Sink)(nil)
 
 // NewSink returns a sink that applies records with apply in pool's
 // database; the caller keeps and closes pool. Call [Sink.CreateTable] once
@@ -86,9 +88,9 @@ func (s *Sink) CreateTable(ctx context.Context) error {
 	return wrap("create table", err)
 }
 
-// Assign implements [dedup.Sink]: it claims the partitions in one statement
+// Assign implements [consumer.Sink]: it claims the partitions in one statement
 // (incrementing each one's epoch) and returns the stored offsets.
-func (s *Sink) Assign(ctx context.Context, a dedup.Assignment) (map[string]map[int32]int64, error) {
+func (s *Sink) Assign(ctx context.Context, a consumer.Assignment) (map[string]map[int32]int64, error) {
 	var (
 		topics []string
 		parts  []int32
@@ -138,7 +140,7 @@ func (s *Sink) Assign(ctx context.Context, a dedup.Assignment) (map[string]map[i
 	return out, nil
 }
 
-// Revoke implements [dedup.Sink].
+// Revoke implements [consumer.Sink].
 func (s *Sink) Revoke(partitions map[string][]int32) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -149,7 +151,7 @@ func (s *Sink) Revoke(partitions map[string][]int32) {
 	}
 }
 
-// Write implements [dedup.Sink]. Records below the stored offset are
+// Write implements [consumer.Sink]. Records below the stored offset are
 // skipped; if all are, nothing is written. ApplyFunc errors are returned as
 // they are; database errors wrap [dedup.ErrStore]. A failed COMMIT may still
 // have committed: writing the batch again is safe.
@@ -163,7 +165,7 @@ func (s *Sink) Write(ctx context.Context, recs []*kgo.Record) error {
 	c, ok := s.claims[key]
 	s.mu.Unlock()
 	if !ok {
-		return fmt.Errorf("%w: %s/%d is not assigned to this consumer", dedup.ErrFenced, first.Topic, first.Partition)
+		return fmt.Errorf("%w: %s/%d is not assigned to this consumer", kdeliver.ErrFenced, first.Topic, first.Partition)
 	}
 	tx, err := s.pool.Begin(ctx)
 	if err != nil {
@@ -175,7 +177,7 @@ func (s *Sink) Write(ctx context.Context, recs []*kgo.Record) error {
 		return wrap("lock offsets", err)
 	}
 	if stored != c.epoch {
-		return fmt.Errorf("%w: %s/%d was claimed again (epoch %d, this consumer's %d)", dedup.ErrFenced, key.topic, key.partition, stored, c.epoch)
+		return fmt.Errorf("%w: %s/%d was claimed again (epoch %d, this consumer's %d)", kdeliver.ErrFenced, key.topic, key.partition, stored, c.epoch)
 	}
 	last := int64(-1)
 	for _, r := range recs {

@@ -50,7 +50,7 @@ func run(ctx context.Context, given []string, w io.Writer) error {
 	fmt.Fprintln(w, "produced order-1..order-5, each acknowledged by all in-sync replicas")
 
 	c, err := consumer.New(brokers, group, []string{topic}, kdeliver.AtLeastOnce,
-		consumer.WithBackoff(10*time.Millisecond, 100*time.Millisecond))
+		kdeliver.WithBackoff(10*time.Millisecond, 100*time.Millisecond))
 	if err != nil {
 		return err
 	}

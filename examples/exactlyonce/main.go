@@ -43,7 +43,7 @@ func run(ctx context.Context, given []string, w io.Writer) error {
 
 	// The transactional ID must be unique per running instance and stable
 	// across its restarts (e.g. the pod name).
-	p, err := producer.New(brokers, kdeliver.ExactlyOnce, producer.WithTransactionalID("payments-writer-"+id))
+	p, err := producer.NewTransactional(brokers, "payments-writer-"+id)
 	if err != nil {
 		return err
 	}
@@ -63,7 +63,7 @@ func run(ctx context.Context, given []string, w io.Writer) error {
 		}
 	}
 	err = p.Transact(ctx, write("payment-a", "payment-b"))
-	fmt.Fprintf(w, "transaction 1 wrote payment-a, payment-b, then failed: aborted=%t\n", errors.Is(err, producer.ErrAborted))
+	fmt.Fprintf(w, "transaction 1 wrote payment-a, payment-b, then failed: aborted=%t\n", errors.Is(err, kdeliver.ErrAborted))
 	if err := p.Transact(ctx, write("payment-c", "payment-d", "payment-e")); err != nil {
 		return err
 	}

@@ -8,8 +8,6 @@ import (
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kgo"
-
-	"github.com/kdeliver/kdeliver"
 )
 
 // Facts are a built client's effective settings that a preset depends on,
@@ -31,6 +29,7 @@ type Facts struct {
 	CommitMarks     bool
 	Isolation       int8 // 1 is read_committed
 	ResetOffset     kgo.Offset
+	StartOffset     kgo.Offset
 	BlockRebalance  bool
 	TxnTimeout      time.Duration
 	SessionTimeout  time.Duration
@@ -56,6 +55,7 @@ func FactsOf(cl *kgo.Client) Facts {
 		CommitMarks:     cl.OptValue(kgo.AutoCommitMarks).(bool),
 		Isolation:       iso,
 		ResetOffset:     cl.OptValue(kgo.ConsumeResetOffset).(kgo.Offset),
+		StartOffset:     cl.OptValue(kgo.ConsumeStartOffset).(kgo.Offset),
 		BlockRebalance:  cl.OptValue(kgo.BlockRebalanceOnPoll).(bool),
 		TxnTimeout:      cl.OptValue(kgo.TransactionTimeout).(time.Duration),
 		SessionTimeout:  cl.OptValue(kgo.SessionTimeout).(time.Duration),
@@ -89,7 +89,7 @@ func (f Facts) with(from, to Facts) Facts {
 // refused everywhere, or one whose conflict check does not name, is reported
 // in franz-go's words. Probe clients are built with a cancelled context:
 // they connect to nothing.
-func Build(base, raw []kgo.Opt, check func(Facts, *kdeliver.Problems), ps *kdeliver.Problems) *kgo.Client {
+func Build(base, raw []kgo.Opt, check func(Facts, *Problems), ps *Problems) *kgo.Client {
 	before := ps.Len()
 	cl, err := kgo.NewClient(append(base, raw...)...)
 	if err == nil {

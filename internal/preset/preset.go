@@ -156,8 +156,7 @@ type Producer struct {
 	TransactionalID string        // ExactlyOnce only
 	LeaderAck       bool          // AtMostOnce only: acks=1 instead of acks=0
 	DeliveryTimeout time.Duration // AtLeastOnce and ExactlyOnce; 0 means the default
-	// TxnIDHint says where the transactional ID comes from, for errors;
-	// empty means producer.WithTransactionalID.
+	// TxnIDHint says where the transactional ID comes from, for errors.
 	TxnIDHint string
 }
 
@@ -165,7 +164,7 @@ func (p Producer) txnIDHint() string {
 	if p.TxnIDHint != "" {
 		return p.TxnIDHint
 	}
-	return "producer.WithTransactionalID"
+	return "a transactional ID"
 }
 
 // Timeout is the effective delivery timeout.
@@ -177,10 +176,9 @@ func (p Producer) Timeout() time.Duration {
 }
 
 // Validate lists what is wrong with p itself.
-func (p Producer) Validate(ps *kdeliver.Problems) {
+func (p Producer) Validate(ps *Problems) {
 	ps.Add(!p.Semantics.Valid(), fmt.Sprintf("semantics %s is not valid: choose kdeliver.AtMostOnce, AtLeastOnce or ExactlyOnce", p.Semantics))
 	ps.Add(p.Semantics == kdeliver.ExactlyOnce && p.TransactionalID == "", "ExactlyOnce needs a transactional ID, unique and stable per producer instance: pass "+p.txnIDHint())
-	ps.Add(p.Semantics != kdeliver.ExactlyOnce && p.TransactionalID != "", fmt.Sprintf("a transactional ID is only used by ExactlyOnce, not %s: remove WithTransactionalID or choose ExactlyOnce", p.Semantics))
 	ps.Add(p.Semantics != kdeliver.AtMostOnce && p.LeaderAck, fmt.Sprintf("leader-only acks (acks=1) can lose acknowledged records, which %s forbids: remove WithLeaderAck", p.Semantics))
 	ps.Add(p.Semantics == kdeliver.AtMostOnce && p.DeliveryTimeout > 0, "AtMostOnce does not retry, so a delivery timeout has no effect: remove WithDeliveryTimeout")
 	ps.Add(p.DeliveryTimeout < 0 || (p.DeliveryTimeout > 0 && p.DeliveryTimeout < time.Second), fmt.Sprintf("delivery timeout %v is below the 1s minimum: pass at least 1s to WithDeliveryTimeout, or leave it out for the default", p.DeliveryTimeout))
@@ -241,7 +239,7 @@ func (p Producer) Opts() []kgo.Opt {
 
 // Check compares a client's effective producer settings with p's preset,
 // so a raw kgo.Opt cannot weaken it.
-func (p Producer) Check(f Facts, ps *kdeliver.Problems) {
+func (p Producer) Check(f Facts, ps *Problems) {
 	fix := "remove it and use producer.WithDeliveryTimeout (counted from the hand-over)"
 	if p.Semantics == kdeliver.AtMostOnce {
 		fix = "remove it (AtMostOnce never retries, so it needs no timeout)"
@@ -267,13 +265,13 @@ func (p Producer) Check(f Facts, ps *kdeliver.Problems) {
 		if p.Semantics == kdeliver.AtLeastOnce {
 			ps.Add(f.HasTxn, "a raw option set a transactional ID under AtLeastOnce: choose ExactlyOnce instead")
 		} else {
-			ps.Add(f.TxnID != p.TransactionalID, fmt.Sprintf("a raw option changed the transactional ID to %q: use producer.WithTransactionalID only", f.TxnID))
+			ps.Add(f.TxnID != p.TransactionalID, fmt.Sprintf("a raw option changed the transactional ID to %q: pass it as the transactional ID argument only", f.TxnID))
 		}
 	}
 }
 
 // CheckProducerOnly adds the checks of a client that only produces.
-func (p Producer) CheckProducerOnly(f Facts, ps *kdeliver.Problems) {
+func (p Producer) CheckProducerOnly(f Facts, ps *Problems) {
 	p.Check(f, ps)
 	ps.Add(f.Consumes || f.Group != "",
 		"a raw consumer option (kgo.ConsumeTopics, kgo.ConsumerGroup) was passed to a producer: use package consumer to consume")
@@ -289,6 +287,15 @@ type Consumer struct {
 	// ReadCommitted reads with read_committed under any semantics
 	// (ExactlyOnce always does).
 	ReadCommitted bool
+	// StartLatest starts a group without committed offsets at the end.
+	StartLatest bool
+}
+
+func (c Consumer) start() kgo.Offset {
+	if c.StartLatest {
+		return kgo.NewOffset().AtEnd()
+	}
+	return kgo.NewOffset().AtStart()
 }
 
 // committedOnly reports whether c reads with read_committed.
@@ -297,7 +304,7 @@ func (c Consumer) committedOnly() bool {
 }
 
 // Validate lists what is wrong with c itself.
-func (c Consumer) Validate(ps *kdeliver.Problems) {
+func (c Consumer) Validate(ps *Problems) {
 	ps.Add(!c.Semantics.Valid(), fmt.Sprintf("semantics %s is not valid: choose kdeliver.AtMostOnce, AtLeastOnce or ExactlyOnce", c.Semantics))
 	ps.Add(c.Group == "", "the consumer group is empty: name the group whose offsets record progress")
 	ps.Add(len(c.Topics) == 0, "no topics to consume: name at least one")
@@ -316,7 +323,7 @@ func (c Consumer) Opts() []kgo.Opt {
 		// A group with no committed offset starts at the beginning, and an
 		// out-of-range offset resets to the earliest record still kept:
 		// nothing is skipped. (kgo's default rewinds a minute.)
-		kgo.ConsumeStartOffset(kgo.NewOffset().AtStart()),
+		kgo.ConsumeStartOffset(c.start()),
 		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
 	}
 	if c.committedOnly() {
@@ -326,7 +333,7 @@ func (c Consumer) Opts() []kgo.Opt {
 }
 
 // Check compares a client's effective consumer settings with c's preset.
-func (c Consumer) Check(f Facts, ps *kdeliver.Problems) {
+func (c Consumer) Check(f Facts, ps *Problems) {
 	ps.Add(!f.AutoCommitOff || f.GreedyCommit || f.CommitMarks,
 		fmt.Sprintf("a raw option enabled auto-commit, which commits %s on a timer regardless of processing: remove it", c.Semantics))
 	if c.committedOnly() {
@@ -335,6 +342,8 @@ func (c Consumer) Check(f Facts, ps *kdeliver.Problems) {
 	ps.Add(f.Group != c.Group, "a raw option changed the consumer group: pass it as the group argument only")
 	ps.Add(f.ResetOffset != kgo.NewOffset().AtStart(),
 		"a raw option changed the reset offset, which would skip records whose offset is out of range: remove kgo.ConsumeResetOffset")
+	ps.Add(f.StartOffset != c.start(),
+		"a raw option changed where a group without committed offsets starts: remove kgo.ConsumeStartOffset (consumer.WithStartAtLatest starts at the end without changing the reset)")
 }
 
 func acksName(a kgo.Acks) string {

@@ -1,5 +1,6 @@
-// Package shared holds the settings every kdeliver client shares, so that the
-// root package's options apply to producers, consumers and sessions alike.
+// Package shared holds what the options of the root package set, so that
+// they apply to producers, consumers, sessions and guards alike, and the
+// target every package's options apply to.
 package shared
 
 import (
@@ -10,35 +11,61 @@ import (
 	"go.opentelemetry.io/otel/trace"
 )
 
-// Settings are the options of the root package.
+// Settings are the options of the root package that every client takes.
 type Settings struct {
 	Logger         *slog.Logger
 	ClientID       string
 	TracerProvider trace.TracerProvider // nil: the global provider
 	MeterProvider  metric.MeterProvider // nil: the global provider
-	StartTimeout   time.Duration        // 0: the default
 }
 
-// Config is implemented by each package's configuration: it exposes the
-// shared settings and takes problems found while applying options.
-type Config interface {
-	Shared() *Settings
-	// Reject records an option that does not fit this configuration.
-	Reject(problem string)
+// Handling are the root package's options of what runs a handler: a
+// consumer and an exactly-once session.
+type Handling struct {
+	BackoffInitial, BackoffMax time.Duration // 0: the defaults
+	MaxAttempts                int           // 0: retry for ever
+	RetrySet                   bool          // WithBackoff or WithMaxAttempts was given
+	StartTimeout               time.Duration // 0: the default
+	DeadLetterTopic            string
 }
 
-// DefaultStartTimeout mirrors kdeliver.DefaultStartTimeout (the root
+// Defaults of Handling, mirrored by the root package's constants (the root
 // package imports this one).
-const DefaultStartTimeout = 30 * time.Second
+const (
+	DefaultBackoffInitial = 100 * time.Millisecond
+	DefaultBackoffMax     = 10 * time.Second
+	DefaultStartTimeout   = 30 * time.Second
+)
 
-// Start returns the start timeout, and a problem if one was set that is not
-// positive.
-func (s *Settings) Start() (time.Duration, string) {
-	switch {
-	case s.StartTimeout == 0:
-		return DefaultStartTimeout, ""
-	case s.StartTimeout < 0:
-		return DefaultStartTimeout, "kdeliver.WithStartTimeout needs a positive duration"
+// Target is what every option applies to: the shared settings, and in Pkg
+// the package's own configuration. An option that does not fit records a
+// problem.
+type Target struct {
+	Shared   Settings
+	Handling Handling
+	Pkg      any
+	Problems []string
+}
+
+// Reject records a problem found while applying an option.
+func (t *Target) Reject(problem string) { t.Problems = append(t.Problems, problem) }
+
+// Backoff returns the retry backoff with the defaults filled in.
+func (h Handling) Backoff() (initial, limit time.Duration) {
+	initial, limit = h.BackoffInitial, h.BackoffMax
+	if initial == 0 {
+		initial = DefaultBackoffInitial
 	}
-	return s.StartTimeout, ""
+	if limit == 0 {
+		limit = max(DefaultBackoffMax, initial)
+	}
+	return initial, limit
+}
+
+// Start returns the start timeout with the default filled in.
+func (h Handling) Start() time.Duration {
+	if h.StartTimeout == 0 {
+		return DefaultStartTimeout
+	}
+	return h.StartTimeout
 }

@@ -20,7 +20,7 @@ import (
 
 	"github.com/twmb/franz-go/pkg/kgo"
 
-	"github.com/kdeliver/kdeliver/dedup"
+	"github.com/kdeliver/kdeliver"
 	"github.com/kdeliver/kdeliver/internal/embedded"
 )
 
@@ -53,7 +53,7 @@ const (
 	Group      = "killtest"
 )
 
-// ID returns the message ID of record i, stamped in [dedup.HeaderMessageID]
+// ID returns the message ID of record i, stamped in [kdeliver.HeaderMessageID]
 // and used as the record value.
 func ID(i int) string { return fmt.Sprintf("m-%06d", i) }
 
@@ -169,7 +169,7 @@ func produce(ctx context.Context, t *testing.T, brokers []string, n int) {
 		pr.Produce(ctx, &kgo.Record{
 			Key:     []byte(id),
 			Value:   []byte(id),
-			Headers: []kgo.RecordHeader{{Key: dedup.HeaderMessageID, Value: []byte(id)}},
+			Headers: []kgo.RecordHeader{{Key: kdeliver.HeaderMessageID, Value: []byte(id)}},
 		}, func(_ *kgo.Record, err error) {
 			defer wg.Done()
 			if err != nil {

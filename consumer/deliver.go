@@ -1,0 +1,206 @@
+package consumer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"runtime/debug"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/cenkalti/backoff/v4"
+	"github.com/twmb/franz-go/pkg/kgo"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/kdeliver/kdeliver"
+	"github.com/kdeliver/kdeliver/dedup"
+	"github.com/kdeliver/kdeliver/internal/crash"
+)
+
+// run is the state of one Run: its client and the offsets of records whose
+// handler finished but which are not committed yet.
+type run struct {
+	c    *Consumer
+	h    Handler
+	cl   *kgo.Client
+	clp  atomic.Pointer[kgo.Client] // cl, for kgo callbacks that may run before NewClient returned
+	kill context.CancelFunc         // cancels the client's root context
+
+	// Offsets of records whose handler finished but which are not
+	// committed yet (AtLeastOnce): the next offset to read, by partition.
+	pmu     sync.Mutex
+	pending map[string]map[int32]kgo.EpochOffset
+
+	crashed atomic.Bool
+}
+
+// loop polls and processes until runCtx ends or a handler stops it.
+func (r *run) loop(runCtx, hardCtx context.Context) error {
+	h := r.h
+	for {
+		fetches := r.cl.PollRecords(runCtx, r.c.cfg.maxPoll)
+		if runCtx.Err() != nil {
+			// Records polled now are neither committed nor
+			// processed: the group delivers them again.
+			return nil
+		}
+		if fetches.IsClientClosed() {
+			return kdeliver.ErrClosed
+		}
+		fetches.EachError(func(t string, p int32, err error) {
+			r.c.log.Warn("fetch error", "topic", t, "partition", p, "err", err)
+		})
+		var err error
+		switch {
+		case r.c.sem == kdeliver.AtMostOnce:
+			err = r.atMostOnce(hardCtx, fetches, h)
+		case r.c.sink != nil:
+			err = r.writeSink(runCtx, hardCtx, fetches)
+		default: // AtLeastOnce, ExactlyOnce with a guard
+			err = r.atLeastOnce(runCtx, hardCtx, fetches, h)
+		}
+		if err != nil || runCtx.Err() != nil {
+			return err
+		}
+		r.cl.AllowRebalance()
+	}
+}
+
+// atMostOnce commits the batch, then processes it. A batch whose commit
+// failed is not processed: it was not committed, so another consumer may get
+// it, and processing it here could make a second delivery.
+func (r *run) atMostOnce(hardCtx context.Context, fetches kgo.Fetches, h Handler) error {
+	recs := fetches.Records()
+	if len(recs) == 0 {
+		return nil
+	}
+	if err := r.cl.CommitRecords(hardCtx, recs...); err != nil {
+		r.c.log.Warn("commit before processing failed: dropping the batch unprocessed (at-most-once loses, never repeats)", "records", len(recs), "err", err)
+		return nil
+	}
+	// The offsets are committed: a rebalance can move the partitions now
+	// without a second delivery.
+	r.cl.AllowRebalance()
+	for _, rec := range recs {
+		if hardCtx.Err() != nil {
+			return nil
+		}
+		// The batch is committed, so it is processed even after runCtx is
+		// cancelled: stopping here would lose it on a clean shutdown.
+		err := r.call(hardCtx, h, rec, 1)
+		switch {
+		case err == nil:
+		case errors.Is(err, crash.ErrCrash):
+			r.crashed.Store(true)
+			return &kdeliver.HandlerError{Record: rec, Attempts: 1, Err: err}
+		default:
+			r.c.log.Warn("handler failed: record skipped (at-most-once)", "topic", rec.Topic, "partition", rec.Partition, "offset", rec.Offset, "err", err)
+		}
+	}
+	return nil
+}
+
+// atLeastOnce processes the batch partition by partition in offset order,
+// then commits what succeeded.
+func (r *run) atLeastOnce(runCtx, hardCtx context.Context, fetches kgo.Fetches, h Handler) error {
+	var stopErr error
+	stopped, progressed := false, false
+	fetches.EachPartition(func(p kgo.FetchTopicPartition) {
+		for _, rec := range p.Records {
+			if stopped {
+				return
+			}
+			if runCtx.Err() != nil {
+				stopped = true
+				return
+			}
+			done, err := r.retry(runCtx, hardCtx, rec, whatHandler, func(attempt int) error { return r.call(hardCtx, h, rec, attempt) })
+			if err != nil {
+				stopped, stopErr = true, err
+				return
+			}
+			if !done {
+				stopped = true // cancelled while waiting to retry
+				return
+			}
+			r.markDone(rec)
+			progressed = true
+		}
+	})
+	if r.crashed.Load() || !progressed {
+		// A commit that failed earlier is retried with the next batch,
+		// on revoke or on shutdown.
+		return stopErr
+	}
+	if err := r.commitPending(hardCtx); err != nil {
+		r.c.log.Warn("commit after processing failed: will retry with the next commit; a crash now repeats these records", "err", err)
+	}
+	return stopErr
+}
+
+const whatHandler = "handler"
+
+// retry runs try (the handler on rec, or a sink write of the batch starting
+// at rec; what names it in logs) until it succeeds, is skipped, or runs out
+// of attempts. done is false if runCtx ended while waiting for a retry.
+func (r *run) retry(runCtx, hardCtx context.Context, rec *kgo.Record, what string, try func(attempt int) error) (done bool, err error) {
+	initial, limit := r.c.hd.Backoff()
+	bo := backoff.NewExponentialBackOff(
+		backoff.WithInitialInterval(initial),
+		backoff.WithMaxInterval(limit),
+		backoff.WithMaxElapsedTime(0),
+	)
+	for attempt := 1; ; attempt++ {
+		herr := try(attempt)
+		switch {
+		case herr == nil:
+			return true, nil
+		case errors.Is(herr, crash.ErrCrash):
+			r.crashed.Store(true)
+			return false, &kdeliver.HandlerError{Record: rec, Attempts: attempt, Err: herr}
+		case what == whatHandler && isSkip(herr):
+			// Only a handler may skip: a sink that skipped a batch
+			// would store a later offset past it, losing it.
+			r.c.log.Warn(what+" skipped the record: committing past it", "topic", rec.Topic, "partition", rec.Partition, "offset", rec.Offset, "err", herr)
+			return true, nil
+		case r.c.guard != nil && errors.Is(herr, dedup.ErrNoKey),
+			r.c.hd.MaxAttempts > 0 && attempt >= r.c.hd.MaxAttempts:
+			// A record without a dedup key fails every retry the same way.
+			return false, &kdeliver.HandlerError{Record: rec, Attempts: attempt, Err: herr}
+		}
+		wait := bo.NextBackOff()
+		r.c.log.Warn(what+" failed: retrying", "topic", rec.Topic, "partition", rec.Partition, "offset", rec.Offset, "attempt", attempt, "wait", wait, "err", herr)
+		t := time.NewTimer(wait)
+		select {
+		case <-t.C:
+		case <-runCtx.Done():
+			t.Stop()
+			return false, nil
+		case <-hardCtx.Done():
+			t.Stop()
+			return false, nil
+		}
+	}
+}
+
+// call runs h once in a process span, turning a panic into an error.
+func (r *run) call(ctx context.Context, h Handler, rec *kgo.Record, attempt int) (err error) {
+	_, span := r.c.tracer.WithProcessSpan(rec)
+	defer func() {
+		if v := recover(); v != nil {
+			r.c.log.Error("handler panicked", "topic", rec.Topic, "partition", rec.Partition, "offset", rec.Offset, "panic", fmt.Sprint(v), "stack", string(debug.Stack()))
+			err = fmt.Errorf("%w: %v", kdeliver.ErrPanic, v)
+		}
+		if err != nil {
+			span.RecordError(err)
+			span.SetStatus(codes.Error, "handler failed")
+		}
+		span.End()
+	}()
+	if attempt > 1 {
+		span.AddEvent("retry")
+	}
+	return h(trace.ContextWithSpan(ctx, span), rec)
+}

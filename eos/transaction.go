@@ -1,0 +1,517 @@
+package eos
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/cenkalti/backoff/v4"
+	"github.com/twmb/franz-go/pkg/kerr"
+	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/kmsg"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/kdeliver/kdeliver"
+	"github.com/kdeliver/kdeliver/internal/ready"
+)
+
+// attempts counts the failures of one record.
+type attempts struct {
+	n     int
+	first time.Time
+}
+
+type recordKey struct {
+	topic     string
+	partition int32
+	offset    int64
+}
+
+// Abort reasons, the "eos.reason" attribute of an aborted transaction span.
+const (
+	reasonRebalance = "rebalance"      // End returned (false, nil)
+	reasonHandler   = "handler_error"  // the handler failed; retried
+	reasonProduce   = "produce_error"  // an output record failed; client replaced
+	reasonShutdown  = "shutdown"       // ctx cancelled or Close, nothing handled yet
+	reasonEnd       = "end_error"      // End failed; client replaced
+	reasonTimeout   = "txn_timeout"    // handling outlived the transaction timeout
+	reasonRewind    = "rewind_guard"   // polled below the committed offset; client replaced
+	reasonStop      = "handler_failed" // the handler failed for the last time; Run returns
+	reasonFenced    = "fenced"         // another instance owns the transactional ID
+)
+
+// loop is the state of one Run.
+type loop struct {
+	s          *Session
+	h          Handler
+	hctx       context.Context // the handler's: Run's values, cancelled when Close's ctx ends
+	attempts   map[recordKey]attempts
+	bo         *backoff.ExponentialBackOff // between handler attempts
+	recreateBo *backoff.ExponentialBackOff // between client recreations
+	// expect holds, after an abort or a cut, the offset each partition
+	// must resume at; the first record polled per partition is checked.
+	expect map[string]map[int32]int64
+	// solo is a record whose handling made a transaction outlive its
+	// timeout: it is handled first in a transaction of its own.
+	solo recordKey
+	// missing holds output topics that produces found unknown, since when.
+	missing map[string]time.Time
+	checked bool // the brokers and topics were found ready in this Run
+	// out collects what the handler emits; emit appends to it while
+	// handling is set. Both are reused for every record.
+	out      []*kgo.Record
+	emit     func(*kgo.Record)
+	handling bool
+	// runTrace is Run's ctx without its cancellation when it carries a
+	// span, else nil: the context of output records when tracing is off
+	// and the input record carries no trace of its own.
+	runTrace context.Context
+}
+
+// txn is the state of one transaction.
+type txn struct {
+	c        *client
+	sess     *kgo.GroupTransactSession
+	span     trace.Span
+	begun    time.Time
+	firstOut time.Time // when the first output was produced: the broker's timer starts then
+	records  int
+	dlq      int
+	reason   string // abort reason, "" while the transaction can commit
+	replace  bool   // close the client after End
+	fatal    error  // Run returns it after End
+	crashed  error  // abandon without End and return it
+	// cut holds, for partitions whose polled records were not all
+	// handled, the offset of the first one not handled: the transaction
+	// commits that offset instead of the end of the poll.
+	cut map[string]map[int32]kgo.EpochOffset
+	// slowest is the record whose handler took longest, and how long.
+	slowest     recordKey
+	slowestTook time.Duration
+
+	prodMu    sync.Mutex
+	prodErr   error
+	prodTopic string                   // topic of the output that failed first
+	promise   func(*kgo.Record, error) // one for all the transaction's records
+}
+
+func (t *txn) abort(reason string) {
+	if t.reason == "" {
+		t.reason = reason
+	}
+}
+
+func (l *loop) run(ctx context.Context) error {
+	if trace.SpanContextFromContext(ctx).IsValid() {
+		l.runTrace = context.WithoutCancel(ctx)
+	}
+	for {
+		if ctx.Err() != nil {
+			return nil
+		}
+		c, err := l.s.current()
+		if err != nil {
+			if errors.Is(err, kdeliver.ErrClosed) {
+				return nil
+			}
+			return fmt.Errorf("eos: rebuilding the client: %w", err)
+		}
+		if !c.prepared {
+			if err := l.prepare(ctx, c); err != nil {
+				if ctx.Err() != nil {
+					return nil
+				}
+				return err
+			}
+		}
+		if err := l.transaction(ctx, c); err != nil {
+			return err
+		}
+	}
+}
+
+// transaction polls, begins, handles records until the transaction is full,
+// its time is up or Run stops, and ends the transaction. It returns an error
+// only to stop Run.
+func (l *loop) transaction(ctx context.Context, c *client) error {
+	s := l.s
+	sess := c.gts
+	fs := sess.PollRecords(ctx, s.cfg.commitRecords)
+	if fs.IsClientClosed() {
+		return nil
+	}
+	if ctx.Err() != nil {
+		if !fs.Empty() {
+			// The poll raced the cancellation: the client has moved past
+			// records nobody handled, and a later Run on this session
+			// would commit their offsets with its first transaction.
+			// Drop the client; the next one starts from the committed
+			// offsets.
+			s.dropClient(c)
+		}
+		return nil
+	}
+	l.pollErrors(fs)
+	if fs.Empty() {
+		return nil
+	}
+	t := &txn{c: c, sess: sess, begun: time.Now()}
+	if err := sess.Begin(); err != nil {
+		// The previous End left the producer unusable.
+		if f := l.fenced(err, t); f != nil {
+			return f
+		}
+		l.replace(ctx, c, "begin failed", err)
+		return nil
+	}
+	_, t.span = s.tracer.Start(context.Background(), "eos transaction", trace.WithSpanKind(trace.SpanKindInternal),
+		trace.WithAttributes(attribute.String("messaging.system", "kafka"), attribute.String("eos.transactional_id", s.txnID)))
+
+	deadline := t.begun.Add(s.cfg.commitInterval)
+	for {
+		l.handleAll(ctx, t, fs, deadline)
+		if t.reason != "" || t.crashed != nil || t.cut != nil || t.records >= s.cfg.commitRecords || !time.Now().Before(deadline) {
+			break
+		}
+		pctx, cancel := context.WithDeadline(ctx, deadline)
+		fs = sess.PollRecords(pctx, s.cfg.commitRecords-t.records)
+		cancel()
+		if fs.IsClientClosed() {
+			t.abort(reasonShutdown)
+			break
+		}
+		if ctx.Err() != nil {
+			// Records this poll returned are not handled: cut before
+			// them, so the transaction commits what was handled.
+			l.cutRest(t, fs)
+			break
+		}
+		l.pollErrors(fs)
+	}
+	if t.crashed != nil {
+		// A simulated crash: no End, no commit, no leave; the broker
+		// aborts the transaction on timeout or when the next instance
+		// with this transactional ID initializes.
+		t.span.SetAttributes(attribute.String("eos.outcome", "crash"))
+		t.span.End()
+		s.dropClient(c) // leaves, so that a restart need not wait out the session
+		return t.crashed
+	}
+	if t.records == 0 && t.reason == "" {
+		t.abort(reasonShutdown) // stopped before handling anything
+	}
+	return l.end(ctx, t)
+}
+
+// handleAll handles the polled records in order until the transaction is
+// full, its interval is up or Run stops (then the rest are cut, see
+// [txn.cut]); after an abort reason is set the rest are left for the rewind.
+func (l *loop) handleAll(ctx context.Context, t *txn, fs kgo.Fetches, deadline time.Time) {
+	s := l.s
+	fs.EachPartition(func(p kgo.FetchTopicPartition) {
+		for i, r := range p.Records {
+			if t.reason != "" || t.crashed != nil {
+				return
+			}
+			stop := t.cut != nil || ctx.Err() != nil ||
+				t.records > 0 && (t.records >= s.cfg.commitRecords || !time.Now().Before(deadline) ||
+					l.solo == recordKey{r.Topic, r.Partition, r.Offset})
+			if stop {
+				t.cutAt(p.Records[i])
+				return
+			}
+			l.handle(ctx, t, r)
+		}
+	})
+}
+
+// cutAt notes that r and the records after it in its partition are not
+// handled in this transaction.
+func (t *txn) cutAt(r *kgo.Record) {
+	if t.cut == nil {
+		t.cut = map[string]map[int32]kgo.EpochOffset{}
+	}
+	ps := t.cut[r.Topic]
+	if ps == nil {
+		ps = map[int32]kgo.EpochOffset{}
+		t.cut[r.Topic] = ps
+	}
+	if _, ok := ps[r.Partition]; !ok {
+		ps[r.Partition] = kgo.EpochOffset{Epoch: r.LeaderEpoch, Offset: r.Offset}
+	}
+}
+
+// cutRest cuts before every record of fs.
+func (l *loop) cutRest(t *txn, fs kgo.Fetches) {
+	fs.EachPartition(func(p kgo.FetchTopicPartition) {
+		if len(p.Records) > 0 {
+			t.cutAt(p.Records[0])
+		}
+	})
+}
+
+// end ends t and acts on the outcome.
+func (l *loop) end(ctx context.Context, t *txn) error {
+	s := l.s
+	// kgo commits whatever was written if asked to, even when some records
+	// of the transaction failed: wait for every produce to finish before
+	// deciding, or a failure that lands during End's own flush would commit
+	// the offsets of output that was never written.
+	var prodErr error
+	if t.reason == "" {
+		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.txnTimeout)
+		prodErr = t.sess.Client().Flush(fctx)
+		cancel()
+	}
+	t.prodMu.Lock()
+	if t.prodErr != nil {
+		prodErr = t.prodErr
+	}
+	prodTopic := t.prodTopic
+	t.prodMu.Unlock()
+	if prodErr != nil {
+		// Every produce error aborts, and the client is replaced: a
+		// request timeout or lost connection leaves unknown what the
+		// broker applied, and only a new producer epoch fences it.
+		t.abort(reasonProduce)
+		t.replace = true
+		if err := l.noteMissing(prodTopic, prodErr); err != nil {
+			t.fatal = err
+		}
+	}
+	if t.reason == "" && !t.firstOut.IsZero() && time.Since(t.firstOut) >= s.cfg.txnTimeout {
+		l.timedOut(t)
+	}
+	// End must not be cancelled except to shut down: it leaves the
+	// transaction in an unknown state. Close unblocks it by closing the
+	// client.
+	ectx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.txnTimeout+s.cfg.sessionTimeout)
+	if t.reason == "" && t.cut != nil {
+		ectx = kgo.PreTxnCommitFnContext(ectx, func(req *kmsg.TxnOffsetCommitRequest) error {
+			for i := range req.Topics {
+				rt := &req.Topics[i]
+				for j := range rt.Partitions {
+					rp := &rt.Partitions[j]
+					if eo, ok := t.cut[rt.Topic][rp.Partition]; ok {
+						rp.Offset, rp.LeaderEpoch = eo.Offset, eo.Epoch
+					}
+				}
+			}
+			return nil
+		})
+	}
+	committed, err := t.sess.End(ectx, kgo.TransactionEndTry(t.reason == ""))
+	cancel()
+
+	switch {
+	case committed:
+		if t.cut != nil {
+			// End moved the client to the end of the poll; resume at
+			// the cut instead (the offset just committed).
+			t.sess.Client().SetOffsets(t.cut)
+			l.expect = map[string]map[int32]int64{}
+			for topic, ps := range t.cut {
+				l.expect[topic] = map[int32]int64{}
+				for p, eo := range ps {
+					l.expect[topic][p] = eo.Offset
+				}
+			}
+		} else {
+			l.expect = nil
+		}
+		s.stats.committed.Add(1)
+		s.stats.records.Add(int64(t.records))
+		s.stats.deadLettered.Add(int64(t.dlq))
+		clear(l.attempts)
+		clear(l.missing)
+		l.bo.Reset()
+		l.recreateBo.Reset()
+		t.span.SetAttributes(attribute.String("eos.outcome", "commit"), attribute.Int("eos.records", t.records))
+		t.span.End()
+		if s.committed != nil {
+			s.committed()
+		}
+		return nil
+	case err == nil:
+		if t.reason == "" {
+			t.reason = reasonRebalance
+			s.stats.abortedRebalance.Add(1)
+		}
+	default:
+		if f := l.fenced(err, t); f != nil {
+			l.endAbortSpan(t, reasonFenced, err)
+			return f
+		}
+		if fatal(err) {
+			l.endAbortSpan(t, reasonEnd, err)
+			return fmt.Errorf("eos: ending the transaction: %w", err)
+		}
+		t.abort(reasonEnd)
+		t.replace = true
+	}
+	s.stats.aborted.Add(1)
+	switch t.reason {
+	case reasonHandler, reasonStop:
+		s.stats.abortedHandler.Add(1)
+	case reasonTimeout:
+		s.stats.abortedTimeout.Add(1)
+	}
+	l.endAbortSpan(t, t.reason, err)
+	if t.fatal != nil {
+		return t.fatal
+	}
+	if t.replace {
+		if ctx.Err() == nil {
+			why := t.reason
+			if err == nil {
+				err = prodErr
+			}
+			l.replace(ctx, t.c, why, err)
+		}
+		return nil
+	}
+	l.expect = committedOffsets(t.sess.Client())
+	if t.reason == reasonHandler {
+		wait(ctx, l.bo.NextBackOff())
+	}
+	return nil
+}
+
+// timedOut aborts t, which outlived the transaction timeout because
+// handling was slow, and says what to change.
+func (l *loop) timedOut(t *txn) {
+	s := l.s
+	t.abort(reasonTimeout)
+	t.replace = true
+	held := time.Since(t.firstOut).Round(time.Millisecond)
+	slow := t.slowest
+	s.log.Warn("eos: transaction outlived its timeout because handling was slow; aborting it and handling its records again, the slowest in a transaction of its own",
+		"records", t.records, "held_open", held, "transaction_timeout", s.cfg.txnTimeout,
+		"slowest_topic", slow.topic, "slowest_partition", slow.partition, "slowest_offset", slow.offset,
+		"slowest_took", t.slowestTook.Round(time.Millisecond),
+		"fix", "raise eos.WithTransactionTimeout above the slowest record's handling plus the commit interval, lower eos.WithCommitEvery, or speed up the handler")
+	if t.records > 1 {
+		l.solo = slow
+	}
+}
+
+// noteMissing records that the output topic failed as unknown, and returns
+// the error that stops Run once it stayed unknown for the start timeout.
+func (l *loop) noteMissing(topic string, err error) error {
+	if topic == "" || !errors.Is(err, kerr.UnknownTopicOrPartition) {
+		return nil
+	}
+	since, ok := l.missing[topic]
+	if !ok {
+		l.missing[topic] = time.Now()
+		l.s.log.Warn("eos: output topic unknown to the brokers; retrying", "topic", topic, "up_to", l.s.hd.Start(), "err", err)
+		return nil
+	}
+	if time.Since(since) < l.s.hd.Start() {
+		return nil
+	}
+	return fmt.Errorf("eos: output %w", ready.Missing(time.Since(since).Round(time.Second), topic))
+}
+
+func (l *loop) endAbortSpan(t *txn, reason string, err error) {
+	t.span.SetAttributes(attribute.String("eos.outcome", "abort"), attribute.String("eos.reason", reason), attribute.Int("eos.records", t.records))
+	if err != nil {
+		t.span.RecordError(err)
+		t.span.SetStatus(codes.Error, reason)
+	}
+	t.span.End()
+}
+
+// replace closes the client after an error; the next transaction builds a
+// new one, whose InitProducerID bumps the epoch and fences anything the old
+// producer left in flight.
+func (l *loop) replace(ctx context.Context, c *client, why string, err error) {
+	s := l.s
+	pause := l.recreateBo.NextBackOff()
+	s.log.Warn("eos: replacing the client: a new producer epoch fences what the old one may have left in flight",
+		"reason", why, "err", err, "retry_in", pause)
+	s.dropClient(c)
+	s.stats.recreated.Add(1)
+	wait(ctx, pause)
+}
+
+// fenced returns a fencedError when err says another producer owns the
+// transactional ID. A fence that follows a transaction open longer than its
+// timeout is the broker's timeout abort, not another owner: the client is
+// replaced instead.
+func (l *loop) fenced(err error, t *txn) error {
+	if !errors.Is(err, kerr.ProducerFenced) && !errors.Is(err, kerr.InvalidProducerEpoch) {
+		return nil
+	}
+	if !t.firstOut.IsZero() && time.Since(t.firstOut) >= l.s.cfg.txnTimeout {
+		l.timedOut(t)
+		return nil
+	}
+	l.s.stats.aborted.Add(1)
+	l.s.stats.fenced.Add(1)
+	l.s.log.Error("eos: producer fenced: another instance owns the transactional ID", "err", err)
+	l.s.dropClient(t.c)
+	return fmt.Errorf("eos: %w: another instance owns transactional ID %q; exit: %w", kdeliver.ErrFenced, l.s.txnID, err)
+}
+
+// fatal reports errors no new client fixes.
+func fatal(err error) bool {
+	for _, e := range []error{kerr.TransactionalIDAuthorizationFailed, kerr.GroupAuthorizationFailed,
+		kerr.TopicAuthorizationFailed, kerr.ClusterAuthorizationFailed} {
+		if errors.Is(err, e) {
+			return true
+		}
+	}
+	return false
+}
+
+func (l *loop) pollErrors(fs kgo.Fetches) {
+	fs.EachError(func(topic string, p int32, err error) {
+		if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+			return
+		}
+		l.s.log.Warn("eos: fetch error; the client retries", "topic", topic, "partition", p, "err", err)
+	})
+}
+
+// checkRewind reports whether r is below the offset its partition was
+// rewound (or cut) to by the last transaction (kgo #1222 guard).
+func (l *loop) checkRewind(r *kgo.Record) bool {
+	ps, ok := l.expect[r.Topic]
+	if !ok {
+		return false
+	}
+	want, ok := ps[r.Partition]
+	if !ok {
+		return false
+	}
+	delete(ps, r.Partition)
+	// With read_committed, aborted records and markers take offsets, so
+	// the first record may be above the committed offset; below is a
+	// re-read of committed input.
+	return r.Offset < want
+}
+
+func committedOffsets(cl *kgo.Client) map[string]map[int32]int64 {
+	m := map[string]map[int32]int64{}
+	for t, ps := range cl.CommittedOffsets() {
+		m[t] = map[int32]int64{}
+		for p, eo := range ps {
+			m[t][p] = eo.Offset
+		}
+	}
+	return m
+}
+
+func wait(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-ctx.Done():
+	}
+}

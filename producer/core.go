@@ -1,0 +1,209 @@
+package producer
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/binary"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/kdeliver/kdeliver"
+	"github.com/kdeliver/kdeliver/internal/deadline"
+	"github.com/kdeliver/kdeliver/internal/preset"
+)
+
+// core is what a Producer and a Transactional share: the checked client and
+// the per-record work around it.
+type core struct {
+	cl       *kgo.Client
+	log      *slog.Logger
+	closed   atomic.Bool
+	timeouts *deadline.Timeouts // nil under AtMostOnce, which never retries
+	dropped  func(*kgo.Record, error)
+
+	msgIDs   bool
+	idPrefix [16]byte
+	idSeq    atomic.Uint64
+}
+
+// build validates pre and c and builds the client. Every contradiction is
+// listed in one *kdeliver.ConfigError.
+func build(what string, brokers []string, pre preset.Producer, c *config, ps *preset.Problems) (*core, error) {
+	sem := pre.Semantics
+	pre.Validate(ps)
+	ps.Add(len(brokers) == 0, `no brokers: pass at least one seed broker address, e.g. "127.0.0.1:9092"`)
+	seeds := make([]string, 0, len(brokers))
+	for i, b := range brokers {
+		if strings.TrimSpace(b) == "" {
+			ps.Add(true, fmt.Sprintf("broker %d of %d is blank: remove it or give a host:port", i+1, len(brokers)))
+			continue
+		}
+		seeds = append(seeds, b)
+	}
+	for _, p := range c.t.Problems {
+		ps.Add(true, p)
+	}
+	if !sem.Valid() {
+		return nil, ps.Err(what, sem)
+	}
+
+	// Build the client even when problems were found, so that problems
+	// with raw options are listed with the others. Whatever is already
+	// reported is patched with a stand-in so that kgo does not report it
+	// again.
+	probe := pre
+	if sem == kdeliver.ExactlyOnce && probe.TransactionalID == "" {
+		probe.TransactionalID = "kdeliver-probe"
+	}
+	probe.LeaderAck = probe.LeaderAck && sem == kdeliver.AtMostOnce
+	if probe.DeliveryTimeout < time.Second || sem == kdeliver.AtMostOnce {
+		probe.DeliveryTimeout = 0
+	}
+	if len(seeds) == 0 {
+		seeds = []string{"127.0.0.1:9092"}
+	}
+	base, _ := preset.Base(&c.t.Shared, "")
+	kopts := append(base, kgo.SeedBrokers(seeds...))
+	kopts = append(kopts, probe.Opts()...)
+	cl := preset.Build(kopts, c.kgoOpts, probe.CheckProducerOnly, ps)
+	if err := ps.Err(what, sem); err != nil {
+		if cl != nil {
+			cl.Close()
+		}
+		return nil, err
+	}
+	p := &core{cl: cl, log: c.t.Shared.Log(), msgIDs: c.messageIDs}
+	if sem != kdeliver.AtMostOnce {
+		p.timeouts = deadline.New(pre.Timeout())
+	}
+	p.dropped = func(r *kgo.Record, err error) {
+		if err := p.settle(r, err); err != nil {
+			p.logFailure(r, err)
+		}
+	}
+	if p.msgIDs {
+		var b [8]byte
+		_, _ = rand.Read(b[:]) // never fails (crypto/rand)
+		hex.Encode(p.idPrefix[:], b[:])
+	}
+	return p, nil
+}
+
+func (p *core) ping(ctx context.Context) error {
+	if p.closed.Load() {
+		return kdeliver.ErrClosed
+	}
+	return p.cl.Ping(ctx)
+}
+
+func (p *core) produceSync(ctx context.Context, rec *kgo.Record) error {
+	p.prepare(ctx, rec)
+	return p.settle(rec, p.cl.ProduceSync(ctx, rec).FirstErr())
+}
+
+// sendAll produces recs and waits for all of them; the first failure is
+// returned (the others are attempted anyway).
+func (p *core) sendAll(ctx context.Context, recs []*kgo.Record, fail func(error)) error {
+	for _, r := range recs {
+		p.prepare(ctx, r)
+	}
+	var first error
+	for i, res := range p.cl.ProduceSync(ctx, recs...) {
+		if err := p.settle(recs[i], res.Err); err != nil {
+			if fail != nil {
+				fail(err)
+			}
+			if first == nil {
+				first = err
+			}
+		}
+	}
+	return first
+}
+
+// produceAsync produces rec; fail, if not nil, sees each failure before
+// done.
+func (p *core) produceAsync(ctx context.Context, rec *kgo.Record, done func(*kgo.Record, error), fail func(error), promise func(*kgo.Record, error)) {
+	p.prepare(ctx, rec)
+	switch {
+	case done == nil && promise != nil:
+		p.cl.Produce(ctx, rec, promise) // allocated once per transaction
+	case done == nil:
+		p.cl.Produce(ctx, rec, p.dropped)
+	default:
+		p.cl.Produce(ctx, rec, func(r *kgo.Record, err error) {
+			err = p.settle(r, err)
+			if err != nil && fail != nil {
+				fail(err)
+			}
+			done(r, err)
+		})
+	}
+}
+
+// prepare stamps rec's message ID and starts its delivery timeout.
+func (p *core) prepare(ctx context.Context, rec *kgo.Record) {
+	p.stamp(rec)
+	if p.timeouts != nil {
+		p.timeouts.Attach(ctx, rec)
+	}
+}
+
+// settle takes every record's outcome from the client: it restores the
+// record's Context and turns a failure into a *kdeliver.DeliveryError.
+func (p *core) settle(rec *kgo.Record, err error) error {
+	if p.timeouts != nil {
+		if err != nil {
+			err = deadline.Err(rec, err)
+		}
+		deadline.Detach(rec)
+	}
+	if err == nil {
+		return nil
+	}
+	return deliveryError(rec, err)
+}
+
+func deliveryError(rec *kgo.Record, err error) error {
+	if errors.Is(err, kgo.ErrClientClosed) {
+		err = fmt.Errorf("%w (%w)", kdeliver.ErrClosed, err)
+	}
+	return &kdeliver.DeliveryError{Record: rec, Err: err}
+}
+
+func (p *core) logFailure(rec *kgo.Record, err error) {
+	if err == nil {
+		return
+	}
+	var de *kdeliver.DeliveryError
+	if !errors.As(err, &de) {
+		err = deliveryError(rec, err)
+	}
+	p.log.Error("kdeliver: record not delivered", "topic", rec.Topic, "partition", rec.Partition, "err", err)
+}
+
+// stamp adds the message ID header unless disabled or already present.
+func (p *core) stamp(rec *kgo.Record) {
+	if !p.msgIDs {
+		return
+	}
+	for _, h := range rec.Headers {
+		if h.Key == kdeliver.HeaderMessageID {
+			return
+		}
+	}
+	id := make([]byte, 33)
+	copy(id, p.idPrefix[:])
+	id[16] = '-'
+	var seq [8]byte
+	binary.BigEndian.PutUint64(seq[:], p.idSeq.Add(1))
+	hex.Encode(id[17:], seq[:])
+	rec.Headers = append(rec.Headers, kgo.RecordHeader{Key: kdeliver.HeaderMessageID, Value: id})
+}
