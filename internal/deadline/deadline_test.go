@@ -61,14 +61,14 @@ func TestWindowsShared(t *testing.T) {
 	now := time.Now()
 	ts.now = func() time.Time { return now }
 	a, b := &kgo.Record{}, &kgo.Record{}
-	ts.Attach(nil, a)
-	ts.Attach(nil, b)
+	ts.Attach(context.Background(), a)
+	ts.Attach(context.Background(), b)
 	if a.Context != b.Context {
 		t.Error("two records handed over at the same time got different windows")
 	}
 	now = now.Add(ts.grain)
 	c := &kgo.Record{}
-	ts.Attach(nil, c)
+	ts.Attach(context.Background(), c)
 	if c.Context == a.Context {
 		t.Error("a record handed over a window later shares the old window")
 	}
