@@ -8,6 +8,14 @@
 //	defer p.Close(ctx)
 //	err = p.Produce(ctx, &kgo.Record{Topic: "orders", Value: order})
 //
+// Exactly-once writes go through a [Transactional], which has no method that
+// writes outside a transaction:
+//
+//	tp, err := producer.NewTransactional(brokers, "orders-writer-0")
+//	err = tp.Transact(ctx, func(ctx context.Context, tx *producer.Tx) error {
+//		return tx.Send(ctx, a, b) // visible together, or not at all
+//	})
+//
 // Records are franz-go's [*kgo.Record]; the client underneath is a
 // [*kgo.Client] configured by the semantics' preset.
 //
@@ -23,24 +31,28 @@
 //     (the broker drops repeated batches); a record that fails with a
 //     [*DeliveryError] may still have been written, so re-sending it may
 //     duplicate. [WithMessageIDs] lets consumers drop such copies.
-//   - [kdeliver.ExactlyOnce]: as AtLeastOnce, plus a transactional ID
-//     ([WithTransactionalID], required). Records are written only inside
-//     [Producer.Transact], which commits them atomically across partitions;
-//     readers must use read_committed to see only committed ones.
+//   - [kdeliver.ExactlyOnce]: [NewTransactional], as AtLeastOnce plus a
+//     transactional ID (a required argument). Records are written only
+//     inside [Transactional.Transact], which commits them atomically across
+//     partitions; readers must use read_committed to see only committed
+//     ones. [Transactional.Send] is one transaction.
+//
+// Code that picks the semantics at run time writes through [Sender], which
+// both kinds implement.
 //
 // # Configuration
 //
-// [New] applies kgo's defaults, then the preset, then the options, and
+// [New] and [NewTransactional] apply kgo's defaults, then the preset, then the options, and
 // refuses every contradiction in one error listing all problems. Raw kgo
 // options ([WithKgoOpts]) are applied last and the built client's effective
 // settings are checked, so no option can quietly weaken the guarantee.
 //
 // # Lifecycle
 //
-// New does not connect; [Producer.Ping] checks the brokers answer. Unreachable
-// brokers otherwise show up as Produce failing after the delivery timeout.
-// [Producer.Flush] waits for every buffered record. [Producer.Close] waits
-// for a running transaction, flushes (bounded by its ctx) and stops every
+// The constructors do not connect; Ping checks the brokers answer.
+// Unreachable brokers otherwise show up as Produce failing after the delivery
+// timeout. [Producer.Flush] waits for every buffered record. Close waits for
+// a running transaction, flushes (bounded by its ctx) and stops every
 // goroutine of the producer; it is safe to call twice, and other methods
 // return [kdeliver.ErrClosed] afterwards.
 //
@@ -60,16 +72,19 @@
 //
 // # Errors
 //
-//   - [kdeliver.ErrInvalidConfig] (a [*kdeliver.ConfigError]): from New.
-//   - [*DeliveryError]: a record was not delivered; it names the topic,
-//     partition and cause, and errors.Is sees the cause (kerr codes,
-//     kgo.ErrRecordTimeout, context errors).
-//   - [ErrAborted]: a transaction was aborted; retry it.
-//   - [ErrUnconfirmed]: a commit's outcome is unknown.
-//   - [ErrFenced]: another producer took over the transactional ID; close
-//     this one.
-//   - [ErrNotInTransaction], [ErrNotTransactional]: the wrong call for the
-//     semantics.
+// The errors are the root package's (see its "# Errors"):
+//
+//   - [kdeliver.ErrInvalidConfig] (a [*kdeliver.ConfigError]): from the
+//     constructors.
+//   - [*kdeliver.DeliveryError]: a record was not delivered; it names the
+//     topic, partition and cause, and errors.Is sees the cause (kerr codes,
+//     kgo.ErrRecordTimeout, context errors). A delivery timeout counts from
+//     the hand-over, never from the record's timestamp.
+//   - [kdeliver.ErrAborted]: a transaction was aborted; run it again.
+//   - [kdeliver.ErrUnconfirmed]: a commit's outcome is unknown.
+//   - [kdeliver.ErrFenced]: another producer took over the transactional
+//     ID; close this one.
+//   - [ErrNotInTransaction]: a [Tx] used after its function returned.
 //
 // # Concurrency
 //
