@@ -13,128 +13,130 @@
 //
 // The handler's return value drives the commit:
 //
-//   - AtMostOnce: after each poll the batch's offsets are committed, then the
-//     handler sees the records. A crash loses the rest of the batch, never
-//     repeats a record. A handler error is logged and the record skipped (it
-//     is already committed). If the commit itself fails, the batch is dropped
-//     unprocessed: it was not committed, so another consumer may receive it,
-//     and processing it here could make a second delivery. At-most-once means
-//     never twice: only committed records are processed.
+//   - AtMostOnce ([New]): after each poll the batch's offsets are committed,
+//     then the handler sees the records. A crash loses the rest of the batch,
+//     never repeats a record. A handler error is logged and the record
+//     skipped (it is already committed). If the commit itself fails, the
+//     batch is dropped unprocessed: it was not committed, so another consumer
+//     may receive it, and processing it here could make a second delivery.
+//     At-most-once means never twice: only committed records are processed.
 //
-//   - AtLeastOnce: the handler runs first; the offsets of records whose
-//     handler returned nil are committed after each batch, on revoke and on
-//     shutdown. A failing handler is retried with exponential backoff
-//     ([WithBackoff], [WithMaxAttempts]) and its offset is never committed
-//     while it fails, nor any later offset of its partition. A crash repeats
-//     the records processed since the last commit, never loses one. Return
-//     [Skip](err) to give up on a record that can never succeed: it is logged
-//     and committed past.
+//   - AtLeastOnce ([New]): the handler runs first; the offsets of records
+//     whose handler returned nil are committed after each batch, on revoke
+//     and on shutdown. A failing handler is retried with exponential backoff
+//     ([kdeliver.WithBackoff], [kdeliver.WithMaxAttempts]) and its offset is
+//     never committed while it fails, nor any later offset of its partition.
+//     A crash repeats the records processed since the last commit, never
+//     loses one. Return [Skip](err) to give up on a record that can never
+//     succeed: it is logged and committed past.
 //
-//   - ExactlyOnce: the effect of each record happens once, through package
-//     dedup; [New] refuses ExactlyOnce without one of the two options below
-//     (and refuses them under the other semantics). Input is read with
+//   - ExactlyOnce: the effect of each record happens once. What ties the
+//     effect to the offsets is a required argument of the constructor ([New]
+//     refuses ExactlyOnce and names these). Input is read with
 //     read_committed, so records of aborted Kafka transactions are never
 //     seen. For Kafka-to-Kafka use eos.Session instead, which commits the
 //     offsets in the output transaction.
 //
-//     [WithSink](sink): a [dedup.Sink] (pgstore.Sink for PostgreSQL) writes
-//     each partition's batch and the offset after it in one transaction of
-//     its own database, and Run passes no handler (Run(ctx, nil)). On
-//     assignment each partition starts at the offset stored in the sink
-//     (where the sink has none: at the group's Kafka commit, else the
-//     earliest record); nothing is committed to Kafka. A record is in the
-//     sink once whatever crashes, with no window, no TTL and no dedup table:
-//     a crash before the sink's commit writes nothing, after it the
+//     [NewWithSink](brokers, group, topics, sink): a [Sink] (pgstore.Sink for
+//     PostgreSQL) writes each partition's batch and the offset after it in
+//     one transaction of its own database, and [SinkConsumer.Run] takes no
+//     handler. On assignment each partition starts at the offset stored in
+//     the sink (where the sink has none: at the group's Kafka commit, else
+//     the earliest record); nothing is committed to Kafka. A record is in
+//     the sink once whatever crashes, with no window, no TTL and no dedup
+//     table: a crash before the sink's commit writes nothing, after it the
 //     partition resumes past the batch. Each assignment claims the partition
 //     with a new epoch, so a member that lost a partition without noticing
-//     is refused by the sink ([dedup.ErrFenced]) and its records are dropped
-//     (logged), not written twice; the owner reads them from the sink's
-//     offset. A failing Write is retried with backoff like a handler
-//     ([WithBackoff], [WithMaxAttempts]); there is no [Skip], since skipping
-//     a batch would lose it. Holds only if every write to the sink's
-//     database that belongs to a record happens in Write's transaction. It
-//     is once per record of the log: a message that a producer sent twice
-//     is two records (the guard below, keyed by message ID, catches that).
+//     is refused by the sink (an error matching [kdeliver.ErrFenced]) and
+//     its records are dropped (logged), not written twice; the owner reads
+//     them from the sink's offset. A failing Write is retried with backoff
+//     like a handler; there is no [Skip], since skipping a batch would lose
+//     it. Holds only if every write to the sink's database that belongs to a
+//     record happens in Write's transaction. It is once per record of the
+//     log: a message that a producer sent twice is two records (the guard
+//     below, keyed by message ID, catches that). Package consumer/sinktest
+//     checks a Sink of your own.
 //
-//     [WithDedup](guard): each record's handler runs inside a [dedup.Guard]
-//     ([dedup.Guard.Handler]), which reserves the record's key in a store
-//     (memory, Redis, PostgreSQL), runs the handler and marks the key done
-//     only when it returned nil; offsets are committed to Kafka after
-//     processing, as under AtLeastOnce, and the records that a crash or
-//     rebalance delivers again are skipped by the guard, as are copies of a
-//     message with the same message ID ([dedup.DefaultKey]). It works for
-//     any side effect (an HTTP call, an email, a row). It is exactly once
-//     within these limits: (1) a process that dies after the side effect and
-//     before the guard's mark runs the side effect again, once the key's
-//     lease expires; the handler closes that window when the side effect is
-//     a transaction in the store's own database: [dedup.ConfirmInTx] gives
-//     the key to mark in that transaction (pgstore.Store.ConfirmTx,
-//     redisstore.Store.ConfirmTx). (2) A side effect that outlives the
-//     lease ([dedup.WithLease]) can run twice. (3) A key is remembered for
-//     the TTL ([dedup.WithTTL]), and by the memory store only within one
-//     process and while not evicted. (4) If the mark cannot be written
-//     after the side effect (the store is down longer than the lease), the
-//     record is retried and runs again. A record whose key is held by a
-//     crashed consumer waits for the lease, and holds up rebalances
-//     meanwhile: keep the lease well below the group's rebalance timeout.
-//     A record without a key (a [dedup.WithKey] function returned "")
-//     stops Run with a [*HandlerError] wrapping [dedup.ErrNoKey].
+//     [NewWithGuard](brokers, group, topics, guard): each record's handler
+//     runs inside a [dedup.Guard] ([dedup.Guard.Handler]), which reserves the
+//     record's key in a store (memory, Redis, PostgreSQL), runs the handler
+//     and marks the key done only when it returned nil; offsets are
+//     committed to Kafka after processing, as under AtLeastOnce, and the
+//     records that a crash or rebalance delivers again are skipped by the
+//     guard, as are copies of a message with the same message ID
+//     ([dedup.DefaultKey]). It works for any side effect (an HTTP call, an
+//     email, a row). It is exactly once within these limits: (1) a process
+//     that dies after the side effect and before the guard's mark runs the
+//     side effect again, once the key's lease expires; the handler closes
+//     that window when the side effect is a transaction in the store's own
+//     database: [dedup.ConfirmInTx] gives the key to mark in that
+//     transaction (pgstore.Store.ConfirmTx, redisstore.Store.ConfirmTx). (2)
+//     A side effect that outlives the lease ([dedup.WithLease]) can run
+//     twice. (3) A key is remembered for the TTL ([dedup.WithTTL]), and by
+//     the memory store only within one process and while not evicted. (4)
+//     If the mark cannot be written after the side effect (the store is down
+//     longer than the lease), the record is retried and runs again. A record
+//     whose key is held by a crashed consumer waits for the lease, and holds
+//     up rebalances meanwhile: keep the lease well below the group's
+//     rebalance timeout. A record without a key (a [dedup.WithKey] function
+//     returned "") stops Run with a [*kdeliver.HandlerError] wrapping
+//     [dedup.ErrNoKey].
 //
-// Offsets are never committed on a timer (no auto-commit), and rebalances wait
-// until the records in hand are committed (AtMostOnce), processed and
-// committed (AtLeastOnce, ExactlyOnce with a guard) or written to the sink,
-// so no partition changes owner with records in hand. Long retries therefore delay rebalances: keep the backoff maximum well
-// below the group's rebalance timeout, or use [WithMaxAttempts].
+// Offsets are never committed on a timer (no auto-commit), and rebalances
+// wait until the records in hand are committed (AtMostOnce), processed and
+// committed (AtLeastOnce, a guard) or written to the sink, so no partition
+// changes owner with records in hand. Long retries therefore delay
+// rebalances: keep the backoff maximum well below the group's rebalance
+// timeout, or use [kdeliver.WithMaxAttempts].
 //
 // # Lifecycle
 //
-// [New] validates everything and builds the client; [Consumer.Run] first
-// waits up to the start timeout (kdeliver.WithStartTimeout, 30 s by default)
-// for a broker to answer and every topic to exist, failing with an error
-// matching [kdeliver.ErrUnreachable] or [kdeliver.ErrTopicNotFound] that
-// names what is missing ([Consumer.Ping] checks once), then joins the group
-// and blocks. A Consumer runs once. Run stops when its ctx is cancelled or
-// [Consumer.Close] is called: it finishes the record in hand (AtMostOnce:
-// the rest of the batch, whose offsets are already committed), commits what
-// the semantics allows (up to 30 s), leaves the group (up to 5 s: a leave
-// waits for a group join in flight, and past the bound the client closes
-// without it), closes the client and returns nil. A client still in its
-// first join closes at once. The handler's ctx is not cancelled by Run's
-// ctx, so the record in hand can finish; it is cancelled when Close's ctx
-// ends before Run has returned, and Close then returns at once.
+// The lifecycle is the one every kdeliver reader shares (the root package's
+// doc says it once): the constructors connect to nothing; [Consumer.Run]
+// waits up to the start timeout for the brokers and topics, joins, and
+// blocks until its ctx is cancelled, [Consumer.Close] is called or a record
+// keeps failing; it then finishes the record in hand (AtMostOnce: the rest
+// of the batch, whose offsets are already committed), commits what the
+// semantics allows (up to 30 s), leaves the group (up to 5 s: a leave waits
+// for a group join in flight, and past the bound the client closes without
+// it), closes its client and returns nil. Run may be called again; each
+// Run builds its client. [Consumer.Close] is final and keeps to its ctx.
 //
 // # Errors
 //
-// [New] returns a [*kdeliver.ConfigError] (wrapping [kdeliver.ErrInvalidConfig])
-// that lists every problem at once, including raw kgo options
-// ([WithKgoOpts]) that would weaken the semantics: auto-commit, another group,
-// another revoke or lost callback, a reset offset that skips records.
-// [Consumer.Run] returns nil after a clean stop, a [*HandlerError] when a
-// record (or a sink write) failed [WithMaxAttempts] times (its offset is not
-// committed), and [kdeliver.ErrClosed] when called after Close. A handler panic is recovered
-// and becomes an error wrapping [ErrPanic]; it never crashes the process.
-// Commit failures are logged, not returned: under AtLeastOnce the next commit
-// retries them, under AtMostOnce the batch is dropped. A sink's
-// [dedup.ErrFenced] is logged and the partition's records dropped; its other
-// errors (dedup.ErrStore when its database is down) are retried like a
-// failing handler.
+// The constructors return a [*kdeliver.ConfigError] (wrapping
+// [kdeliver.ErrInvalidConfig]) that lists every problem at once, including
+// raw kgo options ([WithKgoOpts]) that would weaken the semantics:
+// auto-commit, another group, another revoke or lost callback, a start or
+// reset offset. Run returns nil after a clean stop; an error matching
+// [kdeliver.ErrUnreachable] or [kdeliver.ErrTopicNotFound] when the brokers
+// or a topic are not there within the start timeout; a
+// [*kdeliver.HandlerError] when a record (or a sink write) failed
+// [kdeliver.WithMaxAttempts] times (its offset is not committed); and
+// [kdeliver.ErrClosed] after Close. A handler panic is recovered and
+// becomes an error matching [kdeliver.ErrPanic]; it never crashes the
+// process. Commit failures are logged, not returned: under AtLeastOnce the
+// next commit retries them, under AtMostOnce the batch is dropped. A sink's
+// fence is logged and the partition's records dropped; its other errors
+// (dedup.ErrStore when its database is down) are retried like a failing
+// handler.
 //
 // # Concurrency
 //
 // The handler runs on Run's goroutine, one record at a time: records of a
-// partition in offset order, partitions of a batch one after another. A slow
-// or retried record holds up the whole batch. With [WithSink], Run calls the
-// sink's Write once per partition of a batch, one after another, and its
-// Assign (from kgo's group goroutine, possibly before Run starts) and Revoke
-// between batches. The methods of [Consumer] are
-// safe for concurrent use; the handler must not call [Consumer.Close] and
-// wait for it (Close waits for Run, which waits for the handler).
+// partition in offset order, partitions of a batch one after another. A
+// slow or retried record holds up the whole batch. A [SinkConsumer] calls
+// the sink's Write once per partition of a batch, one after another, and
+// its Assign (from kgo's group goroutine) and Revoke between batches. The
+// methods of [Consumer] and [SinkConsumer] are safe for concurrent use; the
+// handler must not call Close and wait for it (Close waits for Run, which
+// waits for the handler).
 //
 // # Tracing
 //
 // Each handler call runs in a "<topic> process" span whose parent is the
 // record's "receive" span, itself joined to the producer's "publish" span
 // through the traceparent header, so produce, receive and process share one
-// trace. The span is in the handler's ctx. With [WithSink] there is no
-// handler and no "process" span; the "receive" spans remain.
+// trace. The span is in the handler's ctx. A [SinkConsumer] has no handler
+// and no "process" span; the "receive" spans remain.
 package consumer

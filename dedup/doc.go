@@ -3,8 +3,8 @@
 //
 // # Choosing a way
 //
-// A dedup [Store] with a [Guard], given to consumer.WithDedup under
-// kdeliver.ExactlyOnce: the consumer commits after processing and
+// A dedup [Store] with a [Guard], given to consumer.NewWithGuard: the
+// consumer commits after processing and
 // redelivers after a crash or rebalance, and the guard skips the records
 // whose side effect is done. It works for any side effect (an HTTP
 // call, an email, a row), and keeps at-least-once: a side effect that fails
@@ -12,15 +12,16 @@
 // process), redisstore (Redis), pgstore (PostgreSQL). Keys expire after a
 // TTL.
 //
-// A [Sink]: the side effects and the consumer's offsets commit in one
-// transaction of the sink's database (pgstore.Sink for PostgreSQL). No dedup
+// A consumer.Sink (the protocol is package consumer's; pgstore.Sink is one
+// for PostgreSQL): the side effects and the consumer's offsets commit in one
+// transaction of the sink's database. No dedup
 // table grows, no window is left between side effect and mark, and a member
 // that lost its partition is fenced. Use it when the side effect is a write
-// to that database; consumer.WithSink under kdeliver.ExactlyOnce drives it.
+// to that database; consumer.NewWithSink drives it.
 //
 // # Keys
 //
-// A record's key is its message ID, the [HeaderMessageID] header
+// A record's key is its message ID, the kdeliver.HeaderMessageID header
 // ("kdeliver-message-id") that producer.WithMessageIDs() stamps, which also
 // catches a message the producer sent twice; or, without one, its
 // topic/partition/offset ([Position]), which catches redelivery only. See
@@ -34,7 +35,7 @@
 // between the side effect and Confirm runs it again after the lease. Where
 // the side effect lives in the store's own database, [Guard.DoTx] with the
 // store's ConfirmTx removes the second ([ConfirmInTx] in a handler run by
-// [Guard.Handler] or consumer.WithDedup). The memory store forgets on restart
+// [Guard.Handler] or consumer.NewWithGuard). The memory store forgets on restart
 // and on eviction.
 //
 // # Errors

@@ -267,7 +267,7 @@ func (g *Guard) confirm(ctx context.Context, key string) error {
 // returns nil, unless h took the confirmation into its own transaction with
 // [ConfirmInTx] (as with [Guard.DoTx]).
 //
-// consumer.WithDedup uses it under kdeliver.ExactlyOnce: the consumer
+// consumer.NewWithGuard uses it: the consumer
 // commits after the handler returns nil, and the guard absorbs the
 // redeliveries.
 func (g *Guard) Handler(h func(ctx context.Context, r *kgo.Record) error) func(ctx context.Context, r *kgo.Record) error {
@@ -297,7 +297,7 @@ type reservationKey struct{}
 
 // ConfirmInTx hands the mark of the record in hand over to the side
 // effect's own transaction. Called in a handler run by [Guard.Handler] (and
-// so by consumer.WithDedup), it returns the key and TTL to confirm inside
+// so by consumer.NewWithGuard), it returns the key and TTL to confirm inside
 // the transaction that holds the side effect (pgstore.Store.ConfirmTx,
 // redisstore.Store.ConfirmTx), and tells the guard not to confirm the key
 // itself when the handler returns nil. The side effect and its mark then

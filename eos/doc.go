@@ -23,8 +23,8 @@
 // reader also sees the output of aborted transactions, i.e. duplicates.
 // Effects outside Kafka (HTTP calls, database writes) are not part of the
 // transaction: a handler may run several times for one record, so make them
-// idempotent, or use consumer.New with kdeliver.ExactlyOnce and
-// consumer.WithDedup (a dedup store skips what was done).
+// idempotent, or use consumer.NewWithGuard (a dedup store skips what was
+// done).
 //
 // Input is read with read_committed, offsets are never committed on a timer,
 // the producer is idempotent with acks=all; raw options that contradict this
@@ -60,10 +60,12 @@
 // # Failures of the handler
 //
 // A handler error or panic aborts the transaction and, after a backoff
-// ([WithBackoff]), handles the same record again. After [WithMaxAttempts]
-// attempts the policy applies: by default Run returns a [*HandlerError]; with
-// [WithDeadLetterTopic] the record is copied to the dead-letter topic inside
-// the transaction, and the loop goes on.
+// (kdeliver.WithBackoff: 100 ms doubling to 10 s, as in package consumer),
+// handles the same record again, for ever by default. After
+// kdeliver.WithMaxAttempts attempts, Run stops with a
+// [*kdeliver.HandlerError]; with [WithDeadLetterTopic] the record is copied
+// to the dead-letter topic inside the transaction, with the
+// kdeliver.HeaderDLQ* headers, and the loop goes on.
 //
 // # Lifecycle
 //
@@ -78,12 +80,14 @@
 // offsets do not hold up this one) and joins the group. [Session.Ping] makes
 // the same check once.
 //
-// When Run's ctx is cancelled or [Session.Close] is called, Run stops at the
-// next record: the handler call in progress finishes (its ctx is cancelled;
-// a handler that ignores it delays the stop by its own duration), the
-// records handled so far are committed, and Run returns nil. Records polled
-// but not handled are read again by the next owner of their partitions. A
-// Run that returned can be called again on the same Session.
+// The lifecycle is the one every kdeliver reader shares (the root package's
+// doc says it once). When Run's ctx is cancelled or [Session.Close] is
+// called, Run stops at the next record: the handler call in progress
+// finishes (its ctx is not cancelled, so the stop waits for it; it is
+// cancelled when Close's ctx ends first), the records handled so far are
+// committed, and Run returns nil. Records polled but not handled are read
+// again by the next owner of their partitions. A Run that returned can be
+// called again on the same Session.
 //
 // [Session.Close] stops Run, leaves the group and closes the client, within
 // its ctx: when the ctx ends first, the client is closed at once and Close
@@ -94,8 +98,8 @@
 //
 // # Errors
 //
-// Run returns only what no retry fixes: an error matching [ErrFenced]
-// (another instance owns the transactional ID: exit), a [*HandlerError], an
+// Run returns only what no retry fixes: an error matching [kdeliver.ErrFenced]
+// (another instance owns the transactional ID: exit), a [*kdeliver.HandlerError], an
 // error matching kdeliver.ErrUnreachable or kdeliver.ErrTopicNotFound (at
 // the start, or an output topic that produces find unknown for the start
 // timeout), or an authorization error. Everything else is retried, logged
