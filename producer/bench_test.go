@@ -8,11 +8,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/kdeliver/kdeliver"
 	"github.com/kdeliver/kdeliver/internal/preset"
+	"github.com/kdeliver/kdeliver/kdelivertest"
 	"github.com/kdeliver/kdeliver/producer"
 )
 
@@ -47,31 +47,35 @@ type side struct {
 }
 
 func benchProduce(b *testing.B, sem kdeliver.Semantics, sync bool) {
-	c, err := kfake.NewCluster(kfake.NumBrokers(3), kfake.SeedTopics(3, topic))
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer c.Close()
+	c := kdelivertest.Start(b, kdelivertest.WithTopic(topic, 3))
 	ctx := context.Background()
 
-	var opts []producer.Option
 	pre := preset.Producer{Semantics: sem}
+	raw := producer.WithKgoOpts(kgo.DisableClientMetrics())
+	var run func(context.Context, []*kgo.Record) error
 	if sem == kdeliver.ExactlyOnce {
-		opts = append(opts, producer.WithTransactionalID("bench-kdeliver"))
 		pre.TransactionalID = "bench-raw"
+		p, err := producer.NewTransactional(c.Brokers(), "bench-kdeliver", raw)
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer p.Close(ctx)
+		run = transactionalRun(p, sync)
+	} else {
+		p, err := producer.New(c.Brokers(), sem, raw)
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer p.Close(ctx)
+		run = kdeliverRun(p, sync)
 	}
-	p, err := producer.New(c.ListenAddrs(), sem, append(opts, producer.WithKgoOpts(kgo.DisableClientMetrics()))...)
+	rawCl, err := kgo.NewClient(append(pre.Opts(), kgo.SeedBrokers(c.Brokers()...), kgo.DisableClientMetrics())...)
 	if err != nil {
 		b.Fatal(err)
 	}
-	defer p.Close(ctx)
-	raw, err := kgo.NewClient(append(pre.Opts(), kgo.SeedBrokers(c.ListenAddrs()...), kgo.DisableClientMetrics())...)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer raw.Close()
+	defer rawCl.Close()
 
-	kd, rw := &side{run: kdeliverRun(p, sem, sync)}, &side{run: rawRun(raw, sem, sync)}
+	kd, rw := &side{run: run}, &side{run: rawRun(rawCl, sem, sync)}
 	chunk := 500
 	if sync {
 		chunk = 20
@@ -135,38 +139,40 @@ func benchProduce(b *testing.B, sem kdeliver.Semantics, sync bool) {
 	b.ReportMetric((float64(kd.allocs)-float64(rw.allocs))/n, "extra-allocs/rec")
 }
 
-func kdeliverRun(p *producer.Producer, sem kdeliver.Semantics, sync bool) func(context.Context, []*kgo.Record) error {
-	produce := func(ctx context.Context, recs []*kgo.Record, syncFn func(context.Context, *kgo.Record) error,
-		asyncFn func(context.Context, *kgo.Record, func(*kgo.Record, error))) error {
-		if sync {
-			for _, r := range recs {
-				if err := syncFn(ctx, r); err != nil {
-					return err
-				}
-			}
-			return nil
-		}
-		var first error
+// produce produces recs one by one with syncFn, or all with asyncFn.
+func produce(ctx context.Context, recs []*kgo.Record, sync bool, syncFn func(context.Context, *kgo.Record) error,
+	asyncFn func(context.Context, *kgo.Record, func(*kgo.Record, error))) error {
+	if sync {
 		for _, r := range recs {
-			asyncFn(ctx, r, nil)
+			if err := syncFn(ctx, r); err != nil {
+				return err
+			}
 		}
-		return first
+		return nil
 	}
-	if sem == kdeliver.ExactlyOnce {
-		return func(ctx context.Context, recs []*kgo.Record) error {
-			return p.Transact(ctx, func(ctx context.Context, tx *producer.Tx) error {
-				return produce(ctx, recs, tx.Produce, tx.ProduceAsync)
-			})
-		}
+	for _, r := range recs {
+		asyncFn(ctx, r, nil)
 	}
+	return nil
+}
+
+func kdeliverRun(p *producer.Producer, sync bool) func(context.Context, []*kgo.Record) error {
 	return func(ctx context.Context, recs []*kgo.Record) error {
-		if err := produce(ctx, recs, p.Produce, p.ProduceAsync); err != nil {
+		if err := produce(ctx, recs, sync, p.Produce, p.ProduceAsync); err != nil {
 			return err
 		}
 		if !sync {
 			return p.Flush(ctx)
 		}
 		return nil
+	}
+}
+
+func transactionalRun(p *producer.Transactional, sync bool) func(context.Context, []*kgo.Record) error {
+	return func(ctx context.Context, recs []*kgo.Record) error {
+		return p.Transact(ctx, func(ctx context.Context, tx *producer.Tx) error {
+			return produce(ctx, recs, sync, tx.Produce, tx.ProduceAsync)
+		})
 	}
 }
 

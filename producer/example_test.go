@@ -4,19 +4,20 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
-	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/kdeliver/kdeliver"
+	"github.com/kdeliver/kdeliver/kdelivertest"
 	"github.com/kdeliver/kdeliver/producer"
 )
 
-// startKafka starts an in-process Kafka (kfake) with topic "orders"; real
-// code passes its own broker addresses.
-func startKafka() *kfake.Cluster {
-	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(3, "orders"))
+// startKafka starts an embedded Kafka (package kdelivertest) with topic
+// "orders"; real code passes its own broker addresses.
+func startKafka() *kdelivertest.Cluster {
+	c, err := kdelivertest.NewCluster(kdelivertest.WithBrokers(1), kdelivertest.WithTopic("orders", 3))
 	if err != nil {
 		panic(err)
 	}
@@ -29,7 +30,7 @@ func ExampleNew() {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 
-	p, err := producer.New(kafka.ListenAddrs(), kdeliver.AtLeastOnce)
+	p, err := producer.New(kafka.Brokers(), kdeliver.AtLeastOnce)
 	if err != nil {
 		fmt.Println(err)
 		return
@@ -47,15 +48,20 @@ func ExampleNew() {
 
 func ExampleNew_refused() {
 	// Every contradiction is reported at once.
-	_, err := producer.New(nil, kdeliver.ExactlyOnce, producer.WithLeaderAck())
+	_, err := producer.New(nil, kdeliver.AtLeastOnce, producer.WithLeaderAck())
 	fmt.Println(errors.Is(err, kdeliver.ErrInvalidConfig))
+	fmt.Println(err)
+
+	// Exactly-once writes only inside transactions, through another
+	// constructor.
+	_, err = producer.New([]string{"127.0.0.1:9092"}, kdeliver.ExactlyOnce)
 	fmt.Println(err)
 	// Output:
 	// true
-	// kdeliver: invalid exactly-once producer configuration:
-	//   - ExactlyOnce needs a transactional ID, unique and stable per producer instance: pass producer.WithTransactionalID
-	//   - leader-only acks (acks=1) can lose acknowledged records, which exactly-once forbids: remove WithLeaderAck
+	// kdeliver: invalid at-least-once producer configuration:
+	//   - leader-only acks (acks=1) can lose acknowledged records, which at-least-once forbids: remove WithLeaderAck
 	//   - no brokers: pass at least one seed broker address, e.g. "127.0.0.1:9092"
+	// kdeliver: invalid exactly-once producer configuration: ExactlyOnce writes only inside transactions: use producer.NewTransactional(brokers, transactionalID) instead of producer.New
 }
 
 func ExampleProducer_ProduceAsync() {
@@ -64,7 +70,7 @@ func ExampleProducer_ProduceAsync() {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 
-	p, err := producer.New(kafka.ListenAddrs(), kdeliver.AtLeastOnce, producer.WithMessageIDs())
+	p, err := producer.New(kafka.Brokers(), kdeliver.AtLeastOnce, producer.WithMessageIDs())
 	if err != nil {
 		fmt.Println(err)
 		return
@@ -86,13 +92,15 @@ func ExampleProducer_ProduceAsync() {
 	// Output: failed: 0
 }
 
-func ExampleProducer_Transact() {
+func ExampleTransactional_Transact() {
 	kafka := startKafka()
 	defer kafka.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 
-	p, err := producer.New(kafka.ListenAddrs(), kdeliver.ExactlyOnce, producer.WithTransactionalID("billing-0"))
+	// The transactional ID is unique per running instance and stable
+	// across its restarts.
+	p, err := producer.NewTransactional(kafka.Brokers(), "billing-0")
 	if err != nil {
 		fmt.Println(err)
 		return
@@ -115,15 +123,26 @@ func ExampleProducer_Transact() {
 		}
 		return errors.New("payment provider said no")
 	})
-	fmt.Println("aborted:", errors.Is(err, producer.ErrAborted))
+	fmt.Println("aborted:", errors.Is(err, kdeliver.ErrAborted), kdeliver.ClassOf(err))
 
-	switch {
-	case errors.Is(err, producer.ErrFenced):
-		// Another instance took over this transactional ID: exit.
-	case errors.Is(err, producer.ErrAborted):
+	switch kdeliver.ClassOf(err) {
+	case kdeliver.Abortable:
 		// Nothing is visible; the transaction can be run again.
+	case kdeliver.Fatal:
+		// Fenced (errors.Is(err, kdeliver.ErrFenced)): another instance took
+		// over this transactional ID. Close and exit.
 	}
+
+	recs, err := kdelivertest.ReadCommittedRecords(ctx, kafka.Brokers(), "orders")
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	seen := kdelivertest.Values(recs)
+	slices.Sort(seen)
+	fmt.Println("read_committed sees:", seen)
 	// Output:
 	// committed: true
-	// aborted: true
+	// aborted: true abortable
+	// read_committed sees: [credit debit]
 }

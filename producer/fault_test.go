@@ -13,13 +13,14 @@ import (
 	"github.com/twmb/franz-go/pkg/kmsg"
 
 	"github.com/kdeliver/kdeliver"
+	"github.com/kdeliver/kdeliver/kdelivertest"
 	"github.com/kdeliver/kdeliver/producer"
 )
 
 // lostAcks makes kfake write the next n produce requests and answer them with
 // REQUEST_TIMED_OUT, as if the acknowledgement was lost on the way back.
-func lostAcks(c *kfake.Cluster, n int) *kfake.FaultHandle {
-	return c.Fault(kfake.Fault{Keys: []kmsg.Key{kmsg.Produce}, Topic: topic, Err: kerr.RequestTimedOut, Count: n})
+func lostAcks(c *kdelivertest.Cluster, n int) *kfake.FaultHandle {
+	return c.Kfake().Fault(kfake.Fault{Keys: []kmsg.Key{kmsg.Produce}, Topic: topic, Err: kerr.RequestTimedOut, Count: n})
 }
 
 func values(n int) []string {
@@ -46,7 +47,7 @@ func TestLostAcksAtLeastOnceNoDuplicates(t *testing.T) {
 	if faults.Hits() != 3 {
 		t.Fatalf("%d lost acks injected, want 3", faults.Hits())
 	}
-	got := countValues(readAll(t, c, kgo.ReadUncommitted()))
+	got := countValues(readLog(t, c))
 	for _, v := range values(30) {
 		if got[v] != 1 {
 			t.Errorf("%s read %d times, want 1", v, got[v])
@@ -61,7 +62,7 @@ func TestLostAcksAtLeastOnceNoDuplicates(t *testing.T) {
 // back with read_committed.
 func TestLostAcksExactlyOnceNoDuplicates(t *testing.T) {
 	c := cluster(t)
-	p := newProducer(t, c, kdeliver.ExactlyOnce, producer.WithTransactionalID("lost-acks"))
+	p := newTransactional(t, c, "lost-acks")
 	ctx := testCtx(t)
 	faults := lostAcks(c, 3)
 	vs := values(30)
@@ -81,8 +82,8 @@ func TestLostAcksExactlyOnceNoDuplicates(t *testing.T) {
 	if faults.Hits() != 3 {
 		t.Fatalf("%d lost acks injected, want 3", faults.Hits())
 	}
-	for _, iso := range []kgo.IsolationLevel{kgo.ReadCommitted(), kgo.ReadUncommitted()} {
-		got := countValues(readAll(t, c, iso))
+	for _, read := range []func(testing.TB, *kdelivertest.Cluster) []*kgo.Record{readCommitted, readLog} {
+		got := countValues(read(t, c))
 		for _, v := range vs {
 			if got[v] != 1 {
 				t.Errorf("%s read %d times, want 1", v, got[v])
@@ -129,7 +130,7 @@ func TestLostAcksAtMostOnceNoRetry(t *testing.T) {
 			if leader && failed != 3 {
 				t.Errorf("%d Produce calls failed, want 3 (one per lost ack)", failed)
 			}
-			got := countValues(readAll(t, c, kgo.ReadUncommitted()))
+			got := countValues(readLog(t, c))
 			for v, n := range got {
 				if n > 1 {
 					t.Errorf("%s read %d times: AtMostOnce must not duplicate", v, n)
@@ -147,10 +148,10 @@ func TestNotEnoughReplicasBounded(t *testing.T) {
 	c := cluster(t)
 	p := newProducer(t, c, kdeliver.AtLeastOnce, producer.WithDeliveryTimeout(time.Second))
 	ctx := testCtx(t)
-	faults := c.Fault(kfake.Fault{Keys: []kmsg.Key{kmsg.Produce}, Topic: topic, Err: kerr.NotEnoughReplicas, Count: -1})
+	faults := c.Kfake().Fault(kfake.Fault{Keys: []kmsg.Key{kmsg.Produce}, Topic: topic, Err: kerr.NotEnoughReplicas, Count: -1})
 	defer faults.Remove()
 	err := p.Produce(ctx, &kgo.Record{Topic: topic, Value: []byte("x")})
-	var de *producer.DeliveryError
+	var de *kdeliver.DeliveryError
 	if !errors.As(err, &de) {
 		t.Fatalf("got %v, want a *DeliveryError", err)
 	}
@@ -172,14 +173,14 @@ func TestRefusedRecordFailsAsync(t *testing.T) {
 	c := cluster(t)
 	p := newProducer(t, c, kdeliver.AtLeastOnce)
 	ctx := testCtx(t)
-	c.Fault(kfake.Fault{Keys: []kmsg.Key{kmsg.Produce}, Topic: topic, Err: kerr.InvalidRecord})
+	c.Kfake().Fault(kfake.Fault{Keys: []kmsg.Key{kmsg.Produce}, Topic: topic, Err: kerr.InvalidRecord})
 	done := make(chan error, 1)
 	p.ProduceAsync(ctx, &kgo.Record{Topic: topic, Value: []byte("bad")}, func(_ *kgo.Record, err error) { done <- err })
 	if err := p.Flush(ctx); err != nil {
 		t.Fatal(err)
 	}
 	err := <-done
-	var de *producer.DeliveryError
+	var de *kdeliver.DeliveryError
 	if !errors.As(err, &de) || !errors.Is(err, kerr.InvalidRecord) {
 		t.Fatalf("got %v, want a DeliveryError for INVALID_RECORD", err)
 	}
@@ -192,7 +193,7 @@ func TestRefusedRecordFailsAsync(t *testing.T) {
 func TestLostAcksDuplicateWithoutIdempotence(t *testing.T) {
 	c := cluster(t)
 	ctx := testCtx(t)
-	cl, err := kgo.NewClient(kgo.SeedBrokers(c.ListenAddrs()...), kgo.DisableIdempotentWrite(),
+	cl, err := kgo.NewClient(kgo.SeedBrokers(c.Brokers()...), kgo.DisableIdempotentWrite(),
 		kgo.MetadataMinAge(100*time.Millisecond), kgo.DisableClientMetrics())
 	if err != nil {
 		t.Fatal(err)
@@ -205,7 +206,7 @@ func TestLostAcksDuplicateWithoutIdempotence(t *testing.T) {
 		}
 	}
 	dups := 0
-	for _, n := range countValues(readAll(t, c, kgo.ReadUncommitted())) {
+	for _, n := range countValues(readLog(t, c)) {
 		dups += n - 1
 	}
 	if dups == 0 {

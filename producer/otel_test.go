@@ -62,7 +62,7 @@ func TestTraceContextInHeaders(t *testing.T) {
 	if tp.started.Load() == 0 {
 		t.Fatal("no span was started with the tracer provider passed")
 	}
-	recs := readAll(t, c, kgo.ReadUncommitted())
+	recs := readLog(t, c)
 	if len(recs) != 1 {
 		t.Fatalf("read %d records, want 1", len(recs))
 	}
@@ -92,7 +92,7 @@ func TestTraceContextPassThrough(t *testing.T) {
 	if err := p.Produce(testCtx(t), &kgo.Record{Topic: topic, Value: []byte("untraced")}); err != nil {
 		t.Fatal(err)
 	}
-	for _, r := range readAll(t, c, kgo.ReadUncommitted()) {
+	for _, r := range readLog(t, c) {
 		parent := headerValue(r, "traceparent")
 		switch string(r.Value) {
 		case "passed":
@@ -117,7 +117,7 @@ func TestTraceGlobalProviderSetLater(t *testing.T) {
 	if err := p.Produce(testCtx(t), &kgo.Record{Topic: topic, Value: []byte("late")}); err != nil {
 		t.Fatal(err)
 	}
-	recs := readAll(t, c, kgo.ReadUncommitted())
+	recs := readLog(t, c)
 	if len(recs) != 1 || !strings.Contains(headerValue(recs[0], "traceparent"), testTraceID.String()) {
 		t.Fatalf("record produced after otel.SetTracerProvider lacks its trace context")
 	}

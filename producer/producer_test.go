@@ -3,15 +3,17 @@ package producer_test
 import (
 	"context"
 	"errors"
-	"strings"
 	"testing"
 	"time"
 
+	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/kmsg"
 	"go.uber.org/goleak"
 
 	"github.com/kdeliver/kdeliver"
+	"github.com/kdeliver/kdeliver/kdelivertest"
 	"github.com/kdeliver/kdeliver/producer"
 )
 
@@ -19,24 +21,29 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 const topic = "t"
 
-// cluster starts a 3-broker kfake cluster on 127.0.0.1 with topic "t" (3
-// partitions) and closes it when the test ends.
-func cluster(t testing.TB, opts ...kfake.Opt) *kfake.Cluster {
+// cluster starts a 3-broker embedded cluster with topic "t" (3 partitions)
+// and closes it when the test ends.
+func cluster(t testing.TB) *kdelivertest.Cluster {
 	t.Helper()
-	c, err := kfake.NewCluster(append([]kfake.Opt{kfake.NumBrokers(3), kfake.SeedTopics(3, topic)}, opts...)...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(c.Close)
-	return c
+	return kdelivertest.Start(t, kdelivertest.WithTopic(topic, 3))
 }
 
 // fast are raw options that make kgo notice kfake's changes quickly.
 var fast = producer.WithKgoOpts(kgo.MetadataMinAge(100*time.Millisecond), kgo.DisableClientMetrics())
 
-func newProducer(t testing.TB, c *kfake.Cluster, sem kdeliver.Semantics, opts ...producer.Option) *producer.Producer {
+func newProducer(t testing.TB, c *kdelivertest.Cluster, sem kdeliver.Semantics, opts ...producer.Option) *producer.Producer {
 	t.Helper()
-	p, err := producer.New(c.ListenAddrs(), sem, append([]producer.Option{fast}, opts...)...)
+	p, err := producer.New(c.Brokers(), sem, append([]producer.Option{fast}, opts...)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = p.Close(context.Background()) })
+	return p
+}
+
+func newTransactional(t testing.TB, c *kdelivertest.Cluster, id string, opts ...producer.Option) *producer.Transactional {
+	t.Helper()
+	p, err := producer.NewTransactional(c.Brokers(), id, append([]producer.Option{fast}, opts...)...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -50,44 +57,20 @@ func testCtx(t testing.TB) context.Context {
 	return ctx
 }
 
-// readAll reads back every record of topic t with the given isolation. It
-// first writes a sentinel to each partition with a plain client, then reads
-// until it has seen all sentinels, which it leaves out. Call it only when no
-// transaction is open.
-func readAll(t testing.TB, c *kfake.Cluster, iso kgo.IsolationLevel) []*kgo.Record {
+// readCommitted reads back every committed record of topic t.
+func readCommitted(t testing.TB, c *kdelivertest.Cluster) []*kgo.Record {
 	t.Helper()
-	ctx := testCtx(t)
-	cl, err := kgo.NewClient(kgo.SeedBrokers(c.ListenAddrs()...), kgo.ConsumeTopics(topic),
-		kgo.FetchIsolationLevel(iso), kgo.DisableClientMetrics(), kgo.RecordPartitioner(kgo.ManualPartitioner()),
-		kgo.MetadataMinAge(100*time.Millisecond))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cl.Close()
-	parts := len(c.PartitionInfos(topic))
-	for i := range parts {
-		if err := cl.ProduceSync(ctx, &kgo.Record{Topic: topic, Partition: int32(i), Key: []byte(sentinel)}).FirstErr(); err != nil {
-			t.Fatal(err)
-		}
-	}
-	var recs []*kgo.Record
-	for seen := 0; seen < parts; {
-		fs := cl.PollFetches(ctx)
-		if ctx.Err() != nil {
-			t.Fatalf("reading back: %v (%d of %d sentinels seen)", ctx.Err(), seen, parts)
-		}
-		fs.EachRecord(func(r *kgo.Record) {
-			if string(r.Key) == sentinel {
-				seen++
-				return
-			}
-			recs = append(recs, r)
-		})
-	}
-	return recs
+	return kdelivertest.ReadCommitted(t, c.Brokers(), topic)
 }
 
-const sentinel = "readAll-sentinel"
+// readLog reads back every record in the log of topic t, those of aborted
+// transactions included: kdelivertest's exact reader, with read_uncommitted
+// isolation. Call it only when no transaction is open (the reader stops at
+// the last stable offset).
+func readLog(t testing.TB, c *kdelivertest.Cluster) []*kgo.Record {
+	t.Helper()
+	return kdelivertest.ReadCommitted(t, c.Brokers(), topic, kgo.FetchIsolationLevel(kgo.ReadUncommitted()))
+}
 
 // countValues counts the records read back by value.
 func countValues(recs []*kgo.Record) map[string]int {
@@ -112,7 +95,7 @@ func TestProduceEachSemantics(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	got := readAll(t, c, kgo.ReadUncommitted())
+	got := readLog(t, c)
 	if len(got) != 2 {
 		t.Fatalf("read %d records, want 2", len(got))
 	}
@@ -161,7 +144,7 @@ func TestCloseFlushesAsyncRecords(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if got := len(readAll(t, c, kgo.ReadUncommitted())); got != n {
+	if got := len(readLog(t, c)); got != n {
 		t.Fatalf("read %d, want %d", got, n)
 	}
 }
@@ -170,7 +153,7 @@ func TestMessageIDs(t *testing.T) {
 	c := cluster(t)
 	p := newProducer(t, c, kdeliver.AtLeastOnce, producer.WithMessageIDs())
 	ctx := testCtx(t)
-	kept := &kgo.Record{Topic: topic, Headers: []kgo.RecordHeader{{Key: producer.MessageIDHeader, Value: []byte("app-chosen")}}}
+	kept := &kgo.Record{Topic: topic, Headers: []kgo.RecordHeader{{Key: kdeliver.HeaderMessageID, Value: []byte("app-chosen")}}}
 	if err := p.Produce(ctx, kept); err != nil {
 		t.Fatal(err)
 	}
@@ -180,10 +163,10 @@ func TestMessageIDs(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	for _, r := range readAll(t, c, kgo.ReadUncommitted()) {
+	for _, r := range readLog(t, c) {
 		var n int
 		for _, h := range r.Headers {
-			if h.Key == producer.MessageIDHeader {
+			if h.Key == kdeliver.HeaderMessageID {
 				n++
 				ids[string(h.Value)] = true
 				if string(h.Value) != "app-chosen" && (len(h.Value) != 33 || h.Value[16] != '-') {
@@ -200,31 +183,84 @@ func TestMessageIDs(t *testing.T) {
 	}
 }
 
-func TestExactlyOnceProduceOutsideTransact(t *testing.T) {
+// TestSender: code that picks the semantics at run time writes through
+// producer.Sender whichever constructor built it; a Transactional's Send is
+// one transaction, so a failed record hides the others. (Producing outside a
+// transaction on a Transactional does not compile: see the root package's
+// TestMisuseDoesNotCompile.)
+func TestSender(t *testing.T) {
 	c := cluster(t)
-	p := newProducer(t, c, kdeliver.ExactlyOnce, producer.WithTransactionalID("eos-outside"))
-	if err := p.Produce(testCtx(t), &kgo.Record{Topic: topic}); !errors.Is(err, producer.ErrNotInTransaction) {
-		t.Fatalf("got %v, want ErrNotInTransaction", err)
+	ctx := testCtx(t)
+	var want []string
+	for i, sem := range kdeliver.All {
+		var s producer.Sender
+		var err error
+		switch sem {
+		case kdeliver.ExactlyOnce:
+			s, err = producer.NewTransactional(c.Brokers(), "sender", fast)
+		case kdeliver.AtMostOnce:
+			// acks=1, so that Send returns once the broker has the records.
+			s, err = producer.New(c.Brokers(), sem, fast, producer.WithLeaderAck())
+		default:
+			s, err = producer.New(c.Brokers(), sem, fast)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		recs := kdelivertest.Records(topic, 3, kdelivertest.From(10*i))
+		if err := s.Send(ctx, recs...); err != nil {
+			t.Fatalf("%s Send: %v", sem, err)
+		}
+		want = append(want, kdelivertest.Values(recs)...)
+		if err := s.Close(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.Send(ctx, recs...); !errors.Is(err, kdeliver.ErrClosed) {
+			t.Fatalf("%s Send after Close: %v, want ErrClosed", sem, err)
+		}
 	}
-	alo := newProducer(t, c, kdeliver.AtLeastOnce)
-	if err := alo.Transact(testCtx(t), func(context.Context, *producer.Tx) error { return nil }); !errors.Is(err, producer.ErrNotTransactional) {
-		t.Fatalf("got %v, want ErrNotTransactional", err)
+	if r := kdelivertest.Audit(want, readCommitted(t, c)); !r.Exact() {
+		t.Fatalf("read_committed after three Sends: %s", r)
+	}
+
+	// A record the broker refuses aborts the whole Send.
+	p := newTransactional(t, c, "sender-refused", producer.WithKgoOpts(kgo.RecordPartitioner(kgo.ManualPartitioner())))
+	c.Kfake().Fault(kfake.Fault{Keys: []kmsg.Key{kmsg.Produce}, Topic: topic, Partitions: []int32{1}, Err: kerr.InvalidRecord})
+	err := p.Send(ctx, &kgo.Record{Topic: topic, Partition: 0, Value: []byte("x0")}, &kgo.Record{Topic: topic, Partition: 1, Value: []byte("x1")})
+	var de *kdeliver.DeliveryError
+	if !errors.Is(err, kdeliver.ErrAborted) || !errors.As(err, &de) || !errors.Is(err, kerr.InvalidRecord) {
+		t.Fatalf("Send with a refused record: %v, want ErrAborted wrapping a DeliveryError for INVALID_RECORD", err)
+	}
+	if r := kdelivertest.Audit(want, readCommitted(t, c)); !r.Exact() {
+		t.Fatalf("read_committed after an aborted Send: %s", r)
 	}
 }
 
-func TestDeliveryErrorMessage(t *testing.T) {
-	e := &producer.DeliveryError{Record: &kgo.Record{Topic: "orders", Partition: 2, Value: []byte("secret")}, Err: kgo.ErrRecordTimeout}
-	msg := e.Error()
-	for _, want := range []string{`"orders"`, "partition 2", "re-send"} {
-		if !strings.Contains(msg, want) {
-			t.Errorf("message %q lacks %q", msg, want)
-		}
+func TestTransactionalCloseTwiceThenErrClosed(t *testing.T) {
+	c := cluster(t)
+	p := newTransactional(t, c, "closed")
+	ctx := testCtx(t)
+	if err := p.Transact(ctx, func(ctx context.Context, tx *producer.Tx) error { return tx.Produce(ctx, rec("before")) }); err != nil {
+		t.Fatal(err)
 	}
-	if strings.Contains(msg, "secret") {
-		t.Errorf("message %q leaks the record value", msg)
+	if err := p.Close(ctx); err != nil {
+		t.Fatal(err)
 	}
-	if !errors.Is(e, kgo.ErrRecordTimeout) {
-		t.Error("errors.Is does not see the cause")
+	if err := p.Close(ctx); err != nil {
+		t.Fatalf("second Close: %v", err)
+	}
+	ran := false
+	if err := p.Transact(ctx, func(context.Context, *producer.Tx) error { ran = true; return nil }); !errors.Is(err, kdeliver.ErrClosed) || ran {
+		t.Fatalf("Transact after Close: %v (fn ran: %v), want ErrClosed without running fn", err, ran)
+	}
+	if err := p.Send(ctx, rec("after")); !errors.Is(err, kdeliver.ErrClosed) {
+		t.Fatalf("Send after Close: %v, want ErrClosed", err)
+	}
+	if err := p.Ping(ctx); !errors.Is(err, kdeliver.ErrClosed) {
+		t.Fatalf("Ping after Close: %v, want ErrClosed", err)
+	}
+	if p.Semantics() != kdeliver.ExactlyOnce {
+		t.Fatalf("Semantics() = %s", p.Semantics())
 	}
 }
 

@@ -48,7 +48,7 @@ func TestOldTimestampDelivered(t *testing.T) {
 			t.Fatalf("%s ProduceAsync: %v", sem, err)
 		}
 	}
-	p := newProducer(t, c, kdeliver.ExactlyOnce, producer.WithTransactionalID("old-ts"))
+	p := newTransactional(t, c, "old-ts")
 	err := p.Transact(ctx, func(ctx context.Context, tx *producer.Tx) error {
 		if err := tx.Produce(ctx, rec("exactly-once-sync")); err != nil {
 			return err
@@ -62,7 +62,7 @@ func TestOldTimestampDelivered(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Transact: %v", err)
 	}
-	got := readAll(t, c, kgo.ReadCommitted())
+	got := readCommitted(t, c)
 	if len(got) != len(want) {
 		t.Fatalf("read %d records, want %d", len(got), len(want))
 	}
@@ -84,7 +84,7 @@ func TestDeliveryTimeoutCountsFromHandOver(t *testing.T) {
 	c := cluster(t)
 	p := newProducer(t, c, kdeliver.AtLeastOnce, producer.WithDeliveryTimeout(time.Second))
 	ctx := testCtx(t)
-	faults := c.Fault(kfake.Fault{Keys: []kmsg.Key{kmsg.Produce}, Topic: topic, Err: kerr.NotEnoughReplicas, Count: -1})
+	faults := c.Kfake().Fault(kfake.Fault{Keys: []kmsg.Key{kmsg.Produce}, Topic: topic, Err: kerr.NotEnoughReplicas, Count: -1})
 	defer faults.Remove()
 	type key struct{}
 	own := context.WithValue(context.Background(), key{}, "mine")
@@ -106,11 +106,13 @@ func TestDeliveryTimeoutCountsFromHandOver(t *testing.T) {
 // with the reason, since it would bring back the failure above.
 func TestRawRecordDeliveryTimeoutRefused(t *testing.T) {
 	for _, sem := range kdeliver.All {
-		opts := []producer.Option{producer.WithKgoOpts(kgo.RecordDeliveryTimeout(time.Minute))}
+		raw := producer.WithKgoOpts(kgo.RecordDeliveryTimeout(time.Minute))
+		var err error
 		if sem == kdeliver.ExactlyOnce {
-			opts = append(opts, producer.WithTransactionalID("x"))
+			_, err = producer.NewTransactional([]string{"127.0.0.1:9092"}, "x", raw)
+		} else {
+			_, err = producer.New([]string{"127.0.0.1:9092"}, sem, raw)
 		}
-		_, err := producer.New([]string{"127.0.0.1:9092"}, sem, opts...)
 		if !errors.Is(err, kdeliver.ErrInvalidConfig) || !strings.Contains(fmt.Sprint(err), "RecordDeliveryTimeout") {
 			t.Errorf("%s: got %v, want a refusal naming kgo.RecordDeliveryTimeout", sem, err)
 		}
@@ -127,7 +129,7 @@ func TestMissingTopicNamed(t *testing.T) {
 		if sem == kdeliver.AtMostOnce {
 			opts = append(opts, producer.WithLeaderAck())
 		}
-		p, err := producer.New(c.ListenAddrs(), sem, opts...)
+		p, err := producer.New(c.Brokers(), sem, opts...)
 		if err != nil {
 			t.Fatal(err)
 		}

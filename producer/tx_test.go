@@ -32,7 +32,7 @@ func produceAll(ctx context.Context, tx *producer.Tx, vs ...string) error {
 
 func TestTransactCommitAndAbort(t *testing.T) {
 	c := cluster(t)
-	p := newProducer(t, c, kdeliver.ExactlyOnce, producer.WithTransactionalID("commit-abort"))
+	p := newTransactional(t, c, "commit-abort")
 	ctx := testCtx(t)
 
 	if err := p.Transact(ctx, func(ctx context.Context, tx *producer.Tx) error {
@@ -48,8 +48,11 @@ func TestTransactCommitAndAbort(t *testing.T) {
 		}
 		return boom
 	})
-	if !errors.Is(err, producer.ErrAborted) || !errors.Is(err, boom) {
+	if !errors.Is(err, kdeliver.ErrAborted) || !errors.Is(err, boom) {
 		t.Fatalf("got %v, want ErrAborted wrapping fn's error", err)
+	}
+	if c := kdeliver.ClassOf(err); c != kdeliver.Abortable {
+		t.Errorf("ClassOf(aborted transaction) = %s, want abortable", c)
 	}
 
 	func() {
@@ -75,8 +78,16 @@ func TestTransactCommitAndAbort(t *testing.T) {
 	if err := leaked.Produce(ctx, rec("late")); !errors.Is(err, producer.ErrNotInTransaction) {
 		t.Fatalf("late Tx.Produce: %v, want ErrNotInTransaction", err)
 	}
+	if err := leaked.Send(ctx, rec("late")); !errors.Is(err, producer.ErrNotInTransaction) {
+		t.Fatalf("late Tx.Send: %v, want ErrNotInTransaction", err)
+	}
+	var lateErr error
+	leaked.ProduceAsync(ctx, rec("late"), func(_ *kgo.Record, err error) { lateErr = err })
+	if !errors.Is(lateErr, producer.ErrNotInTransaction) {
+		t.Fatalf("late Tx.ProduceAsync: %v, want ErrNotInTransaction before it returns", lateErr)
+	}
 
-	committed := countValues(readAll(t, c, kgo.ReadCommitted()))
+	committed := countValues(readCommitted(t, c))
 	for _, v := range []string{"c1", "c2", "c3", "c4", "c5"} {
 		if committed[v] != 1 {
 			t.Errorf("committed %s read %d times, want 1", v, committed[v])
@@ -88,7 +99,7 @@ func TestTransactCommitAndAbort(t *testing.T) {
 	// The aborted records acknowledged before the abort are in the log,
 	// only hidden: the test would catch a reader that ignores isolation.
 	// (Buffered ones such as a4 may have been dropped before being sent.)
-	all := countValues(readAll(t, c, kgo.ReadUncommitted()))
+	all := countValues(readLog(t, c))
 	for _, v := range []string{"a1", "a3", "p1", "p3"} {
 		if all[v] != 1 {
 			t.Errorf("aborted %s read %d times with read_uncommitted, want 1", v, all[v])
@@ -101,30 +112,30 @@ func TestTransactCommitAndAbort(t *testing.T) {
 // commit whatever succeeded).
 func TestTransactFailedProduceAborts(t *testing.T) {
 	c := cluster(t)
-	p := newProducer(t, c, kdeliver.ExactlyOnce, producer.WithTransactionalID("failed-produce"),
+	p := newTransactional(t, c, "failed-produce",
 		producer.WithKgoOpts(kgo.RecordPartitioner(kgo.ManualPartitioner())))
 	ctx := testCtx(t)
-	c.Fault(kfake.Fault{Keys: []kmsg.Key{kmsg.Produce}, Topic: topic, Partitions: []int32{1}, Err: kerr.InvalidRecord})
+	c.Kfake().Fault(kfake.Fault{Keys: []kmsg.Key{kmsg.Produce}, Topic: topic, Partitions: []int32{1}, Err: kerr.InvalidRecord})
 	err := p.Transact(ctx, func(ctx context.Context, tx *producer.Tx) error {
 		for _, part := range []int32{0, 1, 2} {
 			tx.ProduceAsync(ctx, &kgo.Record{Topic: topic, Partition: part, Value: []byte("x")}, nil)
 		}
 		return nil // ignores the failure on purpose
 	})
-	if !errors.Is(err, producer.ErrAborted) || !errors.Is(err, kerr.InvalidRecord) {
+	if !errors.Is(err, kdeliver.ErrAborted) || !errors.Is(err, kerr.InvalidRecord) {
 		t.Fatalf("got %v, want ErrAborted wrapping INVALID_RECORD", err)
 	}
-	if got := readAll(t, c, kgo.ReadCommitted()); len(got) != 0 {
+	if got := readCommitted(t, c); len(got) != 0 {
 		t.Fatalf("read_committed saw %d records of an aborted transaction", len(got))
 	}
-	if got := readAll(t, c, kgo.ReadUncommitted()); len(got) != 2 {
+	if got := readLog(t, c); len(got) != 2 {
 		t.Fatalf("read_uncommitted saw %d records, want the 2 written to partitions 0 and 2", len(got))
 	}
 	// The producer recovers: the next transaction commits.
 	if err := p.Transact(ctx, func(ctx context.Context, tx *producer.Tx) error { return tx.Produce(ctx, rec("after")) }); err != nil {
 		t.Fatal(err)
 	}
-	if got := countValues(readAll(t, c, kgo.ReadCommitted())); got["after"] != 1 || len(got) != 1 {
+	if got := countValues(readCommitted(t, c)); got["after"] != 1 || len(got) != 1 {
 		t.Fatalf("read_committed saw %v, want only \"after\"", got)
 	}
 }
@@ -139,14 +150,14 @@ func TestTransactCommitRefused(t *testing.T) {
 		code        *kerr.Error
 		want, avoid error
 	}{
-		{kerr.TransactionAbortable, producer.ErrAborted, producer.ErrUnconfirmed},
-		{kerr.UnknownServerError, producer.ErrUnconfirmed, producer.ErrAborted},
+		{kerr.TransactionAbortable, kdeliver.ErrAborted, kdeliver.ErrUnconfirmed},
+		{kerr.UnknownServerError, kdeliver.ErrUnconfirmed, kdeliver.ErrAborted},
 	} {
 		t.Run(tt.code.Message, func(t *testing.T) {
 			c := cluster(t)
-			p := newProducer(t, c, kdeliver.ExactlyOnce, producer.WithTransactionalID("refused"))
+			p := newTransactional(t, c, "refused")
 			ctx := testCtx(t)
-			f := c.Fault(kfake.Fault{Keys: []kmsg.Key{kmsg.EndTxn}, Err: tt.code, TopLevel: true,
+			f := c.Kfake().Fault(kfake.Fault{Keys: []kmsg.Key{kmsg.EndTxn}, Err: tt.code, TopLevel: true,
 				When: func(r kmsg.Request) bool { return r.(*kmsg.EndTxnRequest).Commit }})
 			err := p.Transact(ctx, func(ctx context.Context, tx *producer.Tx) error { return tx.Produce(ctx, rec("first")) })
 			if f.Hits() != 1 {
@@ -155,11 +166,14 @@ func TestTransactCommitRefused(t *testing.T) {
 			if !errors.Is(err, tt.want) || errors.Is(err, tt.avoid) {
 				t.Fatalf("got %v, want %v", err, tt.want)
 			}
+			if c := kdeliver.ClassOf(err); c != kdeliver.Abortable {
+				t.Errorf("ClassOf = %s, want abortable", c)
+			}
 			if err := p.Transact(ctx, func(ctx context.Context, tx *producer.Tx) error { return tx.Produce(ctx, rec("next")) }); err != nil {
 				t.Fatalf("next transaction: %v", err)
 			}
-			got := countValues(readAll(t, c, kgo.ReadCommitted()))
-			if got["next"] != 1 || got["first"] > 1 || (tt.want == producer.ErrAborted && got["first"] != 0) {
+			got := countValues(readCommitted(t, c))
+			if got["next"] != 1 || got["first"] > 1 || (tt.want == kdeliver.ErrAborted && got["first"] != 0) {
 				t.Fatalf("read_committed saw %v", got)
 			}
 		})
@@ -174,7 +188,7 @@ func TestTransactCommitRefused(t *testing.T) {
 func TestTransactFenced(t *testing.T) {
 	c := cluster(t)
 	const id = "fenced"
-	old := newProducer(t, c, kdeliver.ExactlyOnce, producer.WithTransactionalID(id))
+	old := newTransactional(t, c, id)
 	ctx := testCtx(t)
 	// Give the old producer its producer ID and epoch.
 	if err := old.Transact(ctx, func(ctx context.Context, tx *producer.Tx) error { return tx.Produce(ctx, rec("old-1")) }); err != nil {
@@ -184,20 +198,23 @@ func TestTransactFenced(t *testing.T) {
 		if err := tx.Produce(ctx, rec("old-2")); err != nil {
 			return err
 		}
-		successor := newProducer(t, c, kdeliver.ExactlyOnce, producer.WithTransactionalID(id))
+		successor := newTransactional(t, c, id)
 		if err := successor.Transact(ctx, func(ctx context.Context, tx *producer.Tx) error { return tx.Produce(ctx, rec("new")) }); err != nil {
 			t.Errorf("successor: %v", err)
 		}
 		return tx.Produce(ctx, rec("old-3"))
 	})
-	if !errors.Is(err, producer.ErrFenced) || !errors.Is(err, kerr.ProducerFenced) {
+	if !errors.Is(err, kdeliver.ErrFenced) || !errors.Is(err, kerr.ProducerFenced) {
 		t.Fatalf("got %v, want ErrFenced matching kerr.ProducerFenced", err)
 	}
 	again := old.Transact(ctx, func(ctx context.Context, tx *producer.Tx) error { return tx.Produce(ctx, rec("old-4")) })
-	if !errors.Is(again, producer.ErrFenced) {
+	if !errors.Is(again, kdeliver.ErrFenced) {
 		t.Fatalf("next Transact: %v, want ErrFenced", again)
 	}
-	got := countValues(readAll(t, c, kgo.ReadCommitted()))
+	if c := kdeliver.ClassOf(err); c != kdeliver.Fatal {
+		t.Errorf("ClassOf(fenced) = %s, want fatal", c)
+	}
+	got := countValues(readCommitted(t, c))
 	if got["old-1"] != 1 || got["new"] != 1 || len(got) != 2 {
 		t.Fatalf("read_committed saw %v, want old-1 and new once each", got)
 	}
