@@ -7,6 +7,7 @@ import (
 
 	"github.com/twmb/franz-go/pkg/kgo"
 
+	"github.com/kdeliver/kdeliver"
 	"github.com/kdeliver/kdeliver/dedup"
 )
 
@@ -26,7 +27,7 @@ func ExampleGuard_Handler() {
 		fmt.Printf("charged %s\n", r.Value)
 		return nil
 	})
-	rec := &kgo.Record{Value: []byte("order-1"), Headers: []kgo.RecordHeader{{Key: dedup.HeaderMessageID, Value: []byte("order-1")}}}
+	rec := &kgo.Record{Value: []byte("order-1"), Headers: []kgo.RecordHeader{{Key: kdeliver.HeaderMessageID, Value: []byte("order-1")}}}
 	for range 3 { // delivered three times: a failure, a success, a duplicate
 		fmt.Println("handler error:", handler(context.Background(), rec))
 	}

@@ -85,7 +85,7 @@ func (o Outcome) String() string {
 
 // ErrNoKey is returned by [Guard.Handler] for a record whose key function
 // returned "": nothing identifies it, so it was not processed. Fix the key
-// function or have the producer stamp [HeaderMessageID].
+// function or have the producer stamp [kdeliver.HeaderMessageID].
 var ErrNoKey = errors.New("dedup: record has no key")
 
 // Guard runs a side effect at most once per key while keeping at-least-once:
