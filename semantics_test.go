@@ -219,21 +219,3 @@ func TestConfigError(t *testing.T) {
 		t.Errorf("errors.As did not recover the ConfigError: %v", ce)
 	}
 }
-
-func TestProblems(t *testing.T) {
-	var ps kdeliver.Problems
-	if err := ps.Err("producer", kdeliver.AtMostOnce); err != nil {
-		t.Fatalf("no problems: Err = %v; want nil", err)
-	}
-	ps.Add(false, "not added")
-	ps.Add(true, "first")
-	ps.Add(true, "second")
-	err := ps.Err("producer", kdeliver.AtMostOnce)
-	var ce *kdeliver.ConfigError
-	if !errors.As(err, &ce) {
-		t.Fatalf("Err = %T; want *ConfigError", err)
-	}
-	if ce.What != "producer" || ce.Semantics != kdeliver.AtMostOnce || strings.Join(ce.Problems, ",") != "first,second" {
-		t.Errorf("ConfigError = %+v", ce)
-	}
-}
