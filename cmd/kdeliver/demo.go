@@ -16,7 +16,8 @@ import (
 	"github.com/twmb/franz-go/pkg/kmsg"
 
 	"github.com/kdeliver/kdeliver"
-	"github.com/kdeliver/kdeliver/internal/embedded"
+	"github.com/kdeliver/kdeliver/internal/exampleenv"
+	"github.com/kdeliver/kdeliver/kdelivertest"
 )
 
 const demoSynopsis = `kdeliver demo [--brokers host:port,...] [--records N] [--semantics S,...] [--json]
@@ -188,7 +189,7 @@ func runDemo(args []string, stdout, stderr io.Writer) error {
 
 	env := &demoEnv{cfg: cfg, runID: strconv.FormatInt(time.Now().UnixNano()%1e9, 36)}
 	if len(cfg.brokers) == 0 {
-		cl, err := embedded.Start(ctx)
+		cl, err := kdelivertest.NewCluster()
 		if err != nil {
 			return err
 		}
@@ -197,7 +198,7 @@ func runDemo(args []string, stdout, stderr io.Writer) error {
 		env.cluster = "embedded kfake cluster (3 brokers on 127.0.0.1)"
 		env.onCluster = "an " + env.cluster
 	} else {
-		if err := embedded.CreateTopics(ctx, cfg.brokers, 0); err != nil { // a ping: no topics yet
+		if err := exampleenv.CreateTopics(ctx, cfg.brokers, 0); err != nil { // a ping: no topics yet
 			return err
 		}
 		env.brokers, env.idle = cfg.brokers, 15*time.Second
@@ -326,7 +327,7 @@ func (e *demoEnv) createTopic(ctx context.Context, topic string) error {
 	if e.kfake != nil {
 		err = e.kfake.CreateTopic(topic, int32(e.cfg.partitions), nil)
 	} else {
-		err = embedded.CreateTopics(ctx, e.brokers, int32(e.cfg.partitions), topic)
+		err = exampleenv.CreateTopics(ctx, e.brokers, int32(e.cfg.partitions), topic)
 	}
 	if err != nil {
 		return err

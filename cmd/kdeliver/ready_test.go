@@ -12,17 +12,14 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/pkg/kmsg"
 
-	"github.com/kdeliver/kdeliver/internal/embedded"
+	"github.com/kdeliver/kdeliver/internal/exampleenv"
+	"github.com/kdeliver/kdeliver/kdelivertest"
 )
 
 // startWithClient starts an embedded cluster and an admin client on it.
-func startWithClient(t *testing.T) (*embedded.Cluster, *kgo.Client) {
+func startWithClient(t *testing.T) (*kdelivertest.Cluster, *kgo.Client) {
 	t.Helper()
-	c, err := embedded.Start(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(c.Close)
+	c := kdelivertest.Start(t)
 	cl, err := kgo.NewClient(kgo.SeedBrokers(c.Brokers()...))
 	if err != nil {
 		t.Fatal(err)
@@ -35,7 +32,7 @@ func startWithClient(t *testing.T) (*embedded.Cluster, *kgo.Client) {
 // the topics matched with NOT_LEADER_FOR_PARTITION while refuse(n) is true,
 // n counting such requests from 1; the other partitions are answered at
 // offset 0.
-func refuseListOffsets(c *embedded.Cluster, match func(topic string) bool, refuse func(n int64) bool) *atomic.Int64 {
+func refuseListOffsets(c *kdelivertest.Cluster, match func(topic string) bool, refuse func(n int64) bool) *atomic.Int64 {
 	var n atomic.Int64
 	k := c.Kfake()
 	k.ControlKey(int16(kmsg.ListOffsets), func(kreq kmsg.Request) (kmsg.Response, error, bool) {
@@ -77,7 +74,7 @@ func TestWaitWritableNewTopic(t *testing.T) {
 	defer cancel()
 	c, cl := startWithClient(t)
 	// Created through the protocol, as on a real cluster.
-	if err := embedded.CreateTopics(ctx, c.Brokers(), 6, "fresh"); err != nil {
+	if err := exampleenv.CreateTopics(ctx, c.Brokers(), 6, "fresh"); err != nil {
 		t.Fatal(err)
 	}
 	if err := waitWritable(ctx, cl, "fresh", 6); err != nil {

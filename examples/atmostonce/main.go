@@ -21,17 +21,17 @@ import (
 
 	"github.com/kdeliver/kdeliver"
 	"github.com/kdeliver/kdeliver/consumer"
-	"github.com/kdeliver/kdeliver/internal/embedded"
+	"github.com/kdeliver/kdeliver/internal/exampleenv"
 	"github.com/kdeliver/kdeliver/producer"
 )
 
-func main() { embedded.Main("atmostonce", run) }
+func main() { exampleenv.Main("atmostonce", run) }
 
 func run(ctx context.Context, given []string, w io.Writer) error {
 	// Fresh names, so that a rerun on a real cluster starts clean.
 	id := strconv.FormatInt(time.Now().UnixNano(), 36)
 	topic, group := "readings-"+id, "dashboard-"+id
-	brokers, stop, err := embedded.Brokers(ctx, given, 1, topic)
+	brokers, stop, err := exampleenv.Brokers(ctx, given, 1, topic)
 	if err != nil {
 		return err
 	}

@@ -23,11 +23,12 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/kdeliver/kdeliver"
-	"github.com/kdeliver/kdeliver/internal/embedded"
+	"github.com/kdeliver/kdeliver/internal/exampleenv"
+	"github.com/kdeliver/kdeliver/kdelivertest"
 	"github.com/kdeliver/kdeliver/producer"
 )
 
-func main() { embedded.Main("exactlyonce", run) }
+func main() { exampleenv.Main("exactlyonce", run) }
 
 var errCardDeclined = errors.New("card declined")
 
@@ -35,7 +36,7 @@ func run(ctx context.Context, given []string, w io.Writer) error {
 	// Fresh names, so that a rerun on a real cluster starts clean.
 	id := strconv.FormatInt(time.Now().UnixNano(), 36)
 	topic := "payments-" + id
-	brokers, stop, err := embedded.Brokers(ctx, given, 1, topic)
+	brokers, stop, err := exampleenv.Brokers(ctx, given, 1, topic)
 	if err != nil {
 		return err
 	}
@@ -69,33 +70,17 @@ func run(ctx context.Context, given []string, w io.Writer) error {
 	}
 	fmt.Fprintln(w, "transaction 2 wrote payment-c, payment-d, payment-e: committed")
 
-	all, err := read(ctx, brokers, topic, kgo.ReadUncommitted(), 5)
+	// kdelivertest's reader reads a topic to its end exactly: with
+	// read_uncommitted isolation, it sees the whole log.
+	all, err := kdelivertest.ReadCommittedRecords(ctx, brokers, topic, kgo.FetchIsolationLevel(kgo.ReadUncommitted()))
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(w, "read_uncommitted sees the log:  %s\n", strings.Join(all, " "))
-	committed, err := read(ctx, brokers, topic, kgo.ReadCommitted(), 3)
+	fmt.Fprintf(w, "read_uncommitted sees the log:  %s\n", strings.Join(kdelivertest.Values(all), " "))
+	committed, err := kdelivertest.ReadCommittedRecords(ctx, brokers, topic)
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(w, "read_committed sees:            %s\n", strings.Join(committed, " "))
+	fmt.Fprintf(w, "read_committed sees:            %s\n", strings.Join(kdelivertest.Values(committed), " "))
 	return nil
-}
-
-// read returns the values of the first n records of topic at isolation.
-func read(ctx context.Context, brokers []string, topic string, isolation kgo.IsolationLevel, n int) ([]string, error) {
-	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.ConsumeTopics(topic), kgo.FetchIsolationLevel(isolation))
-	if err != nil {
-		return nil, err
-	}
-	defer cl.Close()
-	var vals []string
-	for len(vals) < n {
-		fs := cl.PollFetches(ctx)
-		if err := ctx.Err(); err != nil {
-			return nil, fmt.Errorf("read %d of %d records: %w", len(vals), n, err)
-		}
-		fs.EachRecord(func(r *kgo.Record) { vals = append(vals, string(r.Value)) })
-	}
-	return vals, nil
 }
