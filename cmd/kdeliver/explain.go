@@ -14,6 +14,7 @@ type failure struct{ what, outcome string }
 // explanation is what `kdeliver explain` prints beyond the preset.
 type explanation struct {
 	promise  string
+	build    []string // the constructors that give this semantics
 	failures []failure
 	ends     []string // where this semantics' guarantee ends
 }
@@ -30,6 +31,10 @@ var weakestLinks = []string{
 var explanations = map[kdeliver.Semantics]explanation{
 	kdeliver.AtMostOnce: {
 		promise: "each record is delivered zero or one time: a failure loses records, never repeats them",
+		build: []string{
+			"producer  producer.New(brokers, kdeliver.AtMostOnce)",
+			"consumer  consumer.New(brokers, group, topics, kdeliver.AtMostOnce)",
+		},
 		failures: []failure{
 			{"producer retry", "there is none: with acks=0 the producer never learns whether a request arrived, so a request refused or lost on the way is lost silently; nothing is ever sent twice"},
 			{"consumer crash", "a batch's offsets are committed before the handler sees it: the records of the batch not yet handled when the process dies are lost, never redelivered"},
@@ -43,8 +48,12 @@ var explanations = map[kdeliver.Semantics]explanation{
 	},
 	kdeliver.AtLeastOnce: {
 		promise: "nothing acknowledged is lost: each record is delivered one or more times, and a failure may repeat records",
+		build: []string{
+			"producer  producer.New(brokers, kdeliver.AtLeastOnce)",
+			"consumer  consumer.New(brokers, group, topics, kdeliver.AtLeastOnce)",
+		},
 		failures: []failure{
-			{"producer retry", "Produce retries until the delivery timeout; idempotence makes the broker drop a retried batch it already has, so a lost acknowledgement does not duplicate within one producer session. When the timeout expires Produce returns a *producer.DeliveryError: the record may or may not be written, and re-sending it may duplicate"},
+			{"producer retry", "Produce retries until the delivery timeout; idempotence makes the broker drop a retried batch it already has, so a lost acknowledgement does not duplicate within one producer session. When the timeout expires Produce returns a *kdeliver.DeliveryError: the record may or may not be written, and re-sending it may duplicate"},
 			{"consumer crash", "offsets are committed only after the handler succeeded: records handled since the last commit are delivered again after the restart (duplicates, never loss)"},
 			{"rebalance", "processed offsets are committed on revoke and the rebalance waits for the batch in hand; a record whose handler had not finished is delivered again to the new owner"},
 			{"broker loss", "acks=all: an acknowledged record is on every in-sync replica, so it survives losing the leader as long as the topic has min.insync.replicas >= 2 and unclean leader election is off (broker settings kdeliver cannot check)"},
@@ -52,19 +61,27 @@ var explanations = map[kdeliver.Semantics]explanation{
 		ends: []string{
 			"handlers must be idempotent, or duplicates become double effects (a second charge, a second email)",
 			"a record whose Produce failed is not acknowledged and not covered: the application decides to re-send (may duplicate) or drop (loses)",
+			"a handler that keeps failing is retried for ever, with backoff (kdeliver.WithBackoff), and its partition waits; kdeliver.WithMaxAttempts stops Run with a *kdeliver.HandlerError instead, without committing past the record",
 			"loss is avoided only while replication is healthy (min.insync.replicas >= 2, no unclean leader election)",
 		},
 	},
 	kdeliver.ExactlyOnce: {
-		promise: "the effect of each record happens once, inside Kafka transactions (package eos) or a sink that takes part in them (package dedup)",
+		promise: "the effect of each record happens once: inside Kafka transactions (a transactional producer, an eos.Session), in a sink that stores the offsets with its rows, or behind a dedup guard",
+		build: []string{
+			"producer  producer.NewTransactional(brokers, transactionalID): writes only inside Transact, there is no Produce outside a transaction",
+			"pipeline  eos.New(brokers, group, topics, transactionalID, eos.WithOutputTopic(topic)): consume, produce and commit in one transaction",
+			"consumer  consumer.NewWithSink(brokers, group, topics, sink): the offsets commit in the sink's own transaction (pgstore.NewSink)",
+			"          consumer.NewWithGuard(brokers, group, topics, guard): a dedup.Guard skips records whose effect was done",
+		},
 		failures: []failure{
 			{"producer retry", "retries are deduplicated by the idempotent producer, and a transaction's records become visible all together or not at all: an aborted transaction's records stay in the log but read_committed readers never see them"},
-			{"consumer crash", "input offsets are committed in the same transaction as the output (package eos) or in the sink's own transaction (package dedup): a crash aborts both, and the input is processed again into a fresh transaction"},
-			{"rebalance", "a revoke aborts the open transaction and the new owner starts from the last committed offsets; a zombie instance is fenced by the producer epoch (producer.ErrFenced) and must exit"},
+			{"consumer crash", "input offsets are committed in the same transaction as the output (package eos) or in the sink's own transaction (consumer.NewWithSink): a crash aborts both, and the input is processed again into a fresh transaction"},
+			{"rebalance", "a revoke aborts the open transaction and the new owner starts from the last committed offsets; a zombie instance is fenced by the producer epoch (its errors match kdeliver.ErrFenced) and must exit"},
 			{"broker loss", "acks=all as for at-least-once; an open transaction is aborted or completed by the coordinator, never half-applied"},
 		},
 		ends: []string{
-			"Kafka to Kafka only through package eos, other sinks only through package dedup (consumer.WithSink: offsets in the sink's own transaction; consumer.WithDedup: a guard skips what was done); consumer.New refuses ExactlyOnce without one of them",
+			"Kafka to Kafka only through package eos (a transactional producer alone makes its writes atomic, not what it read); other sinks only through consumer.NewWithSink or consumer.NewWithGuard: producer.New and consumer.New refuse ExactlyOnce and name these",
+			"behind a dedup guard, a crash after the side effect and before the guard marks it done repeats the effect, unless the mark commits with it (dedup.ConfirmInTx, pgstore or redisstore ConfirmTx)",
 			"every downstream reader must use read_committed (consumer.WithReadCommitted for an at-most-once or at-least-once consumer)",
 			"the transactional ID must be unique per running instance and stable across its restarts, or instances fence each other",
 			"side effects in a handler besides its output records (HTTP calls, database writes) are repeated when a transaction aborts and the input is processed again",
@@ -102,6 +119,12 @@ func writeExplanation(w io.Writer, sem kdeliver.Semantics) {
 		p.Producer.Acks, yesNo(p.Producer.Idempotent), p.Producer.Retries, p.Producer.MaxInFlight, timeout, yesNo(p.Producer.Transactional))
 	fmt.Fprintf(w, "  consumer  commit %s, isolation %s, auto-commit=%s\n\n",
 		p.Consumer.CommitOrder, p.Consumer.Isolation, yesNo(p.Consumer.AutoCommit))
+
+	fmt.Fprintln(w, "Build it:")
+	for _, b := range e.build {
+		fmt.Fprintf(w, "  %s\n", b)
+	}
+	fmt.Fprintln(w)
 
 	fmt.Fprintln(w, "Under each failure:")
 	for _, f := range e.failures {

@@ -19,7 +19,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/kdeliver/kdeliver"
-	"github.com/kdeliver/kdeliver/internal/embedded"
+	"github.com/kdeliver/kdeliver/kdelivertest"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -289,16 +289,36 @@ func TestExplain(t *testing.T) {
 			s.String() + ":", "acks=" + p.Producer.Acks, "commit " + p.Consumer.CommitOrder.String(), "isolation " + p.Consumer.Isolation,
 			"producer retry", "consumer crash", "rebalance", "broker loss",
 			"Where the guarantee ends", "weakest link", "sink:", "demo --semantics " + s.String(),
+			"Build it:", "producer.New",
 		} {
 			if !strings.Contains(out, want) {
 				t.Errorf("explain %v lacks %q", s, want)
+			}
+		}
+		// The API before issue 8 is gone: the text must not send anyone to it.
+		for _, old := range []string{"WithTransactionalID", "WithDedup", "consumer.WithSink", "producer.ErrFenced", "producer.DeliveryError",
+			"producer.ErrAborted", "consumer.WithBackoff", "consumer.WithMaxAttempts", "eos.WithBackoff", "eos.WithMaxAttempts", "eos.ErrFenced",
+			"dedup.ErrFenced", "dedup.Sink", "kdeliver.Problems", "MessageIDHeader"} {
+			if strings.Contains(out, old) {
+				t.Errorf("explain %v names %s, which no longer exists", s, old)
+			}
+		}
+	}
+	for s, want := range map[kdeliver.Semantics][]string{
+		kdeliver.AtLeastOnce: {"consumer.New(brokers, group, topics, kdeliver.AtLeastOnce)", "kdeliver.WithBackoff", "kdeliver.WithMaxAttempts", "*kdeliver.DeliveryError"},
+		kdeliver.ExactlyOnce: {"producer.NewTransactional", "consumer.NewWithSink", "consumer.NewWithGuard", "eos.New", "kdeliver.ErrFenced"},
+	} {
+		_, out, _ := runCmd("explain", s.String())
+		for _, w := range want {
+			if !strings.Contains(out, w) {
+				t.Errorf("explain %v lacks %q", s, w)
 			}
 		}
 	}
 	// Every semantics has its explanation filled in.
 	for _, s := range kdeliver.All {
 		e := explanations[s]
-		if e.promise == "" || len(e.failures) != 4 || len(e.ends) == 0 {
+		if e.promise == "" || len(e.build) == 0 || len(e.failures) != 4 || len(e.ends) == 0 {
 			t.Errorf("explanation of %v is incomplete: %+v", s, e)
 		}
 	}
@@ -342,12 +362,7 @@ func TestGuaranteeCheck(t *testing.T) {
 func TestDemoOnGivenBrokers(t *testing.T) {
 	// A cluster the demo did not start stands in for a real one: no faults
 	// can be injected, the consumer is still crashed.
-	ctx := context.Background()
-	c, err := embedded.Start(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := kdelivertest.Start(t)
 	code, out, errOut := runCmd("demo", "--brokers", strings.Join(c.Brokers(), ","), "--records", "300", "--semantics", "at-least-once", "--json")
 	if code != exitOK {
 		t.Fatalf("exit %d: %s", code, errOut)
