@@ -9,6 +9,7 @@ import (
 
 	"github.com/kdeliver/kdeliver"
 	"github.com/kdeliver/kdeliver/dedup"
+	"github.com/kdeliver/kdeliver/kdelivertest"
 )
 
 // BenchmarkRun measures records handled per second through Run (a no-op
@@ -21,23 +22,28 @@ import (
 func BenchmarkRun(b *testing.B) {
 	cases := []struct {
 		name string
-		sem  kdeliver.Semantics
-		opts func(done func(n int)) []Option
-		sink bool // no handler: the sink counts
+		new  func(b *testing.B, cl *kdelivertest.Cluster, done func(n int)) func(ctx context.Context) error
 	}{
-		{"at-most-once", kdeliver.AtMostOnce, nil, false},
-		{"at-least-once", kdeliver.AtLeastOnce, nil, false},
-		{"exactly-once guard memory", kdeliver.ExactlyOnce, func(func(int)) []Option {
-			return []Option{WithDedup(newGuard(b, dedup.NewMemory(1<<21)))}
-		}, false},
-		{"exactly-once sink", kdeliver.ExactlyOnce, func(done func(int)) []Option {
-			return []Option{WithSink(countSink(done))}
-		}, true},
+		{"at-most-once", func(b *testing.B, cl *kdelivertest.Cluster, done func(int)) func(context.Context) error {
+			c := mustNew(b, cl, "g", kdeliver.AtMostOnce)
+			return func(ctx context.Context) error { return c.Run(ctx, countHandler(done)) }
+		}},
+		{"at-least-once", func(b *testing.B, cl *kdelivertest.Cluster, done func(int)) func(context.Context) error {
+			c := mustNew(b, cl, "g", kdeliver.AtLeastOnce)
+			return func(ctx context.Context) error { return c.Run(ctx, countHandler(done)) }
+		}},
+		{"exactly-once guard memory", func(b *testing.B, cl *kdelivertest.Cluster, done func(int)) func(context.Context) error {
+			c := mustNewWithGuard(b, cl, "g", newGuard(b, dedup.NewMemory(1<<21)))
+			return func(ctx context.Context) error { return c.Run(ctx, countHandler(done)) }
+		}},
+		{"exactly-once sink", func(b *testing.B, cl *kdelivertest.Cluster, done func(int)) func(context.Context) error {
+			return mustNewWithSink(b, cl, "g", countSink(done)).Run
+		}},
 	}
 	for _, tc := range cases {
 		b.Run(tc.name, func(b *testing.B) {
 			cl := newCluster(b, 3)
-			produce(b, cl.ListenAddrs(), 0, b.N)
+			produce(b, cl, 0, b.N)
 			var handled atomic.Int64
 			finished := make(chan struct{})
 			done := func(n int) {
@@ -45,34 +51,31 @@ func BenchmarkRun(b *testing.B) {
 					close(finished)
 				}
 			}
-			var opts []Option
-			if tc.opts != nil {
-				opts = tc.opts(done)
-			}
-			h := Handler(func(context.Context, *kgo.Record) error { done(1); return nil })
-			if tc.sink {
-				h = nil
-			}
-			c := mustNew(b, cl, "g", tc.sem, opts...)
+			run := tc.new(b, cl, done)
 			ctx, cancel := context.WithCancel(context.Background())
-			defer cancel()
 			b.ResetTimer()
-			go func() { _ = c.Run(ctx, h) }()
+			stopped := make(chan error, 1)
+			go func() { stopped <- run(ctx) }()
 			<-finished
 			b.StopTimer()
 			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "records/s")
-			if err := c.Close(context.Background()); err != nil {
+			cancel()
+			if err := <-stopped; err != nil {
 				b.Fatal(err)
 			}
 		})
 	}
 }
 
-// countSink is a dedup.Sink that stores nothing and reports each Write's
+func countHandler(done func(int)) Handler {
+	return func(context.Context, *kgo.Record) error { done(1); return nil }
+}
+
+// countSink is a Sink that stores nothing and reports each Write's
 // record count.
 type countSink func(n int)
 
-func (s countSink) Assign(context.Context, dedup.Assignment) (map[string]map[int32]int64, error) {
+func (s countSink) Assign(context.Context, Assignment) (map[string]map[int32]int64, error) {
 	return nil, nil
 }
 func (s countSink) Write(_ context.Context, recs []*kgo.Record) error { s(len(recs)); return nil }

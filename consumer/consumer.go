@@ -94,16 +94,11 @@ type Consumer struct {
 // refuses [kdeliver.WithBackoff] and [kdeliver.WithMaxAttempts]); a raw kgo
 // option that weakens the preset.
 func New(brokers []string, group string, topics []string, sem kdeliver.Semantics, opts ...Option) (*Consumer, error) {
+	var refusal string
 	if sem == kdeliver.ExactlyOnce {
-		c := apply(opts)
-		var ps preset.Problems
-		ps.Add(true, "ExactlyOnce needs the side effect tied to the offsets: use consumer.NewWithGuard(brokers, group, topics, guard) (a dedup.Guard skips redelivered records), consumer.NewWithSink(brokers, group, topics, sink) (the offsets commit in the sink's own transaction, e.g. pgstore.Sink), or, Kafka to Kafka, eos.New (the offsets commit in the output transaction)")
-		for _, p := range c.t.Problems {
-			ps.Add(true, p)
-		}
-		return nil, ps.Err("consumer", sem)
+		refusal = "ExactlyOnce needs the side effect tied to the offsets: use consumer.NewWithGuard(brokers, group, topics, guard) (a dedup.Guard skips redelivered records), consumer.NewWithSink(brokers, group, topics, sink) (the offsets commit in the sink's own transaction, e.g. pgstore.Sink), or, Kafka to Kafka, eos.New (the offsets commit in the output transaction)"
 	}
-	return newConsumer(brokers, group, topics, sem, nil, nil, opts)
+	return newConsumer("consumer", brokers, group, topics, sem, nil, nil, opts, refusal)
 }
 
 // NewWithGuard builds an [kdeliver.ExactlyOnce] consumer of topics for group
@@ -115,19 +110,17 @@ func New(brokers []string, group string, topics []string, sem kdeliver.Semantics
 // HTTP call, an email, a row); see "Choosing semantics" in the package doc
 // for its limits. Everything else is as for [New].
 func NewWithGuard(brokers []string, group string, topics []string, guard *dedup.Guard, opts ...Option) (*Consumer, error) {
+	var refusal string
 	if guard == nil {
-		c := apply(opts)
-		var ps preset.Problems
-		ps.Add(true, "the guard is nil: pass one from dedup.NewGuard")
-		for _, p := range c.t.Problems {
-			ps.Add(true, p)
-		}
-		return nil, ps.Err("consumer", kdeliver.ExactlyOnce)
+		refusal = "the guard is nil: pass one from dedup.NewGuard"
 	}
-	return newConsumer(brokers, group, topics, kdeliver.ExactlyOnce, guard, nil, opts)
+	return newConsumer("consumer", brokers, group, topics, kdeliver.ExactlyOnce, guard, nil, opts, refusal)
 }
 
-func newConsumer(brokers []string, group string, topics []string, sem kdeliver.Semantics, guard *dedup.Guard, sink Sink, opts []Option) (*Consumer, error) {
+// newConsumer checks the configuration and builds the consumer. refusal,
+// if not empty, is a problem the constructor found in its own arguments: it
+// is listed with every other problem, and nothing is built.
+func newConsumer(what string, brokers []string, group string, topics []string, sem kdeliver.Semantics, guard *dedup.Guard, sink Sink, opts []Option, refusal string) (*Consumer, error) {
 	cfg := apply(opts)
 	var ps preset.Problems
 	ps.Add(len(brokers) == 0, "no brokers: pass at least one host:port to bootstrap from")
@@ -136,12 +129,13 @@ func newConsumer(brokers []string, group string, topics []string, sem kdeliver.S
 	}
 	pc := preset.Consumer{Semantics: sem, Group: group, Topics: topics, ReadCommitted: cfg.readCommitted, StartLatest: cfg.startLatest}
 	pc.Validate(&ps)
+	ps.Add(refusal != "", refusal)
 	hd := cfg.t.Handling
 	ps.Add(sem == kdeliver.AtMostOnce && hd.RetrySet, "AtMostOnce never retries a handler (a retry can repeat a partial effect): remove kdeliver.WithBackoff and kdeliver.WithMaxAttempts, or choose AtLeastOnce")
 	for _, p := range cfg.t.Problems {
 		ps.Add(true, p)
 	}
-	if err := ps.Err("consumer", sem); err != nil {
+	if err := ps.Err(what, sem); err != nil {
 		return nil, err
 	}
 	c := &Consumer{
@@ -171,7 +165,7 @@ func newConsumer(brokers []string, group string, topics []string, sem kdeliver.S
 	kill()
 	cl := preset.Build(append(c.runOpts(probe), kgo.WithContext(root)), cfg.kgoOpts, pc.Check, &ps)
 	if cl == nil {
-		return nil, ps.Err("consumer", sem)
+		return nil, ps.Err(what, sem)
 	}
 	defer cl.Close()
 	revokedOK, lostOK, adjustOK := probeCallbacks(cl)
@@ -180,7 +174,7 @@ func newConsumer(brokers []string, group string, topics []string, sem kdeliver.S
 	ps.Add(sink != nil && !adjustOK, "a raw option set AdjustFetchOffsetsFn, which a sink consumer uses to start each partition at the sink's offset: remove it")
 	ps.Add(cl.OptValue(kgo.WithContext) != context.Context(root),
 		"a raw option set kgo.WithContext, which Close needs to stop the client within its ctx: remove it (cancel Run's ctx, or call Close, to stop)")
-	if err := ps.Err("consumer", sem); err != nil {
+	if err := ps.Err(what, sem); err != nil {
 		return nil, err
 	}
 	return c, nil

@@ -3,25 +3,24 @@ package consumer
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
-	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/kdeliver/kdeliver"
 	"github.com/kdeliver/kdeliver/dedup"
+	"github.com/kdeliver/kdeliver/kdelivertest"
 )
 
 func TestNewRefuses(t *testing.T) {
 	cl := newCluster(t, 1)
-	addrs := cl.ListenAddrs()
+	addrs := cl.Brokers()
 	topics := []string{"t"}
-	alo, eo := kdeliver.AtLeastOnce, kdeliver.ExactlyOnce
-	guard := newGuard(t, dedup.NewMemory(10))
-	sink := newMemSink(newMemDB(), "refused")
+	alo := kdeliver.AtLeastOnce
 	cases := []struct {
 		name    string
 		brokers []string
@@ -37,36 +36,34 @@ func TestNewRefuses(t *testing.T) {
 		{"no topics", addrs, "g", nil, alo, nil, []string{"no topics"}},
 		{"empty topic", addrs, "g", []string{"t", ""}, alo, nil, []string{"topic name is empty"}},
 		{"zero semantics", addrs, "g", topics, 0, nil, []string{"not valid"}},
-		{"exactly once without dedup", addrs, "g", topics, eo, nil, []string{"pass consumer.WithSink(sink) (the offsets commit in the sink's own transaction, e.g. pgstore.Sink) or consumer.WithDedup(guard) (a dedup.Guard skips redelivered records); for Kafka-to-Kafka use eos.Session"}},
-		{"exactly once with both", addrs, "g", topics, eo, []Option{WithDedup(guard), WithSink(sink)}, []string{"both given: choose one"}},
-		{"exactly once with nil guard", addrs, "g", topics, eo, []Option{WithDedup(nil)}, []string{"WithDedup(nil)"}},
-		{"exactly once with nil sink", addrs, "g", topics, eo, []Option{WithSink(nil)}, []string{"WithSink(nil)"}},
-		{"at least once with guard", addrs, "g", topics, alo, []Option{WithDedup(guard)}, []string{"choose kdeliver.ExactlyOnce"}},
-		{"at most once with sink", addrs, "g", topics, kdeliver.AtMostOnce, []Option{WithSink(sink)}, []string{"choose kdeliver.ExactlyOnce"}},
-		{"sink and raw adjust offsets", addrs, "g", topics, eo, []Option{WithSink(sink), WithKgoOpts(kgo.AdjustFetchOffsetsFn(
-			func(_ context.Context, o map[string]map[int32]kgo.Offset) (map[string]map[int32]kgo.Offset, error) {
-				return o, nil
-			}))},
-			[]string{"AdjustFetchOffsetsFn"}},
-		{"guard and raw read uncommitted", addrs, "g", topics, eo, []Option{WithDedup(guard), WithKgoOpts(kgo.FetchIsolationLevel(kgo.ReadUncommitted()))}, []string{"read_uncommitted"}},
-		{"amo backoff", addrs, "g", topics, kdeliver.AtMostOnce, []Option{WithBackoff(time.Millisecond, time.Second)}, []string{"never retries"}},
-		{"amo max attempts", addrs, "g", topics, kdeliver.AtMostOnce, []Option{WithMaxAttempts(3)}, []string{"never retries"}},
-		{"backoff zero", addrs, "g", topics, alo, []Option{WithBackoff(0, time.Second)}, []string{"backoff 0s..1s"}},
-		{"backoff inverted", addrs, "g", topics, alo, []Option{WithBackoff(2*time.Second, time.Second)}, []string{"backoff 2s..1s"}},
-		{"max attempts zero", addrs, "g", topics, alo, []Option{WithMaxAttempts(0)}, []string{"max attempts 0"}},
-		{"max poll zero", addrs, "g", topics, alo, []Option{WithMaxPollRecords(0)}, []string{"max poll records 0"}},
-		{"nil option", addrs, "g", topics, alo, []Option{nil}, []string{"option is nil"}},
+		{"exactly once", addrs, "g", topics, kdeliver.ExactlyOnce, nil, []string{"use consumer.NewWithGuard(brokers, group, topics, guard) (a dedup.Guard skips redelivered records), consumer.NewWithSink(brokers, group, topics, sink) (the offsets commit in the sink's own transaction, e.g. pgstore.Sink), or, Kafka to Kafka, eos.New"}},
+		{"exactly once and a nil option", addrs, "g", topics, kdeliver.ExactlyOnce, []Option{nil}, []string{"consumer.NewWithGuard", "option 1 of 1 is nil"}},
+		{"amo backoff", addrs, "g", topics, kdeliver.AtMostOnce, []Option{kdeliver.WithBackoff(time.Millisecond, time.Second)}, []string{"never retries"}},
+		{"amo max attempts", addrs, "g", topics, kdeliver.AtMostOnce, []Option{kdeliver.WithMaxAttempts(3)}, []string{"never retries"}},
+		{"backoff zero", addrs, "g", topics, alo, []Option{kdeliver.WithBackoff(0, time.Second)}, []string{"kdeliver.WithBackoff(0s, 1s)"}},
+		{"backoff inverted", addrs, "g", topics, alo, []Option{kdeliver.WithBackoff(2*time.Second, time.Second)}, []string{"kdeliver.WithBackoff(2s, 1s)"}},
+		{"max attempts zero", addrs, "g", topics, alo, []Option{kdeliver.WithMaxAttempts(0)}, []string{"kdeliver.WithMaxAttempts(0)"}},
+		{"start timeout zero", addrs, "g", topics, alo, []Option{kdeliver.WithStartTimeout(0)}, []string{"kdeliver.WithStartTimeout(0s)"}},
+		{"max poll zero", addrs, "g", topics, alo, []Option{WithMaxPollRecords(0)}, []string{"WithMaxPollRecords(0)"}},
+		{"nil option", addrs, "g", topics, alo, []Option{nil}, []string{"option 1 of 1 is nil"}},
+		{"nil option among others", addrs, "g", topics, alo, []Option{WithMaxPollRecords(5), nil, WithReadCommitted()}, []string{"option 2 of 3 is nil"}},
+		{"zero root option", addrs, "g", topics, alo, []Option{kdeliver.Option{}}, []string{"an empty option"}},
+		{"nil logger", addrs, "g", topics, alo, []Option{kdeliver.WithLogger(nil)}, []string{"kdeliver.WithLogger(nil)"}},
 		{"raw greedy autocommit", addrs, "g", topics, alo, []Option{WithKgoOpts(kgo.GreedyAutoCommit())}, []string{"enabled auto-commit"}},
 		{"raw autocommit marks", addrs, "g", topics, alo, []Option{WithKgoOpts(kgo.AutoCommitMarks())}, []string{"enabled auto-commit"}},
 		{"raw other group", addrs, "g", topics, alo, []Option{WithKgoOpts(kgo.ConsumerGroup("other"))}, []string{"changed the consumer group"}},
 		{"raw revoke callback", addrs, "g", topics, alo, []Option{WithKgoOpts(kgo.OnPartitionsRevoked(func(context.Context, *kgo.Client, map[string][]int32) {}))}, []string{"OnPartitionsRevoked"}},
 		{"raw lost callback", addrs, "g", topics, alo, []Option{WithKgoOpts(kgo.OnPartitionsLost(func(context.Context, *kgo.Client, map[string][]int32) {}))}, []string{"OnPartitionsLost"}},
 		{"raw reset offset", addrs, "g", topics, alo, []Option{WithKgoOpts(kgo.ConsumeResetOffset(kgo.NewOffset().AtEnd()))}, []string{"reset offset"}},
+		{"raw reset offset with start at latest", addrs, "g", topics, alo, []Option{WithStartAtLatest(), WithKgoOpts(kgo.ConsumeResetOffset(kgo.NewOffset().AtEnd()))}, []string{"reset offset"}},
+		{"raw start offset", addrs, "g", topics, alo, []Option{WithKgoOpts(kgo.ConsumeStartOffset(kgo.NewOffset().AtEnd()))}, []string{"kgo.ConsumeStartOffset (consumer.WithStartAtLatest starts at the end without changing the reset)"}},
+		{"raw start offset at start with start at latest", addrs, "g", topics, alo, []Option{WithStartAtLatest(), WithKgoOpts(kgo.ConsumeStartOffset(kgo.NewOffset().AtStart()))}, []string{"kgo.ConsumeStartOffset"}},
+		{"raw root context", addrs, "g", topics, alo, []Option{WithKgoOpts(kgo.WithContext(context.Background()))}, []string{"kgo.WithContext"}},
 		{"raw read uncommitted amo is fine but revoke and group are not", addrs, "g", topics, kdeliver.AtMostOnce,
 			[]Option{WithKgoOpts(kgo.ConsumerGroup("x"), kgo.OnPartitionsRevoked(func(context.Context, *kgo.Client, map[string][]int32) {}))},
 			[]string{"changed the consumer group", "OnPartitionsRevoked"}},
-		{"all at once", nil, "", []string{""}, kdeliver.AtLeastOnce, []Option{WithMaxPollRecords(-1), WithBackoff(0, 0)},
-			[]string{"no brokers", "group is empty", "topic name is empty", "max poll records -1", "backoff 0s..0s"}},
+		{"all at once", nil, "", []string{""}, kdeliver.AtLeastOnce, []Option{WithMaxPollRecords(-1), kdeliver.WithBackoff(0, 0)},
+			[]string{"no brokers", "group is empty", "topic name is empty", "WithMaxPollRecords(-1)", "kdeliver.WithBackoff(0s, 0s)"}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -75,21 +72,88 @@ func TestNewRefuses(t *testing.T) {
 				_ = c.Close(context.Background())
 				t.Fatal("New accepted the configuration")
 			}
-			if !errors.Is(err, kdeliver.ErrInvalidConfig) {
-				t.Fatalf("error does not wrap ErrInvalidConfig: %v", err)
+			assertConfigError(t, err, tc.want...)
+		})
+	}
+}
+
+// assertConfigError checks that err is a *kdeliver.ConfigError wrapping
+// ErrInvalidConfig with one problem per wanted substring.
+func assertConfigError(t *testing.T, err error, want ...string) {
+	t.Helper()
+	if !errors.Is(err, kdeliver.ErrInvalidConfig) {
+		t.Fatalf("error does not wrap ErrInvalidConfig: %v", err)
+	}
+	var ce *kdeliver.ConfigError
+	if !errors.As(err, &ce) {
+		t.Fatalf("error is not a *ConfigError: %v", err)
+	}
+	if len(ce.Problems) != len(want) {
+		t.Errorf("got %d problems, want %d: %v", len(ce.Problems), len(want), err)
+	}
+	for _, w := range want {
+		if !strings.Contains(err.Error(), w) {
+			t.Errorf("error lacks %q: %v", w, err)
+		}
+	}
+}
+
+// TestNewWithGuardAndSinkRefuse: a nil guard or sink, and nil or bad
+// options, are ConfigErrors listing every problem, never a panic; the sink
+// consumer also refuses a raw AdjustFetchOffsetsFn, and the guard consumer
+// a raw read_uncommitted.
+func TestNewWithGuardAndSinkRefuse(t *testing.T) {
+	cl := newCluster(t, 1)
+	addrs, topics := cl.Brokers(), []string{"t"}
+	guard := newGuard(t, dedup.NewMemory(10))
+	sink := newMemSink(newMemDB(), "refused")
+	var nilSink *memSink
+	adjust := WithKgoOpts(kgo.AdjustFetchOffsetsFn(func(_ context.Context, o map[string]map[int32]kgo.Offset) (map[string]map[int32]kgo.Offset, error) {
+		return o, nil
+	}))
+	guardCases := []struct {
+		name  string
+		guard *dedup.Guard
+		opts  []Option
+		want  []string
+	}{
+		{"nil guard", nil, nil, []string{"the guard is nil"}},
+		{"nil guard and nil option", nil, []Option{nil}, []string{"the guard is nil", "option 1 of 1 is nil"}},
+		{"nil option", guard, []Option{WithMaxPollRecords(5), nil}, []string{"option 2 of 2 is nil"}},
+		{"raw read uncommitted", guard, []Option{WithKgoOpts(kgo.FetchIsolationLevel(kgo.ReadUncommitted()))}, []string{"read_uncommitted"}},
+		{"bad retry options", guard, []Option{kdeliver.WithMaxAttempts(-1)}, []string{"kdeliver.WithMaxAttempts(-1)"}},
+	}
+	for _, tc := range guardCases {
+		t.Run("guard/"+tc.name, func(t *testing.T) {
+			c, err := NewWithGuard(addrs, "g", topics, tc.guard, tc.opts...)
+			if err == nil {
+				_ = c.Close(context.Background())
+				t.Fatal("NewWithGuard accepted the configuration")
 			}
-			var ce *kdeliver.ConfigError
-			if !errors.As(err, &ce) {
-				t.Fatalf("error is not a *ConfigError: %v", err)
+			assertConfigError(t, err, tc.want...)
+		})
+	}
+	sinkCases := []struct {
+		name string
+		sink Sink
+		opts []Option
+		want []string
+	}{
+		{"nil sink", nil, nil, []string{"the sink is nil"}},
+		{"typed nil sink", nilSink, nil, []string{"the sink is a nil *consumer.memSink"}},
+		{"nil sink and nil option", nil, []Option{nil}, []string{"the sink is nil", "option 1 of 1 is nil"}},
+		{"nil option", sink, []Option{nil}, []string{"option 1 of 1 is nil"}},
+		{"raw adjust offsets", sink, []Option{adjust}, []string{"AdjustFetchOffsetsFn"}},
+		{"raw read uncommitted", sink, []Option{WithKgoOpts(kgo.FetchIsolationLevel(kgo.ReadUncommitted()))}, []string{"read_uncommitted"}},
+	}
+	for _, tc := range sinkCases {
+		t.Run("sink/"+tc.name, func(t *testing.T) {
+			c, err := NewWithSink(addrs, "g", topics, tc.sink, tc.opts...)
+			if err == nil {
+				_ = c.Close(context.Background())
+				t.Fatal("NewWithSink accepted the configuration")
 			}
-			if len(ce.Problems) != len(tc.want) {
-				t.Errorf("got %d problems, want %d: %v", len(ce.Problems), len(tc.want), err)
-			}
-			for _, w := range tc.want {
-				if !strings.Contains(err.Error(), w) {
-					t.Errorf("error lacks %q: %v", w, err)
-				}
-			}
+			assertConfigError(t, err, tc.want...)
 		})
 	}
 }
@@ -116,7 +180,7 @@ func TestLifecycle(t *testing.T) {
 // second Run is refused.
 func TestRunTwiceAndClose(t *testing.T) {
 	cl := newCluster(t, 2)
-	produce(t, cl.ListenAddrs(), 0, 10)
+	produce(t, cl, 0, 10)
 	c := mustNew(t, cl, "g", kdeliver.AtLeastOnce)
 	l := newLedger()
 	r := start(c, func(_ context.Context, rec *kgo.Record) error { l.add(rec); return nil })
@@ -140,7 +204,7 @@ func TestRunTwiceAndClose(t *testing.T) {
 
 // assertCommittedAll checks that each partition's committed offset is one
 // past the last record the ledger saw on it.
-func assertCommittedAll(t *testing.T, cl *kfake.Cluster, group string, l *ledger) {
+func assertCommittedAll(t *testing.T, cl *kdelivertest.Cluster, group string, l *ledger) {
 	t.Helper()
 	want := map[int32]int64{}
 	l.mu.Lock()
@@ -161,7 +225,7 @@ func assertCommittedAll(t *testing.T, cl *kfake.Cluster, group string, l *ledger
 func TestAtLeastOnceAllThenCancel(t *testing.T) {
 	cl := newCluster(t, 3)
 	const n = 300
-	produce(t, cl.ListenAddrs(), 0, n)
+	produce(t, cl, 0, n)
 	c := mustNew(t, cl, "g", kdeliver.AtLeastOnce, WithMaxPollRecords(40))
 	l := newLedger()
 	r := start(c, func(_ context.Context, rec *kgo.Record) error { l.add(rec); return nil })
@@ -183,7 +247,7 @@ func TestAtLeastOnceAllThenCancel(t *testing.T) {
 func TestAtMostOnceCommitsFirst(t *testing.T) {
 	cl := newCluster(t, 3)
 	const n = 100
-	produce(t, cl.ListenAddrs(), 0, n)
+	produce(t, cl, 0, n)
 	c := mustNew(t, cl, "g", kdeliver.AtMostOnce, WithMaxPollRecords(15))
 	l := newLedger()
 	var early atomic.Int64
@@ -213,7 +277,7 @@ func TestAtMostOnceCommitsFirst(t *testing.T) {
 // handler finish with a live ctx, commits that record and returns nil.
 func TestCancelFinishesRecordInHand(t *testing.T) {
 	cl := newCluster(t, 1)
-	produce(t, cl.ListenAddrs(), 0, 50)
+	produce(t, cl, 0, 50)
 	c := mustNew(t, cl, "g", kdeliver.AtLeastOnce)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -259,8 +323,8 @@ func errOrNil(err error) errBox { return errBox{err} }
 // is retried with backoff and its offset stays uncommitted until it succeeds.
 func TestFailingHandlerRetriedNotCommitted(t *testing.T) {
 	cl := newCluster(t, 1)
-	produce(t, cl.ListenAddrs(), 0, 20)
-	c := mustNew(t, cl, "g", kdeliver.AtLeastOnce, WithBackoff(5*time.Millisecond, 20*time.Millisecond))
+	produce(t, cl, 0, 20)
+	c := mustNew(t, cl, "g", kdeliver.AtLeastOnce, kdeliver.WithBackoff(5*time.Millisecond, 20*time.Millisecond))
 	const failOffset, failures = 7, 5
 	var attempts atomic.Int64
 	var committedWhileFailing []int64
@@ -298,8 +362,8 @@ func TestFailingHandlerRetriedNotCommitted(t *testing.T) {
 // committed, it is not.
 func TestMaxAttemptsHandlerError(t *testing.T) {
 	cl := newCluster(t, 1)
-	produce(t, cl.ListenAddrs(), 0, 20)
-	c := mustNew(t, cl, "g", kdeliver.AtLeastOnce, WithBackoff(time.Millisecond, 5*time.Millisecond), WithMaxAttempts(3))
+	produce(t, cl, 0, 20)
+	c := mustNew(t, cl, "g", kdeliver.AtLeastOnce, kdeliver.WithBackoff(time.Millisecond, 5*time.Millisecond), kdeliver.WithMaxAttempts(3))
 	var attempts atomic.Int64
 	r := start(c, func(_ context.Context, rec *kgo.Record) error {
 		if rec.Offset == 12 {
@@ -309,14 +373,12 @@ func TestMaxAttemptsHandlerError(t *testing.T) {
 		return nil
 	})
 	err := r.wait(t)
-	var he *HandlerError
+	var he *kdeliver.HandlerError
 	if !errors.As(err, &he) {
 		t.Fatalf("Run = %v, want *HandlerError", err)
 	}
-	if he.Offset != 12 || he.Partition != 0 || he.Topic != "t" || he.Attempts != 3 {
-		t.Fatalf("HandlerError = %+v", he)
-	}
-	if !errors.Is(err, ErrPanic) {
+	assertHandlerError(t, he, 0, 12, 3)
+	if !errors.Is(err, kdeliver.ErrPanic) {
 		t.Fatalf("error does not wrap ErrPanic: %v", err)
 	}
 	if a := attempts.Load(); a != 3 {
@@ -327,11 +389,28 @@ func TestMaxAttemptsHandlerError(t *testing.T) {
 	}
 }
 
+// assertHandlerError checks that he carries the record of topic "t" at
+// part and offset (whose value produce made its sequence number on a
+// one-partition topic) and the attempts, and names them.
+func assertHandlerError(t *testing.T, he *kdeliver.HandlerError, part int32, offset int64, attempts int) {
+	t.Helper()
+	rec := he.Record
+	if rec == nil || rec.Topic != "t" || rec.Partition != part || rec.Offset != offset || he.Attempts != attempts {
+		t.Fatalf("HandlerError = %+v (record %+v), want t[%d]@%d after %d attempts", he, rec, part, offset, attempts)
+	}
+	if len(rec.Value) == 0 {
+		t.Fatalf("HandlerError's record has no value: %+v", rec)
+	}
+	if want := fmt.Sprintf("t[%d]@%d after %d attempt(s)", part, offset, attempts); !strings.Contains(he.Error(), want) {
+		t.Fatalf("HandlerError %q does not name %q", he.Error(), want)
+	}
+}
+
 // TestSkipCommitsPast: Skip under AtLeastOnce gives up on the record
 // without retrying and commits past it.
 func TestSkipCommitsPast(t *testing.T) {
 	cl := newCluster(t, 1)
-	produce(t, cl.ListenAddrs(), 0, 10)
+	produce(t, cl, 0, 10)
 	c := mustNew(t, cl, "g", kdeliver.AtLeastOnce)
 	var calls atomic.Int64
 	r := start(c, func(_ context.Context, rec *kgo.Record) error {

@@ -37,27 +37,30 @@ func (s *countingStore) Confirm(ctx context.Context, key string, ttl time.Durati
 	return s.Store.Confirm(ctx, key, ttl)
 }
 
-// TestNewAcceptsExactlyOnce: ExactlyOnce is accepted with a guard or a
-// sink, and Run takes a handler with the guard, none with the sink.
-func TestNewAcceptsExactlyOnce(t *testing.T) {
+// TestNewWithGuardRunNeedsHandler: a guard consumer's Run refuses a nil
+// handler; a sink consumer's Run takes none.
+func TestNewWithGuardRunNeedsHandler(t *testing.T) {
 	cl := newCluster(t, 1)
 	ctx := context.Background()
-	h := func(context.Context, *kgo.Record) error { return nil }
-
-	withGuard := mustNew(t, cl, "g", kdeliver.ExactlyOnce, WithDedup(newGuard(t, dedup.NewMemory(10))))
+	withGuard := mustNewWithGuard(t, cl, "g", newGuard(t, dedup.NewMemory(10)))
+	if got := withGuard.Semantics(); got != kdeliver.ExactlyOnce {
+		t.Fatalf("Semantics() = %v", got)
+	}
 	if err := withGuard.Run(ctx, nil); !errors.Is(err, kdeliver.ErrInvalidConfig) {
 		t.Fatalf("Run(nil) with a guard = %v, want ErrInvalidConfig", err)
 	}
 	if err := withGuard.Close(ctx); err != nil {
 		t.Fatal(err)
 	}
-
-	withSink := mustNew(t, cl, "g2", kdeliver.ExactlyOnce, WithSink(newMemSink(newMemDB(), "s")))
-	if err := withSink.Run(ctx, h); !errors.Is(err, kdeliver.ErrInvalidConfig) {
-		t.Fatalf("Run(handler) with a sink = %v, want ErrInvalidConfig", err)
+	withSink := mustNewWithSink(t, cl, "g2", newMemSink(newMemDB(), "s"))
+	if got := withSink.Semantics(); got != kdeliver.ExactlyOnce {
+		t.Fatalf("Semantics() = %v", got)
 	}
 	if err := withSink.Close(ctx); err != nil {
 		t.Fatal(err)
+	}
+	if err := withSink.Run(ctx); !errors.Is(err, kdeliver.ErrClosed) {
+		t.Fatalf("Run after Close = %v, want ErrClosed", err)
 	}
 }
 
@@ -83,7 +86,7 @@ func TestExactlyOnceGuardCrash(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			cl := newCluster(t, 3)
 			const n, at = 300, 55
-			produce(t, cl.ListenAddrs(), 0, n)
+			produce(t, cl, 0, n)
 			mem := dedup.NewMemory(10_000)
 			store := &countingStore{Store: mem} // what the guard confirms
 			guard := newGuard(t, store)
@@ -118,7 +121,7 @@ func TestExactlyOnceGuardCrash(t *testing.T) {
 				return nil
 			}
 
-			c1 := mustNew(t, cl, "g", kdeliver.ExactlyOnce, WithDedup(guard), WithMaxPollRecords(40))
+			c1 := mustNewWithGuard(t, cl, "g", guard, WithMaxPollRecords(40))
 			if err := start(c1, crashing).wait(t); !errors.Is(err, crash.ErrCrash) {
 				t.Fatalf("Run = %v, want the crash", err)
 			}
@@ -133,7 +136,7 @@ func TestExactlyOnceGuardCrash(t *testing.T) {
 				t.Fatalf("only %d processed records were left uncommitted: the crash was not mid-batch", redelivered)
 			}
 
-			c2 := mustNew(t, cl, "g", kdeliver.ExactlyOnce, WithDedup(guard))
+			c2 := mustNewWithGuard(t, cl, "g", guard)
 			r := start(c2, effect)
 			waitFor(t, "all records", func() bool { return effects.distinct() == n })
 			waitFor(t, "commit to the end", func() bool { return sumCommitted(cl, "g") == n })
@@ -161,15 +164,16 @@ func TestExactlyOnceGuardCrash(t *testing.T) {
 // store's error after WithMaxAttempts.
 func TestExactlyOnceGuardStoreDown(t *testing.T) {
 	cl := newCluster(t, 1)
-	produce(t, cl.ListenAddrs(), 0, 10)
+	produce(t, cl, 0, 10)
 	guard := newGuard(t, downStore{})
 	var ran atomic.Int64
-	c := mustNew(t, cl, "g", kdeliver.ExactlyOnce, WithDedup(guard), WithBackoff(time.Millisecond, 5*time.Millisecond), WithMaxAttempts(3))
+	c := mustNewWithGuard(t, cl, "g", guard, kdeliver.WithBackoff(time.Millisecond, 5*time.Millisecond), kdeliver.WithMaxAttempts(3))
 	err := start(c, func(context.Context, *kgo.Record) error { ran.Add(1); return nil }).wait(t)
-	var he *HandlerError
-	if !errors.As(err, &he) || !errors.Is(err, dedup.ErrStore) || he.Attempts != 3 || he.Offset != 0 {
-		t.Fatalf("Run = %v, want a HandlerError at offset 0 after 3 attempts wrapping dedup.ErrStore", err)
+	var he *kdeliver.HandlerError
+	if !errors.As(err, &he) || !errors.Is(err, dedup.ErrStore) {
+		t.Fatalf("Run = %v, want a HandlerError wrapping dedup.ErrStore", err)
 	}
+	assertHandlerError(t, he, 0, 0, 3)
 	if ran.Load() != 0 {
 		t.Fatalf("the handler ran %d times with the store down", ran.Load())
 	}
@@ -190,7 +194,7 @@ func (downStore) Release(context.Context, string, string) error        { return 
 // Run at once with dedup.ErrNoKey (retrying cannot help), uncommitted.
 func TestExactlyOnceGuardNoKey(t *testing.T) {
 	cl := newCluster(t, 1)
-	produce(t, cl.ListenAddrs(), 0, 5)
+	produce(t, cl, 0, 5)
 	guard, err := dedup.NewGuard(dedup.NewMemory(10), "g", dedup.WithKey(func(r *kgo.Record) string {
 		if r.Offset == 2 {
 			return ""
@@ -200,12 +204,13 @@ func TestExactlyOnceGuardNoKey(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := mustNew(t, cl, "g", kdeliver.ExactlyOnce, WithDedup(guard))
+	c := mustNewWithGuard(t, cl, "g", guard)
 	err = start(c, func(context.Context, *kgo.Record) error { return nil }).wait(t)
-	var he *HandlerError
-	if !errors.As(err, &he) || !errors.Is(err, dedup.ErrNoKey) || he.Offset != 2 || he.Attempts != 1 {
-		t.Fatalf("Run = %v, want a HandlerError at offset 2 after 1 attempt wrapping dedup.ErrNoKey", err)
+	var he *kdeliver.HandlerError
+	if !errors.As(err, &he) || !errors.Is(err, dedup.ErrNoKey) {
+		t.Fatalf("Run = %v, want a HandlerError wrapping dedup.ErrNoKey", err)
 	}
+	assertHandlerError(t, he, 0, 2, 1)
 	if got := committed(cl, "g")[0]; got != 2 {
 		t.Fatalf("committed %d, want 2", got)
 	}
@@ -282,7 +287,7 @@ func (db *memDB) sumNext() int64 {
 	return s
 }
 
-// memSink is a dedup.Sink into a memDB, built like pgstore.Sink: Assign
+// memSink is a Sink into a memDB, built like pgstore.Sink: Assign
 // claims partitions with a new epoch, Write checks the claim and stores
 // rows and offset atomically, skipping records below the stored offset.
 type memSink struct {
@@ -301,13 +306,13 @@ type memSink struct {
 	stale   atomic.Int64 // records received below the stored offset
 }
 
-var _ dedup.Sink = (*memSink)(nil)
+var _ Sink = (*memSink)(nil)
 
 func newMemSink(db *memDB, name string) *memSink {
 	return &memSink{db: db, name: name, claims: map[tp]int64{}}
 }
 
-func (s *memSink) Assign(_ context.Context, a dedup.Assignment) (map[string]map[int32]int64, error) {
+func (s *memSink) Assign(_ context.Context, a Assignment) (map[string]map[int32]int64, error) {
 	s.assigns.Add(1)
 	out := map[string]map[int32]int64{}
 	s.db.mu.Lock()
@@ -358,7 +363,7 @@ func (s *memSink) Write(_ context.Context, recs []*kgo.Record) error {
 	if !ok || s.db.epoch[k] != epoch {
 		s.db.mu.Unlock()
 		s.fenced.Add(1)
-		return fmt.Errorf("%w: %s/%d", dedup.ErrFenced, k.topic, k.part)
+		return fmt.Errorf("%w: %s/%d", kdeliver.ErrFenced, k.topic, k.part)
 	}
 	next := s.db.next[k]
 	for _, r := range recs {
@@ -389,7 +394,7 @@ func (s *memSink) Write(_ context.Context, recs []*kgo.Record) error {
 func TestExactlyOnceSinkCrashesAndRebalance(t *testing.T) {
 	cl := newCluster(t, 4)
 	const n = 1000
-	produce(t, cl.ListenAddrs(), 0, n)
+	produce(t, cl, 0, n)
 	db := newMemDB()
 
 	for _, committed := range []bool{false, true} {
@@ -400,8 +405,8 @@ func TestExactlyOnceSinkCrashesAndRebalance(t *testing.T) {
 			}
 			return nil
 		}
-		c := mustNew(t, cl, "g", kdeliver.ExactlyOnce, WithSink(s), WithMaxPollRecords(30))
-		if err := start(c, nil).wait(t); !errors.Is(err, crash.ErrCrash) {
+		c := mustNewWithSink(t, cl, "g", s, WithMaxPollRecords(30))
+		if err := startSink(c).wait(t); !errors.Is(err, crash.ErrCrash) {
 			t.Fatalf("Run = %v, want the crash", err)
 		}
 		t.Logf("crashed in write 3 (transaction committed: %v): %d records in the sink", committed, db.distinct())
@@ -413,9 +418,9 @@ func TestExactlyOnceSinkCrashesAndRebalance(t *testing.T) {
 	sa, sb := newMemSink(db, "a"), newMemSink(db, "b")
 	// Slow enough that the second consumer joins while records are left.
 	sa.slow, sb.slow = 3*time.Millisecond, 3*time.Millisecond
-	ra := start(mustNew(t, cl, "g", kdeliver.ExactlyOnce, WithSink(sa), WithMaxPollRecords(20)), nil)
+	ra := startSink(mustNewWithSink(t, cl, "g", sa, WithMaxPollRecords(20)))
 	waitFor(t, "300 records", func() bool { return db.distinct() >= 300 })
-	rb := start(mustNew(t, cl, "g", kdeliver.ExactlyOnce, WithSink(sb), WithMaxPollRecords(20)), nil)
+	rb := startSink(mustNewWithSink(t, cl, "g", sb, WithMaxPollRecords(20)))
 	waitFor(t, "the second consumer to write", func() bool { return sb.writes.Load() > 0 })
 	waitFor(t, "700 records", func() bool { return db.distinct() >= 700 })
 	if err := rb.stop(t); err != nil {
@@ -454,19 +459,21 @@ func TestExactlyOnceSinkCrashesAndRebalance(t *testing.T) {
 // record is lost or written twice.
 func TestExactlyOnceSinkFencedDropsRecords(t *testing.T) {
 	cl := newCluster(t, 2)
-	first := produce(t, cl.ListenAddrs(), 0, 100)
+	produce(t, cl, 0, 100)
+	first := ends(cl)
 	db := newMemDB()
 	s1 := newMemSink(db, "s1")
-	r1 := start(mustNew(t, cl, "g", kdeliver.ExactlyOnce, WithSink(s1)), nil)
+	r1 := startSink(mustNewWithSink(t, cl, "g", s1))
 	waitFor(t, "100 records", func() bool { return db.distinct() == 100 })
 
 	db.claim(tp{"t", 0})
-	second := produce(t, cl.ListenAddrs(), 100, 200)
+	produce(t, cl, 100, 200)
+	both := ends(cl)
 	waitFor(t, "a fenced write, and partition 1 written", func() bool {
-		return s1.fenced.Load() > 0 && db.rowsOn(1) == first[1]+second[1]
+		return s1.fenced.Load() > 0 && int64(db.rowsOn(1)) == both[1]
 	})
 	time.Sleep(200 * time.Millisecond) // let any wrong write land
-	if got := db.rowsOn(0); got != first[0] {
+	if got := int64(db.rowsOn(0)); got != first[0] {
 		t.Fatalf("partition 0 has %d rows after the fence, want %d: a fenced write landed", got, first[0])
 	}
 	select {
@@ -479,7 +486,7 @@ func TestExactlyOnceSinkFencedDropsRecords(t *testing.T) {
 	}
 
 	s2 := newMemSink(db, "s2")
-	r2 := start(mustNew(t, cl, "g", kdeliver.ExactlyOnce, WithSink(s2)), nil)
+	r2 := startSink(mustNewWithSink(t, cl, "g", s2))
 	waitFor(t, "all records", func() bool { return db.distinct() == 200 })
 	if err := r2.stop(t); err != nil {
 		t.Fatal(err)
@@ -501,7 +508,7 @@ func TestExactlyOnceSinkWriteRetried(t *testing.T) {
 	down := fmt.Errorf("%w: connection refused", dedup.ErrStore)
 	t.Run("until it succeeds", func(t *testing.T) {
 		cl := newCluster(t, 1)
-		produce(t, cl.ListenAddrs(), 0, 50)
+		produce(t, cl, 0, 50)
 		db := newMemDB()
 		s := newMemSink(db, "s")
 		s.fault = func(write int64, committed bool) error {
@@ -510,7 +517,7 @@ func TestExactlyOnceSinkWriteRetried(t *testing.T) {
 			}
 			return nil
 		}
-		r := start(mustNew(t, cl, "g", kdeliver.ExactlyOnce, WithSink(s), WithBackoff(time.Millisecond, 5*time.Millisecond)), nil)
+		r := startSink(mustNewWithSink(t, cl, "g", s, kdeliver.WithBackoff(time.Millisecond, 5*time.Millisecond)))
 		waitFor(t, "all records", func() bool { return db.distinct() == 50 })
 		if err := r.stop(t); err != nil {
 			t.Fatal(err)
@@ -521,16 +528,17 @@ func TestExactlyOnceSinkWriteRetried(t *testing.T) {
 	})
 	t.Run("max attempts", func(t *testing.T) {
 		cl := newCluster(t, 1)
-		produce(t, cl.ListenAddrs(), 0, 50)
+		produce(t, cl, 0, 50)
 		db := newMemDB()
 		s := newMemSink(db, "s")
 		s.fault = func(int64, bool) error { return down }
-		c := mustNew(t, cl, "g", kdeliver.ExactlyOnce, WithSink(s), WithBackoff(time.Millisecond, 5*time.Millisecond), WithMaxAttempts(3))
-		err := start(c, nil).wait(t)
-		var he *HandlerError
-		if !errors.As(err, &he) || !errors.Is(err, dedup.ErrStore) || he.Attempts != 3 || he.Offset != 0 {
-			t.Fatalf("Run = %v, want a HandlerError at offset 0 after 3 attempts wrapping dedup.ErrStore", err)
+		c := mustNewWithSink(t, cl, "g", s, kdeliver.WithBackoff(time.Millisecond, 5*time.Millisecond), kdeliver.WithMaxAttempts(3))
+		err := startSink(c).wait(t)
+		var he *kdeliver.HandlerError
+		if !errors.As(err, &he) || !errors.Is(err, dedup.ErrStore) {
+			t.Fatalf("Run = %v, want a HandlerError wrapping dedup.ErrStore", err)
 		}
+		assertHandlerError(t, he, 0, 0, 3) // the batch's first record
 		if d := db.distinct(); d != 0 {
 			t.Fatalf("%d records written while the sink failed", d)
 		}

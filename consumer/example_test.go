@@ -12,12 +12,12 @@ import (
 	"github.com/kdeliver/kdeliver"
 	"github.com/kdeliver/kdeliver/consumer"
 	"github.com/kdeliver/kdeliver/dedup"
-	"github.com/kdeliver/kdeliver/internal/embedded"
+	"github.com/kdeliver/kdeliver/kdelivertest"
 )
 
-// seed starts an in-process cluster with topic "orders" holding values.
-func seed(values ...string) (*embedded.Cluster, error) {
-	cluster, err := embedded.Start(context.Background(), embedded.WithTopic("orders", 1))
+// seed starts an embedded cluster with topic "orders" holding values.
+func seed(values ...string) (*kdelivertest.Cluster, error) {
+	cluster, err := kdelivertest.NewCluster(kdelivertest.WithTopic("orders", 1))
 	if err != nil {
 		return nil, err
 	}
@@ -85,8 +85,8 @@ func ExampleNew() {
 	// kdeliver: invalid exactly-once consumer configuration:
 	//   - no brokers: pass at least one host:port to bootstrap from
 	//   - the consumer group is empty: name the group whose offsets record progress
-	//   - ExactlyOnce needs the side effect tied to the offsets: pass consumer.WithSink(sink) (the offsets commit in the sink's own transaction, e.g. pgstore.Sink) or consumer.WithDedup(guard) (a dedup.Guard skips redelivered records); for Kafka-to-Kafka use eos.Session (the offsets commit in the output transaction)
-	//   - max poll records 0 is not valid: use at least 1
+	//   - ExactlyOnce needs the side effect tied to the offsets: use consumer.NewWithGuard(brokers, group, topics, guard) (a dedup.Guard skips redelivered records), consumer.NewWithSink(brokers, group, topics, sink) (the offsets commit in the sink's own transaction, e.g. pgstore.Sink), or, Kafka to Kafka, eos.New (the offsets commit in the output transaction)
+	//   - WithMaxPollRecords(0): use at least 1
 }
 
 // Skip gives up on a record that can never succeed: it is committed past
@@ -128,7 +128,7 @@ func ExampleSkip() {
 // An exactly-once consumer with a dedup guard: a message the producer sent
 // twice (same message ID, two records) is charged once. A redelivery after
 // a crash or rebalance is skipped the same way.
-func ExampleWithDedup() {
+func ExampleNewWithGuard() {
 	cluster, err := seed()
 	if err != nil {
 		fmt.Println(err)
@@ -136,7 +136,7 @@ func ExampleWithDedup() {
 	}
 	defer cluster.Close()
 	order := func(id string) *kgo.Record {
-		return &kgo.Record{Value: []byte(id), Headers: []kgo.RecordHeader{{Key: dedup.HeaderMessageID, Value: []byte(id)}}}
+		return &kgo.Record{Value: []byte(id), Headers: []kgo.RecordHeader{{Key: kdeliver.HeaderMessageID, Value: []byte(id)}}}
 	}
 	if err := produce(cluster.Brokers(), order("order-1"), order("order-1"), order("order-2")); err != nil {
 		fmt.Println(err)
@@ -149,8 +149,7 @@ func ExampleWithDedup() {
 		fmt.Println(err)
 		return
 	}
-	c, err := consumer.New(cluster.Brokers(), "billing", []string{"orders"}, kdeliver.ExactlyOnce,
-		consumer.WithDedup(guard))
+	c, err := consumer.NewWithGuard(cluster.Brokers(), "billing", []string{"orders"}, guard)
 	if err != nil {
 		fmt.Println(err)
 		return
@@ -174,7 +173,7 @@ func ExampleWithDedup() {
 // An exactly-once consumer into a sink that stores the offsets with the
 // rows: a second consumer resumes where the sink's table ends, without
 // reading a record again, and nothing is committed to Kafka.
-func ExampleWithSink() {
+func ExampleNewWithSink() {
 	cluster, err := seed("order-1", "order-2", "order-3")
 	if err != nil {
 		fmt.Println(err)
@@ -190,12 +189,12 @@ func ExampleWithSink() {
 				cancel()
 			}
 		}
-		c, err := consumer.New(cluster.Brokers(), "billing", []string{"orders"}, kdeliver.ExactlyOnce,
-			consumer.WithSink(table)) // a new sink per consumer in production (pgstore.NewSink)
+		c, err := consumer.NewWithSink(cluster.Brokers(), "billing", []string{"orders"},
+			table) // a new sink per consumer in production (pgstore.NewSink)
 		if err != nil {
 			return err
 		}
-		return c.Run(ctx, nil) // no handler: the sink's Write is the side effect
+		return c.Run(ctx) // no handler: the sink's Write is the side effect
 	}
 	if err := consume(3); err != nil {
 		fmt.Println(err)
@@ -216,10 +215,11 @@ func ExampleWithSink() {
 	// stored offset: 4
 }
 
-// tableSink is a toy dedup.Sink whose "database" is this struct: rows and
+// tableSink is a toy consumer.Sink whose "database" is this struct: rows and
 // offsets change together under one lock, as in one transaction. A real
 // sink (pgstore.Sink) also claims each partition with an epoch on Assign
-// and refuses writes from a member that lost it.
+// and refuses writes from a member that lost it (consumer/sinktest checks
+// that, and sinktest.Memory does it in memory).
 type tableSink struct {
 	mu      sync.Mutex
 	rows    []string
@@ -227,7 +227,7 @@ type tableSink struct {
 	onWrite func(rows int)
 }
 
-func (s *tableSink) Assign(_ context.Context, a dedup.Assignment) (map[string]map[int32]int64, error) {
+func (s *tableSink) Assign(_ context.Context, a consumer.Assignment) (map[string]map[int32]int64, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	out := map[string]map[int32]int64{}

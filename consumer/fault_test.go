@@ -15,6 +15,7 @@ import (
 
 	"github.com/kdeliver/kdeliver"
 	"github.com/kdeliver/kdeliver/internal/crash"
+	"github.com/kdeliver/kdeliver/kdelivertest"
 )
 
 // crashAfter returns a handler that records each record in l and crashes on
@@ -43,7 +44,7 @@ func TestAtLeastOnceCrash(t *testing.T) {
 		t.Run(fmt.Sprintf("at call %d", at), func(t *testing.T) {
 			cl := newCluster(t, 3)
 			const n = 300
-			produce(t, cl.ListenAddrs(), 0, n)
+			produce(t, cl, 0, n)
 
 			l1 := newLedger()
 			c1 := mustNew(t, cl, "g", kdeliver.AtLeastOnce, WithMaxPollRecords(40))
@@ -89,7 +90,7 @@ func TestAtLeastOnceCrash(t *testing.T) {
 func TestAtMostOnceCrash(t *testing.T) {
 	cl := newCluster(t, 3)
 	const n = 300
-	produce(t, cl.ListenAddrs(), 0, n)
+	produce(t, cl, 0, n)
 
 	l1 := newLedger()
 	c1 := mustNew(t, cl, "g", kdeliver.AtMostOnce, WithMaxPollRecords(40))
@@ -130,7 +131,7 @@ func TestAtMostOnceCrash(t *testing.T) {
 func TestAtLeastOnceRebalance(t *testing.T) {
 	cl := newCluster(t, 4)
 	const n = 800
-	produce(t, cl.ListenAddrs(), 0, n)
+	produce(t, cl, 0, n)
 	all := newLedger()
 	var byC2 atomic.Int64
 	slow := func(mark *atomic.Int64) Handler {
@@ -167,8 +168,8 @@ func TestAtLeastOnceRebalance(t *testing.T) {
 
 // commitFault fails the group's offset commits with a non-retriable
 // partition error, count times (-1: until removed).
-func commitFault(cl *kfake.Cluster, count int) *kfake.FaultHandle {
-	return cl.Fault(kfake.Fault{
+func commitFault(cl *kdelivertest.Cluster, count int) *kfake.FaultHandle {
+	return cl.Kfake().Fault(kfake.Fault{
 		Keys:  []kmsg.Key{kmsg.OffsetCommit},
 		Group: "g",
 		Err:   kerr.OffsetMetadataTooLarge,
@@ -182,7 +183,7 @@ func commitFault(cl *kfake.Cluster, count int) *kfake.FaultHandle {
 func TestCommitOnRevoke(t *testing.T) {
 	cl := newCluster(t, 2)
 	const n = 20
-	produce(t, cl.ListenAddrs(), 0, n)
+	produce(t, cl, 0, n)
 	f := commitFault(cl, -1)
 	l1 := newLedger()
 	c1 := mustNew(t, cl, "g", kdeliver.AtLeastOnce, WithMaxPollRecords(100))
@@ -211,7 +212,7 @@ func TestCommitOnRevoke(t *testing.T) {
 	r2 := start(c2, recordAll(l2))
 	waitFor(t, "a commit on revoke", func() bool { return c1.revokeCommits.Load() == 1 })
 	waitFor(t, "both members assigned", func() bool {
-		gi := cl.GroupInfo("g")
+		gi := cl.Kfake().GroupInfo("g")
 		return gi != nil && len(gi.Members) == 2 && gi.Members[0].NumAssigned() == 1 && gi.Members[1].NumAssigned() == 1
 	})
 	assertCommittedAll(t, cl, "g", l1)
@@ -232,7 +233,7 @@ func TestCommitOnRevoke(t *testing.T) {
 func TestAtLeastOnceCommitFailureRedelivers(t *testing.T) {
 	cl := newCluster(t, 3)
 	const n = 100
-	produce(t, cl.ListenAddrs(), 0, n)
+	produce(t, cl, 0, n)
 	f := commitFault(cl, -1)
 	l1 := newLedger()
 	c1 := mustNew(t, cl, "g", kdeliver.AtLeastOnce, WithMaxPollRecords(30))
@@ -263,13 +264,13 @@ func TestAtLeastOnceCommitFailureRedelivers(t *testing.T) {
 func TestAtMostOnceCommitFailureDrops(t *testing.T) {
 	cl := newCluster(t, 1)
 	const n = 100
-	produce(t, cl.ListenAddrs(), 0, 40)
+	produce(t, cl, 0, 40)
 	f := commitFault(cl, 1)
 	all := newLedger()
 	c1 := mustNew(t, cl, "g", kdeliver.AtMostOnce, WithMaxPollRecords(100))
 	r1 := start(c1, recordAll(all))
 	waitFor(t, "the failed commit", func() bool { return f.Hits() == 1 })
-	produce(t, cl.ListenAddrs(), 40, n)
+	produce(t, cl, 40, n)
 	waitFor(t, "the later records", func() bool {
 		all.mu.Lock()
 		defer all.mu.Unlock()

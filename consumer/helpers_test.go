@@ -7,31 +7,26 @@ import (
 	"testing"
 	"time"
 
-	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"go.uber.org/goleak"
 
 	"github.com/kdeliver/kdeliver"
+	"github.com/kdeliver/kdeliver/dedup"
+	"github.com/kdeliver/kdeliver/kdelivertest"
 )
 
 func TestMain(m *testing.M) {
 	goleak.VerifyTestMain(m)
 }
 
-// newCluster starts a 3-broker kfake cluster with topic "t" of parts
+// wait bounds the waits of the tests.
+const wait = 20 * time.Second
+
+// newCluster starts a 3-broker embedded cluster with topic "t" of parts
 // partitions.
-func newCluster(t testing.TB, parts int32) *kfake.Cluster {
+func newCluster(t testing.TB, parts int32) *kdelivertest.Cluster {
 	t.Helper()
-	c, err := kfake.NewCluster(
-		kfake.NumBrokers(3),
-		kfake.SeedTopics(parts, "t"),
-		kfake.GroupMinSessionTimeout(100*time.Millisecond),
-	)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(c.Close)
-	return c
+	return kdelivertest.Start(t, kdelivertest.WithTopic("t", parts))
 }
 
 // fastOpts makes group joins, retries and polls quick on kfake.
@@ -46,32 +41,41 @@ func fastOpts() Option {
 	)
 }
 
-// produce writes records whose value is their sequence number from..to-1,
-// keyed by the same number so they spread over the partitions, and returns
-// how many went to each partition.
-func produce(t testing.TB, addrs []string, from, to int) map[int32]int {
+// produce seeds topic "t" with the records whose value (and key) is their
+// sequence number from..to-1, so that they spread over the partitions.
+func produce(t testing.TB, cl *kdelivertest.Cluster, from, to int) {
 	t.Helper()
-	cl, err := kgo.NewClient(kgo.SeedBrokers(addrs...), kgo.DefaultProduceTopic("t"), kgo.MetadataMinAge(100*time.Millisecond))
-	if err != nil {
-		t.Fatal(err)
+	kdelivertest.Seed(t, cl.Brokers(), "t", to-from, kdelivertest.From(from))
+}
+
+// ends returns each partition's high watermark on topic "t": after
+// [produce], how many records each partition holds.
+func ends(cl *kdelivertest.Cluster) map[int32]int64 {
+	out := map[int32]int64{}
+	for _, pi := range cl.Kfake().PartitionInfos("t") {
+		out[pi.Partition] = pi.HighWatermark
 	}
-	defer cl.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	recs := make([]*kgo.Record, 0, to-from)
-	for i := from; i < to; i++ {
-		s := []byte(strconv.Itoa(i))
-		recs = append(recs, &kgo.Record{Key: s, Value: s})
+	return out
+}
+
+// committed returns the group's committed offsets on topic "t".
+func committed(cl *kdelivertest.Cluster, group string) map[int32]int64 {
+	return cl.Committed(group, "t")
+}
+
+// sumCommitted adds up the group's committed offsets on topic "t".
+func sumCommitted(cl *kdelivertest.Cluster, group string) int64 {
+	var s int64
+	for _, o := range committed(cl, group) {
+		s += o
 	}
-	res := cl.ProduceSync(ctx, recs...)
-	if err := res.FirstErr(); err != nil {
-		t.Fatal(err)
-	}
-	per := map[int32]int{}
-	for _, r := range res {
-		per[r.Record.Partition]++
-	}
-	return per
+	return s
+}
+
+// waitFor polls cond until it holds, failing the test after [wait].
+func waitFor(t testing.TB, what string, cond func() bool) {
+	t.Helper()
+	kdelivertest.WaitFor(t, wait, what, cond)
 }
 
 // ledger counts how many times each sequence number was handled.
@@ -122,40 +126,6 @@ func (l *ledger) count(n int) (lost, dups int) {
 	return lost, dups
 }
 
-// waitFor polls cond every 10ms until it holds or 20s pass.
-func waitFor(t testing.TB, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
-// committed returns the group's committed offsets on topic "t".
-func committed(c *kfake.Cluster, group string) map[int32]int64 {
-	out := map[int32]int64{}
-	gi := c.GroupInfo(group)
-	if gi == nil {
-		return out
-	}
-	for p, gc := range gi.Commits["t"] {
-		out[p] = gc.Offset
-	}
-	return out
-}
-
-// sumCommitted adds up the group's committed offsets on topic "t".
-func sumCommitted(c *kfake.Cluster, group string) int64 {
-	var s int64
-	for _, o := range committed(c, group) {
-		s += o
-	}
-	return s
-}
-
 // runner is a consumer's Run in the background.
 type runner struct {
 	cancel context.CancelFunc
@@ -165,9 +135,15 @@ type runner struct {
 }
 
 func start(c *Consumer, h Handler) *runner {
+	return startFn(func(ctx context.Context) error { return c.Run(ctx, h) })
+}
+
+func startSink(c *SinkConsumer) *runner { return startFn(c.Run) }
+
+func startFn(run func(context.Context) error) *runner {
 	ctx, cancel := context.WithCancel(context.Background())
 	r := &runner{cancel: cancel, ch: make(chan error, 1)}
-	go func() { r.ch <- c.Run(ctx, h) }()
+	go func() { r.ch <- run(ctx) }()
 	return r
 }
 
@@ -192,9 +168,27 @@ func (r *runner) stop(t testing.TB) error {
 	return r.wait(t)
 }
 
-func mustNew(t testing.TB, c *kfake.Cluster, group string, sem kdeliver.Semantics, opts ...Option) *Consumer {
+func mustNew(t testing.TB, cl *kdelivertest.Cluster, group string, sem kdeliver.Semantics, opts ...Option) *Consumer {
 	t.Helper()
-	cs, err := New(c.ListenAddrs(), group, []string{"t"}, sem, append([]Option{fastOpts()}, opts...)...)
+	cs, err := New(cl.Brokers(), group, []string{"t"}, sem, append([]Option{fastOpts()}, opts...)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cs
+}
+
+func mustNewWithGuard(t testing.TB, cl *kdelivertest.Cluster, group string, guard *dedup.Guard, opts ...Option) *Consumer {
+	t.Helper()
+	cs, err := NewWithGuard(cl.Brokers(), group, []string{"t"}, guard, append([]Option{fastOpts()}, opts...)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cs
+}
+
+func mustNewWithSink(t testing.TB, cl *kdelivertest.Cluster, group string, sink Sink, opts ...Option) *SinkConsumer {
+	t.Helper()
+	cs, err := NewWithSink(cl.Brokers(), group, []string{"t"}, sink, append([]Option{fastOpts()}, opts...)...)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -30,7 +30,7 @@ func TestRunMissingTopicOrBrokers(t *testing.T) {
 		want    error
 		names   string
 	}{
-		{"topic", c.ListenAddrs(), "no-such-topic", kdeliver.ErrTopicNotFound, "no-such-topic"},
+		{"topic", c.Brokers(), "no-such-topic", kdeliver.ErrTopicNotFound, "no-such-topic"},
 		{"brokers", []string{"127.0.0.1:1"}, "t", kdeliver.ErrUnreachable, "127.0.0.1:1"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -56,14 +56,14 @@ func TestRunMissingTopicOrBrokers(t *testing.T) {
 	}
 }
 
-// joiningConsumer returns a consumer of group "g" whose first join waits on
-// the broker: a static member that left without a leave holds the group's
-// rebalance until its 30 s session timeout.
-func joiningConsumer(t *testing.T) *Consumer {
+// joiningConsumer returns a consumer of group "g" running in r whose first
+// join waits on the broker: a static member that left without a leave holds
+// the group's rebalance until its 30 s session timeout.
+func joiningConsumer(t *testing.T) (*Consumer, *runner) {
 	t.Helper()
 	c := newCluster(t, 2)
-	produce(t, c.ListenAddrs(), 0, 10)
-	static, err := kgo.NewClient(kgo.SeedBrokers(c.ListenAddrs()...), kgo.ConsumerGroup("g"), kgo.ConsumeTopics("t"),
+	produce(t, c, 0, 10)
+	static, err := kgo.NewClient(kgo.SeedBrokers(c.Brokers()...), kgo.ConsumerGroup("g"), kgo.ConsumeTopics("t"),
 		kgo.InstanceID("static"), kgo.SessionTimeout(30*time.Second), kgo.RebalanceTimeout(30*time.Second),
 		kgo.DisableClientMetrics())
 	if err != nil {
@@ -75,20 +75,19 @@ func joiningConsumer(t *testing.T) *Consumer {
 		t.Fatal("the static member did not join")
 	}
 	static.Close() // a static member does not leave: the group waits for it
-	cons, err := New(c.ListenAddrs(), "g", []string{"t"}, kdeliver.AtLeastOnce, WithKgoOpts(kgo.MetadataMinAge(100*time.Millisecond),
+	cons, err := New(c.Brokers(), "g", []string{"t"}, kdeliver.AtLeastOnce, WithKgoOpts(kgo.MetadataMinAge(100*time.Millisecond),
 		kgo.SessionTimeout(30*time.Second), kgo.RebalanceTimeout(30*time.Second)))
 	if err != nil {
 		t.Fatal(err)
 	}
+	r := start(cons, func(context.Context, *kgo.Record) error { return nil })
 	// The consumer's join is in flight once the group is rebalancing.
-	deadline := time.Now().Add(10 * time.Second)
-	for c.GroupInfo("g") == nil || c.GroupInfo("g").State != "PreparingRebalance" {
-		if time.Now().After(deadline) {
-			t.Fatalf("the group did not start rebalancing: %+v", c.GroupInfo("g"))
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	return cons
+	waitFor(t, "the group to start rebalancing", func() bool {
+		g := c.Kfake().GroupInfo("g")
+		return g != nil && g.State == "PreparingRebalance"
+	})
+	time.Sleep(200 * time.Millisecond) // Run is in its poll
+	return cons, r
 }
 
 // TestStopWhileJoining: a consumer whose first join waits on the broker
@@ -96,24 +95,25 @@ func joiningConsumer(t *testing.T) *Consumer {
 // before, both waited for the join (here 30 s; the rebalance timeout on a
 // real cluster). The bound asserted is a third of the join's wait.
 func TestStopWhileJoining(t *testing.T) {
-	t.Run("Run", func(t *testing.T) {
-		cons := joiningConsumer(t)
-		ctx, cancel := context.WithCancel(context.Background())
-		done := make(chan error, 1)
-		go func() { done <- cons.Run(ctx, func(context.Context, *kgo.Record) error { return nil }) }()
-		time.Sleep(200 * time.Millisecond) // Run is in its poll
-		cancel()
+	returns := func(t *testing.T, r *runner, what string) {
+		t.Helper()
 		select {
-		case err := <-done:
+		case err := <-r.ch:
 			if err != nil {
-				t.Fatal(err)
+				t.Fatalf("Run = %v, want nil", err)
 			}
 		case <-time.After(10 * time.Second):
-			t.Fatal("Run did not return within 10 s of its ctx being cancelled while joining")
+			t.Fatalf("Run did not return within 10 s of %s while joining", what)
 		}
+	}
+	t.Run("Run", func(t *testing.T) {
+		_, r := joiningConsumer(t)
+		r.cancel()
+		returns(t, r, "its ctx being cancelled")
 	})
 	t.Run("Close", func(t *testing.T) {
-		cons := joiningConsumer(t)
+		cons, r := joiningConsumer(t)
+		defer r.cancel()
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		defer cancel()
 		closed := make(chan error, 1)
@@ -123,6 +123,7 @@ func TestStopWhileJoining(t *testing.T) {
 		case <-time.After(10 * time.Second):
 			t.Fatal("Close with a 1 s ctx did not return within 10 s while joining")
 		}
+		returns(t, r, "Close")
 	})
 }
 
@@ -136,16 +137,16 @@ func TestWarningsReachDefaultLogger(t *testing.T) {
 	defer slog.SetDefault(prev)
 
 	c := newCluster(t, 1)
-	produce(t, c.ListenAddrs(), 0, 1)
-	cons, err := New(c.ListenAddrs(), "g", []string{"t"}, kdeliver.AtLeastOnce, fastOpts(),
-		WithBackoff(10*time.Millisecond, 10*time.Millisecond), WithMaxAttempts(3))
+	produce(t, c, 0, 1)
+	cons, err := New(c.Brokers(), "g", []string{"t"}, kdeliver.AtLeastOnce, fastOpts(),
+		kdeliver.WithBackoff(10*time.Millisecond, 10*time.Millisecond), kdeliver.WithMaxAttempts(3))
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	err = cons.Run(ctx, func(context.Context, *kgo.Record) error { return errors.New("always fails") })
-	var he *HandlerError
+	var he *kdeliver.HandlerError
 	if !errors.As(err, &he) {
 		t.Fatalf("Run = %v, want a *HandlerError", err)
 	}

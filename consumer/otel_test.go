@@ -22,7 +22,7 @@ func TestProcessSpanJoinsProducerTrace(t *testing.T) {
 		traceID = "0af7651916cd43dd8448eb211c80319c"
 		spanID  = "b7ad6b7169203331"
 	)
-	p, err := kgo.NewClient(kgo.SeedBrokers(cl.ListenAddrs()...), kgo.DefaultProduceTopic("t"))
+	p, err := kgo.NewClient(kgo.SeedBrokers(cl.Brokers()...), kgo.DefaultProduceTopic("t"))
 	if err != nil {
 		t.Fatal(err)
 	}

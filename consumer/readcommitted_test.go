@@ -43,8 +43,8 @@ func produceTxn(t *testing.T, addrs []string, from, to int, commit bool) {
 // WithReadCommitted, and AtMostOnce honours the option as well.
 func TestWithReadCommitted(t *testing.T) {
 	cl := newCluster(t, 3)
-	produceTxn(t, cl.ListenAddrs(), 0, 100, false)
-	produceTxn(t, cl.ListenAddrs(), 100, 200, true)
+	produceTxn(t, cl.Brokers(), 0, 100, false)
+	produceTxn(t, cl.Brokers(), 100, 200, true)
 	for _, tc := range []struct {
 		name string
 		sem  kdeliver.Semantics
@@ -92,7 +92,7 @@ func TestWithReadCommitted(t *testing.T) {
 // WithReadCommitted is refused at construction.
 func TestWithReadCommittedRefusesRawReadUncommitted(t *testing.T) {
 	cl := newCluster(t, 1)
-	_, err := New(cl.ListenAddrs(), "g", []string{"t"}, kdeliver.AtLeastOnce,
+	_, err := New(cl.Brokers(), "g", []string{"t"}, kdeliver.AtLeastOnce,
 		WithReadCommitted(), WithKgoOpts(kgo.FetchIsolationLevel(kgo.ReadUncommitted())))
 	if err == nil {
 		t.Fatal("New accepted WithReadCommitted with a raw read_uncommitted option")

@@ -4,12 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"reflect"
 	"runtime/debug"
 
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/kdeliver/kdeliver"
-	"github.com/kdeliver/kdeliver/internal/preset"
 )
 
 // Assignment is what a consumer was given in one rebalance.
@@ -152,20 +152,25 @@ type SinkConsumer struct {
 // "Choosing semantics" in the package doc for what it guarantees; the
 // options and errors are those of [New].
 func NewWithSink(brokers []string, group string, topics []string, sink Sink, opts ...Option) (*SinkConsumer, error) {
-	if sink == nil {
-		c := apply(opts)
-		var ps preset.Problems
-		ps.Add(true, "the sink is nil: pass a consumer.Sink such as pgstore.NewSink")
-		for _, p := range c.t.Problems {
-			ps.Add(true, p)
-		}
-		return nil, ps.Err("sink consumer", kdeliver.ExactlyOnce)
+	var refusal string
+	switch {
+	case sink == nil:
+		refusal = "the sink is nil: pass a consumer.Sink such as pgstore.NewSink"
+	case nilPointer(sink):
+		refusal = fmt.Sprintf("the sink is a nil %T: pass one made by its constructor (such as pgstore.NewSink)", sink)
 	}
-	c, err := newConsumer(brokers, group, topics, kdeliver.ExactlyOnce, nil, sink, opts)
+	c, err := newConsumer("sink consumer", brokers, group, topics, kdeliver.ExactlyOnce, nil, sink, opts, refusal)
 	if err != nil {
 		return nil, err
 	}
 	return &SinkConsumer{c: c}, nil
+}
+
+// nilPointer reports whether s holds a nil pointer, whose methods would
+// panic on kgo's goroutines (where a panic cannot be recovered).
+func nilPointer(s Sink) bool {
+	v := reflect.ValueOf(s)
+	return v.Kind() == reflect.Pointer && v.IsNil()
 }
 
 // Run reads the group into the sink until ctx is cancelled, Close is called
