@@ -3,6 +3,7 @@ package kdelivertest_test
 import (
 	"context"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -115,5 +116,62 @@ func TestCommittedAll(t *testing.T) {
 	kdelivertest.WaitFor(t, 10*time.Second, "the commit", func() bool { return c.CommittedAll("g", "t") })
 	if got := c.Committed("g", "t")[0]; got != 3 {
 		t.Errorf("committed %d, want 3", got)
+	}
+}
+
+// TestStart: the cluster has the brokers and topics asked for, on
+// 127.0.0.1, takes new topics, and is gone after the test.
+func TestStart(t *testing.T) {
+	c := kdelivertest.Start(t, kdelivertest.WithBrokers(2), kdelivertest.WithTopic("t", 3), kdelivertest.WithTopic("u", 1), kdelivertest.WithTopic("t", 4))
+	if got := len(c.Brokers()); got != 2 {
+		t.Fatalf("Brokers() = %d addresses, want 2", got)
+	}
+	for _, b := range c.Brokers() {
+		if !strings.HasPrefix(b, "127.0.0.1:") {
+			t.Errorf("broker %s is not on 127.0.0.1", b)
+		}
+	}
+	if err := c.CreateTopic("v", 2); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.CreateTopic("v", 2); err == nil {
+		t.Error("creating topic v again succeeded")
+	}
+	for topic, want := range map[string]int{"t": 4, "u": 1, "v": 2} {
+		if got := len(c.Kfake().PartitionInfos(topic)); got != want {
+			t.Errorf("topic %s has %d partitions, want %d", topic, got, want)
+		}
+	}
+	want := kdelivertest.Seed(t, c.Brokers(), "v", 5, kdelivertest.From(10))
+	if !slices.Equal(want, []string{"10", "11", "12", "13", "14"}) {
+		t.Errorf("Seed From(10) = %v", want)
+	}
+	if r := kdelivertest.Audit(want, kdelivertest.ReadCommitted(t, c.Brokers(), "v")); !r.Exact() {
+		t.Errorf("seeded topic v: %s", r)
+	}
+}
+
+func TestNewClusterRejectsZeroBrokers(t *testing.T) {
+	if c, err := kdelivertest.NewCluster(kdelivertest.WithBrokers(0)); err == nil {
+		c.Close()
+		t.Fatal("NewCluster with 0 brokers succeeded")
+	}
+}
+
+// TestRecords: values count from From, keys are the values unless Keys
+// says otherwise, and Timestamp is kept.
+func TestRecords(t *testing.T) {
+	at := time.Date(2020, 1, 2, 3, 4, 5, 0, time.UTC)
+	recs := kdelivertest.Records("t", 4, kdelivertest.From(7), kdelivertest.Keys(2), kdelivertest.Timestamp(at))
+	if got := kdelivertest.Values(recs); !slices.Equal(got, []string{"7", "8", "9", "10"}) {
+		t.Errorf("values %v", got)
+	}
+	for i, want := range []string{"k1", "k0", "k1", "k0"} {
+		if r := recs[i]; string(r.Key) != want || r.Topic != "t" || !r.Timestamp.Equal(at) {
+			t.Errorf("record %d = key %q topic %q timestamp %v; want key %q, topic t, %v", i, r.Key, r.Topic, r.Timestamp, want, at)
+		}
+	}
+	if r := kdelivertest.Records("t", 1)[0]; string(r.Key) != "0" || !r.Timestamp.IsZero() {
+		t.Errorf("default record: key %q timestamp %v; want key \"0\", no timestamp", r.Key, r.Timestamp)
 	}
 }
