@@ -7,8 +7,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/kdeliver/kdeliver/kdelivertest"
 )
 
 // benchChunk is the records one side copies per chunk: 20 transactions.
@@ -35,12 +36,9 @@ func BenchmarkCopy(b *testing.B) {
 }
 
 func benchCopy(b *testing.B, sameOpts bool) {
-	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(3, "eos-in", "eos-out", "raw-in", "raw-out"))
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer c.Close()
-	addrs := c.ListenAddrs()
+	c := kdelivertest.Start(b, kdelivertest.WithBrokers(1), kdelivertest.WithTopic("eos-in", 3), kdelivertest.WithTopic("eos-out", 3),
+		kdelivertest.WithTopic("raw-in", 3), kdelivertest.WithTopic("raw-out", 3))
+	addrs := c.Brokers()
 	seeder, err := kgo.NewClient(kgo.SeedBrokers(addrs...), kgo.DisableClientMetrics())
 	if err != nil {
 		b.Fatal(err)

@@ -12,6 +12,7 @@ import (
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 
 	"github.com/kdeliver/kdeliver"
+	"github.com/kdeliver/kdeliver/kdelivertest"
 )
 
 func TestValidation(t *testing.T) {
@@ -30,12 +31,12 @@ func TestValidation(t *testing.T) {
 		{"txn timeout not below session timeout", brokers, "g", []string{"in"}, "id",
 			[]Option{WithTransactionTimeout(50 * time.Second)}, []string{"must be below the session timeout"}},
 		{"bad batching, backoff, attempts", brokers, "g", []string{"in"}, "id",
-			[]Option{WithCommitEvery(0, 0), WithBackoff(0, 0), WithMaxAttempts(0)},
-			[]string{"at least 1", "must be positive", "backoff", "max attempts"}},
+			[]Option{WithCommitEvery(0, 0), kdeliver.WithBackoff(0, 0), kdeliver.WithMaxAttempts(0)},
+			[]string{"at least 1", "must be positive", "WithBackoff", "WithMaxAttempts"}},
 		{"commit interval near txn timeout", brokers, "g", []string{"in"}, "id",
 			[]Option{WithCommitEvery(10, 30*time.Second)}, []string{"keep it under half"}},
 		{"dead-letter topic is an input", brokers, "g", []string{"in"}, "id",
-			[]Option{WithDeadLetterTopic("in")}, []string{"would loop"}},
+			[]Option{WithDeadLetterTopic("in"), kdeliver.WithMaxAttempts(3)}, []string{"would loop"}},
 		{"raw read_uncommitted", brokers, "g", []string{"in"}, "id",
 			[]Option{WithKgoOpts(kgo.FetchIsolationLevel(kgo.ReadUncommitted()))}, []string{"read_uncommitted"}},
 		{"raw auto-commit, acks=1, other txn id", brokers, "g", []string{"in"}, "id",
@@ -73,6 +74,7 @@ func TestValidation(t *testing.T) {
 	}
 	t.Run("valid", func(t *testing.T) {
 		s, err := New(brokers, "g", []string{"in"}, "id", WithCommitEvery(500, 50*time.Millisecond), WithDeadLetterTopic("dlq"),
+			kdeliver.WithMaxAttempts(5), kdeliver.WithBackoff(time.Millisecond, time.Second), kdeliver.WithStartTimeout(time.Second),
 			WithKgoOpts(kgo.DisableClientMetrics()), kdeliver.WithClientID("test"))
 		if err != nil {
 			t.Fatal(err)
@@ -86,8 +88,8 @@ func TestValidation(t *testing.T) {
 // Each transaction is a span with its outcome and abort reason, linked to
 // the traces of the records it consumed.
 func TestTransactionSpans(t *testing.T) {
-	c := newCluster(t, map[string]int32{"in": 1, "out": 1})
-	addrs := c.ListenAddrs()
+	c := kdelivertest.Start(t, kdelivertest.WithTopic("in", 1), kdelivertest.WithTopic("out", 1))
+	addrs := c.Brokers()
 	rec := tracetest.NewSpanRecorder()
 	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec))
 	defer tp.Shutdown(context.Background())

@@ -7,19 +7,23 @@ import (
 	"strings"
 	"time"
 
-	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/kdeliver/kdeliver"
 	"github.com/kdeliver/kdeliver/eos"
+	"github.com/kdeliver/kdeliver/kdelivertest"
 )
 
 // Copy "orders" to "orders-upper" exactly once, upper-casing the values, then
 // read the output as a downstream reader must: with read_committed.
 func ExampleSession_Run() {
-	c, _ := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(1, "orders", "orders-upper"))
+	c, err := kdelivertest.NewCluster(kdelivertest.WithBrokers(1), kdelivertest.WithTopic("orders", 1), kdelivertest.WithTopic("orders-upper", 1))
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
 	defer c.Close()
-	brokers := c.ListenAddrs()
+	brokers := c.Brokers()
 
 	in, _ := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.DisableClientMetrics())
 	for _, v := range []string{"apple", "pear", "plum"} {
@@ -73,5 +77,6 @@ func ExampleNew_invalid() {
 	// kdeliver: invalid exactly-once eos session configuration:
 	//   - ExactlyOnce needs a transactional ID, unique and stable per producer instance: pass a non-empty transactionalID to eos.New
 	//   - transaction timeout 1m0s must be below the session timeout 45s, or a member the group dropped could still commit: lower WithTransactionTimeout or raise WithSessionTimeout
+	//   - WithDeadLetterTopic needs kdeliver.WithMaxAttempts(n): after how many attempts a record goes to the dead-letter topic
 	//   - the dead-letter topic "in" is also an input topic: a failing record would loop
 }

@@ -3,61 +3,21 @@ package eos
 import (
 	"context"
 	"errors"
-	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kerr"
-	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/pkg/kmsg"
 
 	"github.com/kdeliver/kdeliver"
+	"github.com/kdeliver/kdeliver/kdelivertest"
 )
 
 // The tests of this file are the regressions of issue 14: failure paths
 // that stalled or misled rather than losing or duplicating.
-
-// seedAt writes values "0".."n-1" to topic with the given timestamp.
-func seedAt(t testing.TB, addrs []string, topic string, n int, ts time.Time) {
-	t.Helper()
-	cl, err := kgo.NewClient(kgo.SeedBrokers(addrs...), kgo.MetadataMinAge(100*time.Millisecond), kgo.DisableClientMetrics())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cl.Close()
-	rs := make([]*kgo.Record, n)
-	for i := range rs {
-		v := []byte(strconv.Itoa(i))
-		rs[i] = &kgo.Record{Topic: topic, Key: v, Value: v, Timestamp: ts}
-	}
-	if err := cl.ProduceSync(context.Background(), rs...).FirstErr(); err != nil {
-		t.Fatal(err)
-	}
-}
-
-// readAllCommitted reads topic with read_committed until idle and returns
-// the records.
-func readAllCommitted(t testing.TB, addrs []string, topic string) []*kgo.Record {
-	t.Helper()
-	cl := readerClient(t, addrs, topic)
-	defer cl.Close()
-	var out []*kgo.Record
-	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); {
-		ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
-		fs := cl.PollFetches(ctx)
-		cancel()
-		recs := fs.Records()
-		if len(recs) == 0 {
-			return out
-		}
-		out = append(out, recs...)
-	}
-	t.Fatal("reader did not go idle in 30s")
-	return nil
-}
 
 // TestOldTimestampOutputAndDeadLetter: the outputs and the dead letter of
 // input records timestamped an hour ago are committed with that timestamp.
@@ -65,12 +25,13 @@ func readAllCommitted(t testing.TB, addrs []string, topic string) []*kgo.Record 
 // RecordDeliveryTimeout (counted from the timestamp) failed it at once,
 // aborting transaction after transaction.
 func TestOldTimestampOutputAndDeadLetter(t *testing.T) {
-	c := newCluster(t, map[string]int32{"in": 3, "out": 3, "dlq": 1})
+	c := kdelivertest.Start(t, kdelivertest.WithTopic("in", 3), kdelivertest.WithTopic("out", 3), kdelivertest.WithTopic("dlq", 1))
 	old := time.Now().Add(-time.Hour).Truncate(time.Millisecond)
 	const n = 30
-	seedAt(t, c.ListenAddrs(), "in", n, old)
-	s, err := New(c.ListenAddrs(), "g", []string{"in"}, "old-ts", fastOpts(
-		WithOutputTopic("out"), WithDeadLetterTopic("dlq"), WithMaxAttempts(2))...)
+	kdelivertest.Seed(t, c.Brokers(), "in", n, kdelivertest.Timestamp(old))
+	began := time.Now()
+	s, err := New(c.Brokers(), "g", []string{"in"}, "old-ts", fastOpts(
+		WithOutputTopic("out"), WithDeadLetterTopic("dlq"), kdeliver.WithMaxAttempts(2))...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -85,8 +46,8 @@ func TestOldTimestampOutputAndDeadLetter(t *testing.T) {
 	if st.DeadLettered != 1 || st.Records != n {
 		t.Errorf("stats %+v: want 1 dead-lettered of %d records", st, n)
 	}
-	out := readAllCommitted(t, c.ListenAddrs(), "out")
-	dlq := readAllCommitted(t, c.ListenAddrs(), "dlq")
+	out := kdelivertest.ReadCommitted(t, c.Brokers(), "out")
+	dlq := kdelivertest.ReadCommitted(t, c.Brokers(), "dlq")
 	if len(out) != n-1 || len(dlq) != 1 || string(dlq[0].Value) != "7" {
 		t.Fatalf("read %d outputs and %d dead letters, want %d and the one of record 7", len(out), len(dlq), n-1)
 	}
@@ -94,6 +55,12 @@ func TestOldTimestampOutputAndDeadLetter(t *testing.T) {
 		if !r.Timestamp.Equal(old) {
 			t.Errorf("%s record %s has timestamp %v, want the input's %v", r.Topic, r.Value, r.Timestamp, old)
 		}
+	}
+	// The dead letter keeps the input's timestamp, but says when the
+	// record first failed: during this run, not an hour ago.
+	first, err := time.Parse(time.RFC3339Nano, headers(dlq[0])[kdeliver.HeaderDLQFirstFailure])
+	if err != nil || first.Before(began) || first.After(time.Now()) {
+		t.Errorf("dead letter's %s header %q (%v), want a time within the run", kdeliver.HeaderDLQFirstFailure, headers(dlq[0])[kdeliver.HeaderDLQFirstFailure], err)
 	}
 }
 
@@ -103,10 +70,10 @@ func TestOldTimestampOutputAndDeadLetter(t *testing.T) {
 // everything without an abort. Before, the interval was checked only between
 // polls: every transaction outlived its timeout and nothing was committed.
 func TestSlowHandlerCommitsMidPoll(t *testing.T) {
-	c := newCluster(t, map[string]int32{"in": 1, "out": 1})
+	c := kdelivertest.Start(t, kdelivertest.WithTopic("in", 1), kdelivertest.WithTopic("out", 1))
 	const n = 2000
-	seed(t, c.ListenAddrs(), "in", n)
-	s, err := New(c.ListenAddrs(), "g", []string{"in"}, "slow", fastOpts(
+	want := kdelivertest.Seed(t, c.Brokers(), "in", n)
+	s, err := New(c.Brokers(), "g", []string{"in"}, "slow", fastOpts(
 		WithOutputTopic("out"), WithCommitEvery(n, time.Second),
 		WithTransactionTimeout(3*time.Second), WithSessionTimeout(6*time.Second),
 		WithKgoOpts(kgo.FetchMaxPartitionBytes(10<<20)))...)
@@ -121,7 +88,7 @@ func TestSlowHandlerCommitsMidPoll(t *testing.T) {
 			return nil
 		})
 	}()
-	waitFor(t, 60*time.Second, "all input committed", func() bool { return committedAll(c, "g", "in") })
+	kdelivertest.WaitFor(t, 60*time.Second, "all input committed", func() bool { return c.CommittedAll("g", "in") })
 	if err := s.Close(context.Background()); err != nil {
 		t.Fatal(err)
 	}
@@ -132,9 +99,7 @@ func TestSlowHandlerCommitsMidPoll(t *testing.T) {
 	if st.Aborted != 0 || st.Committed < 5 {
 		t.Errorf("stats %+v: want no abort and at least 5 transactions (one a second)", st)
 	}
-	if a := auditValues(countValues(readCommitted(t, c.ListenAddrs(), "out", 500*time.Millisecond)), n); a.missing+a.dups+a.unexpected != 0 {
-		t.Errorf("output: %s, want %d exactly once", a, n)
-	}
+	exactly(t, c, "out", want)
 }
 
 // TestRecordSlowerThanTransactionTimeout: one record whose handler takes
@@ -143,10 +108,10 @@ func TestSlowHandlerCommitsMidPoll(t *testing.T) {
 // handled again first in a transaction of its own, where the broker's timer
 // starts only at its output.
 func TestRecordSlowerThanTransactionTimeout(t *testing.T) {
-	c := newCluster(t, map[string]int32{"in": 1, "out": 1})
+	c := kdelivertest.Start(t, kdelivertest.WithTopic("in", 1), kdelivertest.WithTopic("out", 1))
 	const n = 20
-	seed(t, c.ListenAddrs(), "in", n)
-	s, err := New(c.ListenAddrs(), "g", []string{"in"}, "very-slow", fastOpts(
+	want := kdelivertest.Seed(t, c.Brokers(), "in", n)
+	s, err := New(c.Brokers(), "g", []string{"in"}, "very-slow", fastOpts(
 		WithOutputTopic("out"), WithCommitEvery(n, 400*time.Millisecond),
 		WithTransactionTimeout(time.Second), WithSessionTimeout(6*time.Second))...)
 	if err != nil {
@@ -164,16 +129,14 @@ func TestRecordSlowerThanTransactionTimeout(t *testing.T) {
 			return nil
 		})
 	}()
-	waitFor(t, 60*time.Second, "all input committed", func() bool { return committedAll(c, "g", "in") })
+	kdelivertest.WaitFor(t, 60*time.Second, "all input committed", func() bool { return c.CommittedAll("g", "in") })
 	if err := s.Close(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 	if err := <-done; err != nil {
 		t.Fatal(err)
 	}
-	if a := auditValues(countValues(readCommitted(t, c.ListenAddrs(), "out", 500*time.Millisecond)), n); a.missing+a.dups+a.unexpected != 0 {
-		t.Errorf("output: %s, want %d exactly once", a, n)
-	}
+	exactly(t, c, "out", want)
 	t.Logf("stats %+v, slow record handled %d times", s.Stats(), slowCalls.Load())
 }
 
@@ -182,10 +145,10 @@ func TestRecordSlowerThanTransactionTimeout(t *testing.T) {
 // handled, and leaves the rest (nothing lost: a second Run copies it).
 // Before, Run finished the whole poll and committed it.
 func TestStopAtNextRecord(t *testing.T) {
-	c := newCluster(t, map[string]int32{"in": 1, "out": 1})
+	c := kdelivertest.Start(t, kdelivertest.WithTopic("in", 1), kdelivertest.WithTopic("out", 1))
 	const n = 500
-	seed(t, c.ListenAddrs(), "in", n)
-	s, err := New(c.ListenAddrs(), "g", []string{"in"}, "stop", fastOpts(
+	want := kdelivertest.Seed(t, c.Brokers(), "in", n)
+	s, err := New(c.Brokers(), "g", []string{"in"}, "stop", fastOpts(
 		WithOutputTopic("out"), WithCommitEvery(n, 30*time.Second),
 		WithTransactionTimeout(time.Minute), WithSessionTimeout(2*time.Minute))...)
 	if err != nil {
@@ -211,22 +174,19 @@ func TestStopAtNextRecord(t *testing.T) {
 	if got := afterStop.Load(); got != 0 {
 		t.Errorf("%d records were handled after Run's ctx was cancelled, want 0", got)
 	}
-	g := c.GroupInfo("g")
-	if g == nil || g.Commits["in"][0].Offset != 50 {
-		t.Errorf("committed offset after the stop = %v, want 50 (the records handled)", g)
+	if got := c.Committed("g", "in"); got[0] != 50 {
+		t.Errorf("committed offsets after the stop = %v, want 50 (the records handled)", got)
 	}
 	if err := s.Close(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 	// The next instance copies the rest: nothing lost, nothing twice.
-	s2, err := New(c.ListenAddrs(), "g", []string{"in"}, "stop", fastOpts(WithOutputTopic("out"))...)
+	s2, err := New(c.Brokers(), "g", []string{"in"}, "stop", fastOpts(WithOutputTopic("out"))...)
 	if err != nil {
 		t.Fatal(err)
 	}
 	runUntilCommitted(t, c, s2, h)
-	if a := auditValues(countValues(readCommitted(t, c.ListenAddrs(), "out", 500*time.Millisecond)), n); a.missing+a.dups+a.unexpected != 0 {
-		t.Errorf("output: %s, want %d exactly once", a, n)
-	}
+	exactly(t, c, "out", want)
 }
 
 // TestMissingTopicsAndBrokers: Run fails within the start timeout, with a
@@ -234,8 +194,8 @@ func TestStopAtNextRecord(t *testing.T) {
 // topic or the brokers are not there; before, Run waited until its ctx ended
 // and returned nil, or aborted and re-created its client for ever.
 func TestMissingTopicsAndBrokers(t *testing.T) {
-	c := newCluster(t, map[string]int32{"in": 1, "out": 1})
-	seed(t, c.ListenAddrs(), "in", 10)
+	c := kdelivertest.Start(t, kdelivertest.WithTopic("in", 1), kdelivertest.WithTopic("out", 1))
+	kdelivertest.Seed(t, c.Brokers(), "in", 10)
 	for _, tc := range []struct {
 		name    string
 		brokers []string
@@ -244,9 +204,9 @@ func TestMissingTopicsAndBrokers(t *testing.T) {
 		want    error
 		names   string
 	}{
-		{"input", c.ListenAddrs(), "no-such-input", []Option{WithOutputTopic("out")}, kdeliver.ErrTopicNotFound, "no-such-input"},
-		{"output", c.ListenAddrs(), "in", []Option{WithOutputTopic("no-such-output")}, kdeliver.ErrTopicNotFound, "no-such-output"},
-		{"dead letters", c.ListenAddrs(), "in", []Option{WithOutputTopic("out"), WithDeadLetterTopic("no-such-dlq")}, kdeliver.ErrTopicNotFound, "no-such-dlq"},
+		{"input", c.Brokers(), "no-such-input", []Option{WithOutputTopic("out")}, kdeliver.ErrTopicNotFound, "no-such-input"},
+		{"output", c.Brokers(), "in", []Option{WithOutputTopic("no-such-output")}, kdeliver.ErrTopicNotFound, "no-such-output"},
+		{"dead letters", c.Brokers(), "in", []Option{WithOutputTopic("out"), WithDeadLetterTopic("no-such-dlq"), kdeliver.WithMaxAttempts(1)}, kdeliver.ErrTopicNotFound, "no-such-dlq"},
 		{"brokers", []string{"127.0.0.1:1"}, "in", []Option{WithOutputTopic("out")}, kdeliver.ErrUnreachable, "127.0.0.1:1"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -276,9 +236,9 @@ func TestMissingTopicsAndBrokers(t *testing.T) {
 // exist makes Run fail with ErrTopicNotFound naming it once the start timeout
 // passed, instead of aborting and re-creating the client for ever.
 func TestUnknownOutputTopicStops(t *testing.T) {
-	c := newCluster(t, map[string]int32{"in": 1})
-	seed(t, c.ListenAddrs(), "in", 10)
-	s, err := New(c.ListenAddrs(), "g", []string{"in"}, "dyn", append(fastOpts(), kdeliver.WithStartTimeout(time.Second))...)
+	c := kdelivertest.Start(t, kdelivertest.WithTopic("in", 1))
+	kdelivertest.Seed(t, c.Brokers(), "in", 10)
+	s, err := New(c.Brokers(), "g", []string{"in"}, "dyn", append(fastOpts(), kdeliver.WithStartTimeout(time.Second))...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -301,13 +261,13 @@ func TestUnknownOutputTopicStops(t *testing.T) {
 // before it fetches offsets, and copies everything well before the old
 // transaction's timeout.
 func TestRestartFencesOpenTransaction(t *testing.T) {
-	c := newCluster(t, map[string]int32{"in": 1, "out": 1})
+	c := kdelivertest.Start(t, kdelivertest.WithTopic("in", 1), kdelivertest.WithTopic("out", 1))
 	const n = 20
-	seed(t, c.ListenAddrs(), "in", n)
+	want := kdelivertest.Seed(t, c.Brokers(), "in", n)
 	const txnTimeout = time.Minute
 	deadTransaction(t, c, "restart", "g", "in", txnTimeout)
 
-	s, err := New(c.ListenAddrs(), "g", []string{"in"}, "restart", fastOpts(
+	s, err := New(c.Brokers(), "g", []string{"in"}, "restart", fastOpts(
 		WithOutputTopic("out"), WithTransactionTimeout(txnTimeout), WithSessionTimeout(2*txnTimeout))...)
 	if err != nil {
 		t.Fatal(err)
@@ -316,26 +276,24 @@ func TestRestartFencesOpenTransaction(t *testing.T) {
 	go func() { done <- s.Run(context.Background(), copyTo("out")) }()
 	// The bound is a third of the old transaction's timeout: waiting the
 	// transaction out would miss it.
-	waitFor(t, txnTimeout/3, "all input committed by the new instance", func() bool { return committedAll(c, "g", "in") })
+	kdelivertest.WaitFor(t, txnTimeout/3, "all input committed by the new instance", func() bool { return c.CommittedAll("g", "in") })
 	if err := s.Close(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 	if err := <-done; err != nil {
 		t.Fatal(err)
 	}
-	if a := auditValues(countValues(readCommitted(t, c.ListenAddrs(), "out", 500*time.Millisecond)), n); a.missing+a.dups+a.unexpected != 0 {
-		t.Errorf("output: %s, want %d exactly once", a, n)
-	}
+	exactly(t, c, "out", want)
 }
 
 // deadTransaction leaves what a copier killed mid-commit leaves: a
 // transaction of txnID, open, holding a pending offset commit for group on
 // topic partition 0.
-func deadTransaction(t *testing.T, c *kfake.Cluster, txnID, group, topic string, timeout time.Duration) {
+func deadTransaction(t *testing.T, c *kdelivertest.Cluster, txnID, group, topic string, timeout time.Duration) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	cl, err := kgo.NewClient(kgo.SeedBrokers(c.ListenAddrs()...), kgo.DisableClientMetrics())
+	cl, err := kgo.NewClient(kgo.SeedBrokers(c.Brokers()...), kgo.DisableClientMetrics())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -364,7 +322,7 @@ func deadTransaction(t *testing.T, c *kfake.Cluster, txnID, group, topic string,
 	commit.TransactionalID, commit.Group, commit.ProducerID, commit.ProducerEpoch = txnID, group, iresp.ProducerID, iresp.ProducerEpoch
 	commit.Generation, commit.MemberID = -1, ""
 	rt := kmsg.NewTxnOffsetCommitRequestTopic()
-	rt.Topic, rt.TopicID = topic, c.TopicInfo(topic).TopicID
+	rt.Topic, rt.TopicID = topic, c.Kfake().TopicInfo(topic).TopicID
 	rp := kmsg.NewTxnOffsetCommitRequestTopicPartition()
 	rp.Partition, rp.Offset, rp.LeaderEpoch = 0, 5, -1
 	rt.Partitions = append(rt.Partitions, rp)
@@ -390,9 +348,9 @@ func contains(s, sub string) bool { return strings.Contains(s, sub) }
 // Close keeps to its ctx; before, Close waited for the join (40 s on a real
 // cluster with an 8 s ctx). The bound asserted is a third of the join's wait.
 func TestCloseWhileJoining(t *testing.T) {
-	c := newCluster(t, map[string]int32{"in": 2, "out": 1})
-	seed(t, c.ListenAddrs(), "in", 10)
-	static, err := kgo.NewClient(kgo.SeedBrokers(c.ListenAddrs()...), kgo.ConsumerGroup("g"), kgo.ConsumeTopics("in"),
+	c := kdelivertest.Start(t, kdelivertest.WithTopic("in", 2), kdelivertest.WithTopic("out", 1))
+	kdelivertest.Seed(t, c.Brokers(), "in", 10)
+	static, err := kgo.NewClient(kgo.SeedBrokers(c.Brokers()...), kgo.ConsumerGroup("g"), kgo.ConsumeTopics("in"),
 		kgo.InstanceID("static"), kgo.SessionTimeout(30*time.Second), kgo.RebalanceTimeout(30*time.Second),
 		kgo.DisableClientMetrics())
 	if err != nil {
@@ -404,7 +362,7 @@ func TestCloseWhileJoining(t *testing.T) {
 		t.Fatal("the static member did not join")
 	}
 	static.Close() // a static member does not leave: the group waits for it
-	s, err := New(c.ListenAddrs(), "g", []string{"in"}, "joining", fastOpts(WithOutputTopic("out"),
+	s, err := New(c.Brokers(), "g", []string{"in"}, "joining", fastOpts(WithOutputTopic("out"),
 		WithTransactionTimeout(20*time.Second), WithSessionTimeout(30*time.Second),
 		WithKgoOpts(kgo.RebalanceTimeout(30*time.Second)))...)
 	if err != nil {
@@ -413,8 +371,8 @@ func TestCloseWhileJoining(t *testing.T) {
 	runCtx, stop := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- s.Run(runCtx, copyTo("out")) }()
-	waitFor(t, 10*time.Second, "the group to rebalance", func() bool {
-		g := c.GroupInfo("g")
+	kdelivertest.WaitFor(t, 10*time.Second, "the group to rebalance", func() bool {
+		g := c.Kfake().GroupInfo("g")
 		return g != nil && g.State == "PreparingRebalance"
 	})
 	stop()

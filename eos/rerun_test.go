@@ -2,11 +2,12 @@ package eos
 
 import (
 	"context"
-	"strconv"
 	"testing"
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/kdeliver/kdeliver/kdelivertest"
 )
 
 // TestRunAgainLosesNothing: one session's Run is stopped and called again
@@ -16,23 +17,23 @@ import (
 // the next Run.
 func TestRunAgainLosesNothing(t *testing.T) {
 	const n = 4000
-	c := newCluster(t, map[string]int32{"in": 2, "out": 2})
-	addrs := c.ListenAddrs()
+	c := kdelivertest.Start(t, kdelivertest.WithTopic("in", 2), kdelivertest.WithTopic("out", 2))
+	addrs := c.Brokers()
 
 	// A writer adds 20 records every 2 ms.
-	cl, err := kgo.NewClient(kgo.SeedBrokers(addrs...), kgo.DefaultProduceTopic("in"), kgo.DisableClientMetrics())
+	cl, err := kgo.NewClient(kgo.SeedBrokers(addrs...), kgo.DisableClientMetrics())
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer cl.Close()
 	written := make(chan error, 1)
+	var want []string
+	for i := 0; i < n; i += 20 {
+		want = append(want, kdelivertest.Values(kdelivertest.Records("in", 20, kdelivertest.From(i)))...)
+	}
 	go func() {
 		for i := 0; i < n; i += 20 {
-			rs := make([]*kgo.Record, 0, 20)
-			for j := i; j < i+20; j++ {
-				v := []byte(strconv.Itoa(j))
-				rs = append(rs, &kgo.Record{Key: v, Value: v})
-			}
+			rs := kdelivertest.Records("in", 20, kdelivertest.From(i))
 			if err := cl.ProduceSync(context.Background(), rs...).FirstErr(); err != nil {
 				written <- err
 				return
@@ -66,7 +67,7 @@ func TestRunAgainLosesNothing(t *testing.T) {
 			default:
 			}
 		}
-		if writerDone && committedAll(c, "g", "in") {
+		if writerDone && c.CommittedAll("g", "in") {
 			t.Logf("%d runs", runs)
 			break
 		}
@@ -80,8 +81,5 @@ func TestRunAgainLosesNothing(t *testing.T) {
 	if err := s.Close(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	got := auditValues(countValues(readCommitted(t, addrs, "out", 500*time.Millisecond)), n)
-	if got.total != n || got.dups != 0 || got.missing != 0 || got.unexpected != 0 {
-		t.Fatalf("committed output: %s, want %d exactly once", got, n)
-	}
+	exactly(t, c, "out", want)
 }

@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -18,6 +20,7 @@ import (
 
 	"github.com/kdeliver/kdeliver"
 	"github.com/kdeliver/kdeliver/internal/crash"
+	"github.com/kdeliver/kdeliver/kdelivertest"
 )
 
 func TestMain(m *testing.M) {
@@ -28,7 +31,7 @@ func TestMain(m *testing.M) {
 // ID, as a restarted process) until the group has committed all input.
 type copierRun struct {
 	t        *testing.T
-	c        *kfake.Cluster
+	c        *kdelivertest.Cluster
 	group    string
 	txnID    string
 	in       string
@@ -42,7 +45,7 @@ type copierRun struct {
 
 // newCopierRun copies "in" of c in group "g" as transactional ID
 // "copier-0", 250 records a transaction, with handler h.
-func newCopierRun(t *testing.T, c *kfake.Cluster, h Handler) *copierRun {
+func newCopierRun(t *testing.T, c *kdelivertest.Cluster, h Handler) *copierRun {
 	return &copierRun{t: t, c: c, group: "g", txnID: "copier-0", in: "in", opts: fastOpts(WithCommitEvery(250, time.Second)), handler: h}
 }
 
@@ -55,8 +58,8 @@ func (r *copierRun) runFor(d time.Duration) {
 
 func (r *copierRun) run(ctx context.Context) {
 	t := r.t
-	addrs := r.c.ListenAddrs()
-	for !committedAll(r.c, r.group, r.in) {
+	addrs := r.c.Brokers()
+	for !r.c.CommittedAll(r.group, r.in) {
 		if ctx.Err() != nil {
 			t.Fatalf("copier did not finish: %v", ctx.Err())
 		}
@@ -74,8 +77,8 @@ func (r *copierRun) run(ctx context.Context) {
 			case err2 = <-done:
 				break wait
 			case <-time.After(20 * time.Millisecond):
-				if committedAll(r.c, r.group, r.in) || (r.restarts != nil && r.restarts(0)) {
-					if !committedAll(r.c, r.group, r.in) {
+				if r.c.CommittedAll(r.group, r.in) || (r.restarts != nil && r.restarts(0)) {
+					if !r.c.CommittedAll(r.group, r.in) {
 						r.graceful++
 					}
 					cancel()
@@ -119,12 +122,7 @@ func (r *copierRun) total() Stats {
 func faultyCopier(out string, every, at int, crashAt []int64, handled *atomic.Int64) Handler {
 	var failed sync.Map
 	next := 0
-	return func(ctx context.Context, in *kgo.Record, emit func(*kgo.Record)) error {
-		if err := ctx.Err(); err != nil {
-			// Run is stopping (a graceful restart): a crash now would be
-			// taken for the shutdown and not counted as a crash.
-			return err
-		}
+	return func(_ context.Context, in *kgo.Record, emit func(*kgo.Record)) error {
 		h := handled.Add(1)
 		v, _ := strconv.Atoi(string(in.Value))
 		if every > 0 && v%every == at {
@@ -147,10 +145,9 @@ func faultyCopier(out string, every, at int, crashAt []int64, handled *atomic.In
 // input exactly once.
 func TestCopierExactlyOnceUnderAbortsAndCrashes(t *testing.T) {
 	const n = 3000
-	c := newCluster(t, map[string]int32{"in": 2, "out": 3})
-	addrs := c.ListenAddrs()
-	seed(t, addrs, "in", n)
-	tail := startTail(t, addrs, "out")
+	c := kdelivertest.Start(t, kdelivertest.WithTopic("in", 2), kdelivertest.WithTopic("out", 3))
+	want := kdelivertest.Seed(t, c.Brokers(), "in", n)
+	tail := startTail(t, c.Brokers(), "out")
 
 	var handled atomic.Int64
 	restarted := false
@@ -164,15 +161,14 @@ func TestCopierExactlyOnceUnderAbortsAndCrashes(t *testing.T) {
 	}
 	r.runFor(60 * time.Second)
 
-	final := auditValues(countValues(readCommitted(t, addrs, "out", 500*time.Millisecond)), n)
-	tail.catchUp(t, n, final)
-	concurrent := auditValues(tail.seen, n)
+	final := kdelivertest.Audit(want, kdelivertest.ReadCommitted(t, c.Brokers(), "out"))
+	concurrent := tail.catchUp(t, want, final)
 	st := r.total()
 	t.Logf("crashes=%d graceful=%d stats=%+v final: %s concurrent: %s", r.crashes, r.graceful, st, final, concurrent)
-	if final.total != n || final.dups != 0 || final.missing != 0 || final.unexpected != 0 {
+	if !final.Exact() {
 		t.Errorf("final read_committed reader: %s, want %d exactly once", final, n)
 	}
-	if concurrent.dups != 0 || concurrent.missing != 0 || concurrent.unexpected != 0 {
+	if !concurrent.Exact() {
 		t.Errorf("concurrent read_committed reader: %s", concurrent)
 	}
 	if r.crashes != 3 || r.graceful != 1 {
@@ -189,19 +185,18 @@ func TestCopierExactlyOnceUnderAbortsAndCrashes(t *testing.T) {
 // T1 ordered: 1 → 1 partition; the output is the input, in order.
 func TestCopierKeepsOrder(t *testing.T) {
 	const n = 2000
-	c := newCluster(t, map[string]int32{"in": 1, "out": 1})
-	addrs := c.ListenAddrs()
-	seed(t, addrs, "in", n)
+	c := kdelivertest.Start(t, kdelivertest.WithTopic("in", 1), kdelivertest.WithTopic("out", 1))
+	kdelivertest.Seed(t, c.Brokers(), "in", n)
 	var handled atomic.Int64
 	r := newCopierRun(t, c, faultyCopier("out", 600, 77, []int64{n / 4, 3 * n / 4}, &handled))
 	r.runFor(60 * time.Second)
-	got := readCommitted(t, addrs, "out", 500*time.Millisecond)
+	got := kdelivertest.ReadCommitted(t, c.Brokers(), "out")
 	if len(got) != n {
 		t.Fatalf("read %d records, want %d", len(got), n)
 	}
 	for i, rec := range got {
-		if rec.value != strconv.Itoa(i) {
-			t.Fatalf("output[%d] = %s, want %d: order broken", i, rec.value, i)
+		if string(rec.Value) != strconv.Itoa(i) {
+			t.Fatalf("output[%d] = %s, want %d: order broken", i, rec.Value, i)
 		}
 	}
 	if r.crashes != 2 {
@@ -213,13 +208,13 @@ func TestCopierKeepsOrder(t *testing.T) {
 // and leave while copying. 0 duplicates, 0 lost, per-partition order kept.
 func TestGroupRebalancesExactlyOnce(t *testing.T) {
 	const n = 6000
-	c := newCluster(t, map[string]int32{"in": 6, "out": 6})
-	addrs := c.ListenAddrs()
-	seed(t, addrs, "in", n)
-	tail := startTail(t, addrs, "out")
+	c := kdelivertest.Start(t, kdelivertest.WithTopic("in", 6), kdelivertest.WithTopic("out", 6))
+	want := kdelivertest.Seed(t, c.Brokers(), "in", n)
+	tail := startTail(t, c.Brokers(), "out")
 
 	// The key names the input partition, so each input partition's
-	// records land in one output partition, where their order shows.
+	// records land in one output partition, where the audit checks their
+	// order.
 	handler := func(_ context.Context, in *kgo.Record, emit func(*kgo.Record)) error {
 		time.Sleep(100 * time.Microsecond) // spread the copy over the membership changes
 		emit(&kgo.Record{Topic: "out", Key: []byte("p" + strconv.Itoa(int(in.Partition))), Value: in.Value})
@@ -232,7 +227,7 @@ func TestGroupRebalancesExactlyOnce(t *testing.T) {
 		done chan error
 	}
 	start := func(id string) member {
-		s, err := New(addrs, "g", []string{"in"}, id, fastOpts(WithCommitEvery(250, 100*time.Millisecond))...)
+		s, err := New(c.Brokers(), "g", []string{"in"}, id, fastOpts(WithCommitEvery(250, 100*time.Millisecond))...)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -250,31 +245,21 @@ func TestGroupRebalancesExactlyOnce(t *testing.T) {
 		return m.s.Stats()
 	}
 	a := start("copier-a")
-	waitFor(t, 30*time.Second, "a third copied", func() bool { return tail.count() >= n/6 })
+	kdelivertest.WaitFor(t, 30*time.Second, "a third copied", func() bool { return tail.count() >= n/6 })
 	b := start("copier-b")
-	waitFor(t, 30*time.Second, "half copied", func() bool { return tail.count() >= n/3 })
+	kdelivertest.WaitFor(t, 30*time.Second, "half copied", func() bool { return tail.count() >= n/3 })
 	cc := start("copier-c")
-	waitFor(t, 30*time.Second, "two thirds copied", func() bool { return tail.count() >= n/2 })
+	kdelivertest.WaitFor(t, 30*time.Second, "two thirds copied", func() bool { return tail.count() >= n/2 })
 	sa := stop(a)
-	waitFor(t, 60*time.Second, "all input committed", func() bool { return committedAll(c, "g", "in") })
+	kdelivertest.WaitFor(t, 60*time.Second, "all input committed", func() bool { return c.CommittedAll("g", "in") })
 	sb, sc := stop(b), stop(cc)
 	t.Logf("a=%+v\nb=%+v\nc=%+v", sa, sb, sc)
 
-	got := readCommitted(t, addrs, "out", 500*time.Millisecond)
-	final := auditValues(countValues(got), n)
-	tail.catchUp(t, n, final)
-	concurrent := auditValues(tail.seen, n)
+	final := kdelivertest.Audit(want, kdelivertest.ReadCommitted(t, c.Brokers(), "out"))
+	concurrent := tail.catchUp(t, want, final)
 	t.Logf("final: %s concurrent: %s", final, concurrent)
-	if final.total != n || final.dups != 0 || final.missing != 0 || concurrent.dups != 0 {
-		t.Errorf("final %s, concurrent %s: want %d exactly once", final, concurrent, n)
-	}
-	last := map[string]int{}
-	for _, rec := range got {
-		v, _ := strconv.Atoi(rec.value)
-		if p, ok := last[rec.key]; ok && v <= p {
-			t.Fatalf("input partition %s: %d after %d, order broken", rec.key, v, p)
-		}
-		last[rec.key] = v
+	if !final.Exact() || !concurrent.Exact() {
+		t.Errorf("final %s, concurrent %s: want %d exactly once, in order per input partition", final, concurrent, n)
 	}
 	if sa.Records == 0 || sb.Records == 0 || sc.Records == 0 {
 		t.Errorf("a member copied nothing: the rebalances were not exercised")
@@ -286,20 +271,20 @@ func TestGroupRebalancesExactlyOnce(t *testing.T) {
 // Every fault is hit; the output is still exactly once.
 func TestCopierExactlyOnceUnderInjectedFaults(t *testing.T) {
 	const n = 3000
-	c := newCluster(t, map[string]int32{"in": 2, "out": 3})
-	addrs := c.ListenAddrs()
-	seed(t, addrs, "in", n)
+	c := kdelivertest.Start(t, kdelivertest.WithTopic("in", 2), kdelivertest.WithTopic("out", 3))
+	want := kdelivertest.Seed(t, c.Brokers(), "in", n)
+	k := c.Kfake()
 	faults := []*kfake.FaultHandle{
-		c.Fault(kfake.Fault{Keys: []kmsg.Key{kmsg.TxnOffsetCommit}, Err: kerr.NotCoordinator, Count: 2}),
-		c.Fault(kfake.Fault{Keys: []kmsg.Key{kmsg.TxnOffsetCommit}, Err: kerr.IllegalGeneration, Count: 1}),
-		c.Fault(kfake.Fault{Keys: []kmsg.Key{kmsg.Produce}, Topic: "out", Err: kerr.RequestTimedOut, Count: 3}),
-		c.Fault(kfake.Fault{Keys: []kmsg.Key{kmsg.EndTxn}, Err: kerr.ConcurrentTransactions, Count: 2, TopLevel: true}),
-		c.Fault(kfake.Fault{Keys: []kmsg.Key{kmsg.TxnOffsetCommit}, Err: kerr.RequestTimedOut, Count: 1}),
+		k.Fault(kfake.Fault{Keys: []kmsg.Key{kmsg.TxnOffsetCommit}, Err: kerr.NotCoordinator, Count: 2}),
+		k.Fault(kfake.Fault{Keys: []kmsg.Key{kmsg.TxnOffsetCommit}, Err: kerr.IllegalGeneration, Count: 1}),
+		k.Fault(kfake.Fault{Keys: []kmsg.Key{kmsg.Produce}, Topic: "out", Err: kerr.RequestTimedOut, Count: 3}),
+		k.Fault(kfake.Fault{Keys: []kmsg.Key{kmsg.EndTxn}, Err: kerr.ConcurrentTransactions, Count: 2, TopLevel: true}),
+		k.Fault(kfake.Fault{Keys: []kmsg.Key{kmsg.TxnOffsetCommit}, Err: kerr.RequestTimedOut, Count: 1}),
 	}
 	// Errors that fail End or a produce: the client must be replaced.
 	late := []*kfake.FaultHandle{
-		c.Fault(kfake.Fault{Keys: []kmsg.Key{kmsg.EndTxn}, Err: kerr.InvalidTxnState, Count: 1, TopLevel: true}),
-		c.Fault(kfake.Fault{Keys: []kmsg.Key{kmsg.Produce}, Topic: "out", Err: kerr.InvalidRecord, Count: 1}),
+		k.Fault(kfake.Fault{Keys: []kmsg.Key{kmsg.EndTxn}, Err: kerr.InvalidTxnState, Count: 1, TopLevel: true}),
+		k.Fault(kfake.Fault{Keys: []kmsg.Key{kmsg.Produce}, Topic: "out", Err: kerr.InvalidRecord, Count: 1}),
 	}
 	var handled atomic.Int64
 	r := newCopierRun(t, c, faultyCopier("out", 0, 0, nil, &handled))
@@ -309,32 +294,31 @@ func TestCopierExactlyOnceUnderInjectedFaults(t *testing.T) {
 			t.Errorf("fault %d was never hit", i)
 		}
 	}
-	final := auditValues(countValues(readCommitted(t, addrs, "out", 500*time.Millisecond)), n)
+	final := kdelivertest.Audit(want, kdelivertest.ReadCommitted(t, c.Brokers(), "out"))
 	st := r.total()
 	t.Logf("stats=%+v final: %s", st, final)
 	if st.Recreated < 2 {
 		t.Errorf("client recreated %d times, want at least 2 (a failed End and a failed produce)", st.Recreated)
 	}
-	if final.total != n || final.dups != 0 || final.missing != 0 {
+	if !final.Exact() {
 		t.Errorf("final read_committed reader: %s, want %d exactly once", final, n)
 	}
 }
 
 // Fencing on kfake's default (Kafka 4.4, transaction.version 2), where kfake
 // answers like Kafka: a second instance with the same transactional ID makes
-// the first one's Run return ErrFenced, and the first one's open
-// transaction stays invisible.
+// the first one's Run return an error matching kdeliver.ErrFenced, of class
+// Fatal, and the first one's open transaction stays invisible.
 func TestFencedByNewInstance(t *testing.T) {
-	c := newCluster(t, map[string]int32{"in": 1, "in2": 1, "out": 1})
-	addrs := c.ListenAddrs()
-	seed(t, addrs, "in", 10)
-	seed(t, addrs, "in2", 1)
+	c := kdelivertest.Start(t, kdelivertest.WithTopic("in", 1), kdelivertest.WithTopic("in2", 1), kdelivertest.WithTopic("out", 1))
+	kdelivertest.Seed(t, c.Brokers(), "in", 10)
+	kdelivertest.Seed(t, c.Brokers(), "in2", 1)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 
 	holding, release := make(chan struct{}), make(chan struct{})
 	var once sync.Once
-	old, err := New(addrs, "g-old", []string{"in"}, "copier-0", fastOpts(WithCommitEvery(1000, 2*time.Second))...)
+	old, err := New(c.Brokers(), "g-old", []string{"in"}, "copier-0", fastOpts(WithCommitEvery(1000, 2*time.Second))...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -352,7 +336,7 @@ func TestFencedByNewInstance(t *testing.T) {
 	}()
 	<-holding
 	// The new instance takes over the transactional ID and commits.
-	nu, err := New(addrs, "g-new", []string{"in2"}, "copier-0", fastOpts(WithCommitEvery(1, 10*time.Millisecond))...)
+	nu, err := New(c.Brokers(), "g-new", []string{"in2"}, "copier-0", fastOpts(WithCommitEvery(1, 10*time.Millisecond))...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -360,33 +344,40 @@ func TestFencedByNewInstance(t *testing.T) {
 	nuCtx, nuCancel := context.WithCancel(ctx)
 	nuDone := make(chan error, 1)
 	go func() { nuDone <- nu.Run(nuCtx, copyTo("out")) }()
-	waitFor(t, 10*time.Second, "the new instance to commit", func() bool { return committedAll(c, "g-new", "in2") })
+	kdelivertest.WaitFor(t, 10*time.Second, "the new instance to commit", func() bool { return c.CommittedAll("g-new", "in2") })
 	nuCancel()
 	if err := <-nuDone; err != nil {
 		t.Fatalf("new instance: %v", err)
 	}
 	close(release)
 	err = <-oldDone
-	if !errors.Is(err, ErrFenced) {
-		t.Fatalf("old instance Run = %v, want ErrFenced", err)
+	if !errors.Is(err, kdeliver.ErrFenced) {
+		t.Fatalf("old instance Run = %v, want kdeliver.ErrFenced", err)
 	}
 	if !errors.Is(err, kerr.ProducerFenced) && !errors.Is(err, kerr.InvalidProducerEpoch) {
 		t.Errorf("old instance error %v does not carry Kafka's fencing error", err)
+	}
+	if cl := kdeliver.ClassOf(err); cl != kdeliver.Fatal {
+		t.Errorf("ClassOf(%v) = %v, want Fatal: a fenced instance must stop", err, cl)
 	}
 	// Issue 14: the fenced transaction was not counted.
 	if st := old.Stats(); st.Fenced != 1 || st.Aborted != 1 || st.Committed != 0 {
 		t.Errorf("old instance stats %+v: want its one transaction counted fenced and aborted", st)
 	}
-	got := readCommitted(t, addrs, "out", 500*time.Millisecond)
-	if len(got) != 1 || got[0].value != "0" {
-		t.Errorf("read_committed output = %v, want only the new instance's record 0", got)
+	if got := kdelivertest.Values(kdelivertest.ReadCommitted(t, c.Brokers(), "out")); len(got) != 1 || got[0] != "0" {
+		t.Errorf("read_committed output = %q, want only the new instance's record 0", got)
+	}
+	if err := old.Close(context.Background()); err != nil {
+		t.Errorf("Close of the fenced session: %v", err)
 	}
 }
 
-// A handler that keeps failing: with the stop policy Run returns a
-// *HandlerError after the attempts, and nothing of the aborted transaction
-// is visible; with a dead-letter topic the record is dead-lettered once,
-// inside the transaction, and the rest copied.
+// A handler that keeps failing: with kdeliver.WithMaxAttempts(3) and no dead
+// letters, Run returns a *kdeliver.HandlerError after the attempts, and
+// nothing of the aborted transaction is visible; with a dead-letter topic the
+// record is dead-lettered once, inside the transaction, with headers saying
+// where it came from, how often and why it failed and when it first did, and
+// the rest copied.
 func TestHandlerFailurePolicies(t *testing.T) {
 	poison := func(_ context.Context, in *kgo.Record, emit func(*kgo.Record)) error {
 		if string(in.Value) == "7" {
@@ -399,11 +390,10 @@ func TestHandlerFailurePolicies(t *testing.T) {
 		return nil
 	}
 	t.Run("stop", func(t *testing.T) {
-		c := newCluster(t, map[string]int32{"in": 1, "out": 1})
-		addrs := c.ListenAddrs()
-		seed(t, addrs, "in", 10)
+		c := kdelivertest.Start(t, kdelivertest.WithTopic("in", 1), kdelivertest.WithTopic("out", 1))
+		kdelivertest.Seed(t, c.Brokers(), "in", 10)
 		var calls atomic.Int64
-		s, err := New(addrs, "g", []string{"in"}, "t-stop", fastOpts(WithMaxAttempts(3), WithOutputTopic("out"), WithCommitEvery(100, time.Second))...)
+		s, err := New(c.Brokers(), "g", []string{"in"}, "t-stop", fastOpts(kdeliver.WithMaxAttempts(3), WithOutputTopic("out"), WithCommitEvery(100, time.Second))...)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -416,43 +406,105 @@ func TestHandlerFailurePolicies(t *testing.T) {
 			}
 			return poison(ctx, in, emit)
 		})
-		var he *HandlerError
+		var he *kdeliver.HandlerError
 		if !errors.As(err, &he) || string(he.Record.Value) != "3" || he.Attempts != 3 {
 			t.Fatalf("Run = %v, want a HandlerError on record 3 after 3 attempts", err)
+		}
+		if he.Record.Topic != "in" || he.Record.Offset != 3 || he.Err == nil || he.Err.Error() != "bad record" {
+			t.Errorf("HandlerError record %s/%d@%d, cause %v: want in/0@3 and the handler's error", he.Record.Topic, he.Record.Partition, he.Record.Offset, he.Err)
 		}
 		if calls.Load() != 3 {
 			t.Errorf("record 3 handled %d times, want 3", calls.Load())
 		}
-		if got := readCommitted(t, addrs, "out", 300*time.Millisecond); len(got) != 0 {
-			t.Errorf("aborted output visible: %v", got)
+		if got := kdelivertest.ReadCommitted(t, c.Brokers(), "out"); len(got) != 0 {
+			t.Errorf("aborted output visible: %q", kdelivertest.Values(got))
 		}
 	})
+	t.Run("panic", func(t *testing.T) {
+		c := kdelivertest.Start(t, kdelivertest.WithTopic("in", 1), kdelivertest.WithTopic("out", 1))
+		kdelivertest.Seed(t, c.Brokers(), "in", 10, kdelivertest.From(7))
+		s, err := New(c.Brokers(), "g", []string{"in"}, "t-panic", fastOpts(kdeliver.WithMaxAttempts(1), WithOutputTopic("out"))...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer s.Close(context.Background())
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		err = s.Run(ctx, poison)
+		var he *kdeliver.HandlerError
+		if !errors.As(err, &he) || string(he.Record.Value) != "7" || he.Attempts != 1 || !errors.Is(err, kdeliver.ErrPanic) {
+			t.Fatalf("Run = %v, want a HandlerError matching kdeliver.ErrPanic on record 7 after 1 attempt", err)
+		}
+		if cl := kdeliver.ClassOf(err); cl != kdeliver.Fatal {
+			t.Errorf("ClassOf(%v) = %v, want Fatal: Run stopped", err, cl)
+		}
+	})
+	// Issue 8: the default is to retry for ever (eos stopped after 3).
+	t.Run("default retries for ever", func(t *testing.T) {
+		c := kdelivertest.Start(t, kdelivertest.WithTopic("in", 1), kdelivertest.WithTopic("out", 1))
+		want := kdelivertest.Seed(t, c.Brokers(), "in", 10)
+		s, err := New(c.Brokers(), "g", []string{"in"}, "t-forever", fastOpts(WithOutputTopic("out"))...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var calls atomic.Int64
+		runUntilCommitted(t, c, s, func(_ context.Context, in *kgo.Record, emit func(*kgo.Record)) error {
+			if string(in.Value) == "3" && calls.Add(1) <= 6 {
+				return errors.New("not yet")
+			}
+			emit(&kgo.Record{Key: in.Key, Value: in.Value})
+			return nil
+		})
+		if calls.Load() != 7 {
+			t.Errorf("record 3 handled %d times, want 7 (6 failures, then success)", calls.Load())
+		}
+		if st := s.Stats(); st.AbortedHandler != 6 {
+			t.Errorf("stats %+v, want 6 transactions aborted by the handler", st)
+		}
+		exactly(t, c, "out", want)
+	})
 	t.Run("dead-letter", func(t *testing.T) {
-		c := newCluster(t, map[string]int32{"in": 1, "out": 1, "dlq": 1})
-		addrs := c.ListenAddrs()
-		seed(t, addrs, "in", 10)
-		s, err := New(addrs, "g", []string{"in"}, "t-dlq", fastOpts(WithMaxAttempts(2), WithOutputTopic("out"), WithDeadLetterTopic("dlq"), WithCommitEvery(100, 200*time.Millisecond))...)
+		c := kdelivertest.Start(t, kdelivertest.WithTopic("in", 1), kdelivertest.WithTopic("out", 1), kdelivertest.WithTopic("dlq", 1))
+		want := kdelivertest.Seed(t, c.Brokers(), "in", 10)
+		s, err := New(c.Brokers(), "g", []string{"in"}, "t-dlq", fastOpts(kdeliver.WithMaxAttempts(2), WithOutputTopic("out"), WithDeadLetterTopic("dlq"), WithCommitEvery(100, 200*time.Millisecond))...)
 		if err != nil {
 			t.Fatal(err)
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 		defer cancel()
+		began := time.Now()
 		done := make(chan error, 1)
 		go func() { done <- s.Run(ctx, poison) }()
-		waitFor(t, 15*time.Second, "all input committed", func() bool { return committedAll(c, "g", "in") })
+		kdelivertest.WaitFor(t, 15*time.Second, "all input committed", func() bool { return c.CommittedAll("g", "in") })
 		if err := s.Close(context.Background()); err != nil {
 			t.Fatal(err)
 		}
 		if err := <-done; err != nil {
 			t.Fatalf("Run: %v", err)
 		}
-		out := countValues(readCommitted(t, addrs, "out", 300*time.Millisecond))
-		dlq := readCommitted(t, addrs, "dlq", 300*time.Millisecond)
-		if len(out) != 8 || out["3"] != 0 || out["7"] != 0 {
-			t.Errorf("output %v, want the 8 good records", out)
+		good := slices.DeleteFunc(slices.Clone(want), func(v string) bool { return v == "3" || v == "7" })
+		exactly(t, c, "out", good)
+		dlq := kdelivertest.ReadCommitted(t, c.Brokers(), "dlq")
+		if got := kdelivertest.Values(dlq); !slices.Equal(got, []string{"3", "7"}) {
+			t.Fatalf("dead letters %q, want records 3 and 7 once each", got)
 		}
-		if len(dlq) != 2 || dlq[0].value != "3" || dlq[1].value != "7" {
-			t.Errorf("dead letters %v, want records 3 and 7 once each", dlq)
+		for _, tc := range []struct {
+			rec   *kgo.Record
+			in    string
+			cause string
+		}{{dlq[0], "3", "bad record"}, {dlq[1], "7", "poison record"}} {
+			h := headers(tc.rec)
+			if h[kdeliver.HeaderDLQTopic] != "in" || h[kdeliver.HeaderDLQPartition] != "0" ||
+				h[kdeliver.HeaderDLQOffset] != tc.in || h[kdeliver.HeaderDLQAttempts] != "2" {
+				t.Errorf("dead letter of %s: headers %v, want topic in, partition 0, offset %s, 2 attempts", tc.in, h, tc.in)
+			}
+			if e := h[kdeliver.HeaderDLQError]; !strings.Contains(e, tc.cause) {
+				t.Errorf("dead letter of %s: error header %q, want it to say %q", tc.in, e, tc.cause)
+			}
+			first, err := time.Parse(time.RFC3339Nano, h[kdeliver.HeaderDLQFirstFailure])
+			if err != nil || first.Location() != time.UTC || first.Before(began) || first.After(time.Now()) {
+				t.Errorf("dead letter of %s: first failure header %q (%v), want a UTC RFC 3339 time within the run", tc.in, h[kdeliver.HeaderDLQFirstFailure], err)
+			}
 		}
 		if st := s.Stats(); st.DeadLettered != 2 || st.Records != 10 {
 			t.Errorf("stats %+v, want 2 dead-lettered of 10", st)
@@ -460,12 +512,20 @@ func TestHandlerFailurePolicies(t *testing.T) {
 	})
 }
 
+// headers returns r's headers by key.
+func headers(r *kgo.Record) map[string]string {
+	m := map[string]string{}
+	for _, h := range r.Headers {
+		m[h.Key] = string(h.Value)
+	}
+	return m
+}
+
 // Close stops Run (nil), is safe twice, and Run after Close is ErrClosed.
 func TestCloseLifecycle(t *testing.T) {
-	c := newCluster(t, map[string]int32{"in": 1, "out": 1})
-	addrs := c.ListenAddrs()
-	seed(t, addrs, "in", 5)
-	s, err := New(addrs, "g", []string{"in"}, "t-close", fastOpts(WithOutputTopic("out"))...)
+	c := kdelivertest.Start(t, kdelivertest.WithTopic("in", 1), kdelivertest.WithTopic("out", 1))
+	kdelivertest.Seed(t, c.Brokers(), "in", 5)
+	s, err := New(c.Brokers(), "g", []string{"in"}, "t-close", fastOpts(WithOutputTopic("out"))...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -494,15 +554,17 @@ func TestCloseLifecycle(t *testing.T) {
 	if err := s.Run(context.Background(), copyTo("out")); !errors.Is(err, kdeliver.ErrClosed) {
 		t.Errorf("Run after Close = %v, want ErrClosed", err)
 	}
+	if err := s.Ping(context.Background()); !errors.Is(err, kdeliver.ErrClosed) {
+		t.Errorf("Ping after Close = %v, want ErrClosed", err)
+	}
 }
 
 // Cancelling Run's ctx returns nil; a crash (crash.ErrCrash) returns at
 // once without committing.
 func TestCrashCommitsNothing(t *testing.T) {
-	c := newCluster(t, map[string]int32{"in": 1, "out": 1})
-	addrs := c.ListenAddrs()
-	seed(t, addrs, "in", 20)
-	s, err := New(addrs, "g", []string{"in"}, "t-crash", fastOpts(WithOutputTopic("out"), WithCommitEvery(100, time.Second))...)
+	c := kdelivertest.Start(t, kdelivertest.WithTopic("in", 1), kdelivertest.WithTopic("out", 1))
+	want := kdelivertest.Seed(t, c.Brokers(), "in", 20)
+	s, err := New(c.Brokers(), "g", []string{"in"}, "t-crash", fastOpts(WithOutputTopic("out"), WithCommitEvery(100, time.Second))...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -517,19 +579,19 @@ func TestCrashCommitsNothing(t *testing.T) {
 	if !errors.Is(err, crash.ErrCrash) {
 		t.Fatalf("Run = %v, want the crash", err)
 	}
-	if g := c.GroupInfo("g"); g != nil && len(g.Commits["in"]) != 0 {
-		t.Errorf("offsets committed after a crash: %v", g.Commits)
+	if got := c.Committed("g", "in"); len(got) != 0 {
+		t.Errorf("offsets committed after a crash: %v", got)
 	}
 	// A restarted instance fences the abandoned transaction and copies
 	// everything once.
-	s2, err := New(addrs, "g", []string{"in"}, "t-crash", fastOpts(WithOutputTopic("out"))...)
+	s2, err := New(c.Brokers(), "g", []string{"in"}, "t-crash", fastOpts(WithOutputTopic("out"))...)
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- s2.Run(ctx, copyTo("out")) }()
-	waitFor(t, 15*time.Second, "all input committed", func() bool { return committedAll(c, "g", "in") })
+	kdelivertest.WaitFor(t, 15*time.Second, "all input committed", func() bool { return c.CommittedAll("g", "in") })
 	cancel()
 	if err := <-done; err != nil {
 		t.Fatalf("Run after cancel = %v, want nil", err)
@@ -537,9 +599,7 @@ func TestCrashCommitsNothing(t *testing.T) {
 	if err := s2.Close(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	if a := auditValues(countValues(readCommitted(t, addrs, "out", 300*time.Millisecond)), 20); a.total != 20 || a.dups != 0 || a.missing != 0 {
-		t.Errorf("after crash and restart: %s", a)
-	}
+	exactly(t, c, "out", want)
 }
 
 func TestRewindGuard(t *testing.T) {

@@ -9,6 +9,7 @@ import (
 	"go.opentelemetry.io/otel/trace/noop"
 
 	"github.com/kdeliver/kdeliver"
+	"github.com/kdeliver/kdeliver/kdelivertest"
 )
 
 // TestTracePassThroughWithoutSDK: with no OpenTelemetry SDK (a no-op tracer
@@ -17,8 +18,8 @@ import (
 // an input without one gives outputs without one.
 func TestTracePassThroughWithoutSDK(t *testing.T) {
 	const traceID = "4bf92f3577b34da6a3ce929d0e0e4736"
-	c := newCluster(t, map[string]int32{"in": 1, "out": 1})
-	addrs := c.ListenAddrs()
+	c := kdelivertest.Start(t, kdelivertest.WithTopic("in", 1), kdelivertest.WithTopic("out", 1))
+	addrs := c.Brokers()
 	cl, err := kgo.NewClient(kgo.SeedBrokers(addrs...), kgo.DisableClientMetrics())
 	if err != nil {
 		t.Fatal(err)
@@ -39,20 +40,9 @@ func TestTracePassThroughWithoutSDK(t *testing.T) {
 		return nil
 	})
 
-	rd := readerClient(t, addrs, "out")
-	defer rd.Close()
 	got := map[string]string{} // value → traceparent
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	for len(got) < 2 && ctx.Err() == nil {
-		rd.PollFetches(ctx).EachRecord(func(r *kgo.Record) {
-			got[string(r.Value)] = ""
-			for _, h := range r.Headers {
-				if h.Key == "traceparent" {
-					got[string(r.Value)] = string(h.Value)
-				}
-			}
-		})
+	for _, r := range kdelivertest.ReadCommitted(t, addrs, "out") {
+		got[string(r.Value)] = headers(r)["traceparent"]
 	}
 	if len(got) != 2 {
 		t.Fatalf("read %d output records, want 2", len(got))
