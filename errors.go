@@ -70,7 +70,8 @@ var ErrUnconfirmed = errors.New("kdeliver: transaction outcome unknown: the comm
 
 // ErrPanic is matched by the error a panicking handler (or sink write)
 // turns into. A panic never crashes the process: it is a failure of the
-// record like any other, retried or skipped as the semantics says.
+// record like any other, retried or skipped as the semantics says; when Run
+// stops on it, it is inside a [*HandlerError]. Class: [Fatal].
 var ErrPanic = errors.New("kdeliver: handler panicked")
 
 // Class says what a caller should do with an error, after the categories
@@ -124,7 +125,7 @@ func classOfCause(err error) Class {
 	switch {
 	case errors.Is(err, ErrAborted), errors.Is(err, ErrUnconfirmed), errors.Is(err, kerr.TransactionAbortable):
 		return Abortable
-	case errors.Is(err, ErrFenced), errors.Is(err, ErrClosed), errors.Is(err, ErrInvalidConfig),
+	case errors.Is(err, ErrFenced), errors.Is(err, ErrClosed), errors.Is(err, ErrInvalidConfig), errors.Is(err, ErrPanic),
 		errors.Is(err, ErrTopicNotFound), errors.Is(err, kgo.ErrClientClosed),
 		errors.Is(err, kerr.ProducerFenced), errors.Is(err, kerr.InvalidProducerEpoch):
 		return Fatal
@@ -220,7 +221,8 @@ func (e *HandlerError) Class() Class { return Fatal }
 // kgo.ErrRecordTimeout) work on the DeliveryError. The message names the
 // topic and partition and what to do; it never includes the record's key or
 // value. Class: [Retriable] when the cause is transient (a timeout, a
-// retriable broker error), else [Fatal] (fix the record or the topic).
+// retriable broker error, a cancelled context), else [Fatal] (fix the record
+// or the topic).
 type DeliveryError struct {
 	// Record is the record that was not delivered.
 	Record *kgo.Record
@@ -244,8 +246,18 @@ func (e *DeliveryError) Error() string {
 // Unwrap returns Err.
 func (e *DeliveryError) Unwrap() error { return e.Err }
 
-// Class returns the class of the cause.
-func (e *DeliveryError) Class() Class { return classOfCause(e.Err) }
+// Class returns the class of the cause: [Fatal] for a topic that does not
+// exist (create it first), [Retriable] for a cancelled context (the record
+// may be re-sent), else the cause's.
+func (e *DeliveryError) Class() Class {
+	switch {
+	case errors.Is(e.Err, kerr.UnknownTopicOrPartition):
+		return Fatal
+	case errors.Is(e.Err, context.Canceled):
+		return Retriable
+	}
+	return classOfCause(e.Err)
+}
 
 func deliveryAdvice(err error) string {
 	switch {

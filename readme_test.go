@@ -132,7 +132,7 @@ func checkGoTest(t *testing.T, cmd string, args []string) {
 		case args[i] == "-run" && i+1 < len(args):
 			names = strings.Split(args[i+1], "|")
 			i++
-		case strings.HasPrefix(args[i], "./"):
+		case args[i] == "." || strings.HasPrefix(args[i], "./"):
 			pkgs = append(pkgs, strings.TrimSuffix(args[i], "..."))
 		}
 	}

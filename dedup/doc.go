@@ -41,9 +41,9 @@
 // # Errors
 //
 // [ErrStore] wraps failures of the store's server: nothing was marked and
-// the side effect did not run; retry later. [ErrFenced] means a [Sink]
-// partition belongs to another consumer now. [ErrNoKey] means a record has
-// no key. Configuration errors wrap kdeliver.ErrInvalidConfig.
+// the side effect did not run; retry later. A sink's fencing error matches
+// kdeliver.ErrFenced (see consumer.Sink). [ErrNoKey] means a record has no
+// key. Configuration errors wrap kdeliver.ErrInvalidConfig.
 //
 // # Concurrency
 //

@@ -31,7 +31,7 @@ func main() {
 	defer p.Close(context.Background())
 	// Produce returns once every in-sync replica has the record.
 	if err := p.Produce(ctx, &kgo.Record{Topic: "orders", Value: []byte("order-1")}); err != nil {
-		log.Fatal(err) // a *producer.DeliveryError
+		log.Fatal(err) // a *kdeliver.DeliveryError
 	}
 
 	// The handler runs first; its offset is committed only after it returns
