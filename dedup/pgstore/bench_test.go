@@ -5,7 +5,7 @@ import (
 	"strconv"
 	"testing"
 
-	"github.com/kdeliver/kdeliver/dedup"
+	"github.com/kdeliver/kdeliver/consumer"
 	"github.com/kdeliver/kdeliver/dedup/pgstore"
 	"github.com/kdeliver/kdeliver/dedup/storetest"
 )
@@ -34,7 +34,7 @@ func BenchmarkSinkWrite(b *testing.B) {
 		b.Run("batch"+strconv.Itoa(batch), func(b *testing.B) {
 			p := pool(b)
 			s := freshTables(b, p, "bench_events", "bench_offsets")
-			if _, err := s.Assign(context.Background(), dedup.Assignment{Group: "g", Partitions: map[string][]int32{"t": {0}}}); err != nil {
+			if _, err := s.Assign(context.Background(), consumer.Assignment{Group: "g", Partitions: map[string][]int32{"t": {0}}}); err != nil {
 				b.Fatal(err)
 			}
 			b.ReportAllocs()

@@ -18,6 +18,7 @@ import (
 
 	"github.com/kdeliver/kdeliver"
 	"github.com/kdeliver/kdeliver/consumer"
+	"github.com/kdeliver/kdeliver/consumer/sinktest"
 	"github.com/kdeliver/kdeliver/dedup"
 	"github.com/kdeliver/kdeliver/dedup/internal/killtest"
 	"github.com/kdeliver/kdeliver/dedup/internal/testenv"
@@ -66,18 +67,58 @@ func recs(topic string, partition int32, from, to int64) []*kgo.Record {
 	for o := from; o < to; o++ {
 		id := fmt.Sprintf("%s-%d-%d", topic, partition, o)
 		out = append(out, &kgo.Record{Topic: topic, Partition: partition, Offset: o,
-			Headers: []kgo.RecordHeader{{Key: dedup.HeaderMessageID, Value: []byte(id)}}})
+			Headers: []kgo.RecordHeader{{Key: kdeliver.HeaderMessageID, Value: []byte(id)}}})
 	}
 	return out
 }
 
 func assign(t *testing.T, s *pgstore.Sink, gen int32, topic string, parts ...int32) map[string]map[int32]int64 {
 	t.Helper()
-	got, err := s.Assign(t.Context(), dedup.Assignment{Group: "g", MemberID: "m", Generation: gen, Partitions: map[string][]int32{topic: parts}})
+	got, err := s.Assign(t.Context(), consumer.Assignment{Group: "g", MemberID: "m", Generation: gen, Partitions: map[string][]int32{topic: parts}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	return got
+}
+
+// TestSinkConformance: pgstore.Sink passes consumer/sinktest. The side
+// effect is one row a record in a table without a unique constraint, so a
+// duplicate shows as a second row.
+func TestSinkConformance(t *testing.T) {
+	p := pool(t)
+	const events, offsets = "sinkconf_events", "sinkconf_offsets"
+	for _, q := range []string{
+		`DROP TABLE IF EXISTS ` + events + `, ` + offsets,
+		`CREATE TABLE ` + events + ` (topic text NOT NULL, part integer NOT NULL, off bigint NOT NULL)`,
+	} {
+		if _, err := p.Exec(t.Context(), q); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := pgstore.NewSink(p, nil, pgstore.WithTable(offsets)).CreateTable(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	insert := `INSERT INTO ` + events + ` (topic, part, off) VALUES ($1, $2, $3)`
+	sinktest.Run(t, func(*testing.T) sinktest.Harness {
+		return sinktest.Harness{
+			NewSink: func(fail func(*kgo.Record) error) consumer.Sink {
+				return pgstore.NewSink(p, func(ctx context.Context, tx pgx.Tx, r *kgo.Record) error {
+					if err := fail(r); err != nil {
+						return err
+					}
+					_, err := tx.Exec(ctx, insert, r.Topic, r.Partition, r.Offset)
+					return err
+				}, pgstore.WithTable(offsets))
+			},
+			Rows: func(ctx context.Context, topic string, partition int32) ([]int64, error) {
+				rows, err := p.Query(ctx, `SELECT off FROM `+events+` WHERE topic = $1 AND part = $2`, topic, partition)
+				if err != nil {
+					return nil, err
+				}
+				return pgx.CollectRows(rows, pgx.RowTo[int64])
+			},
+		}
+	})
 }
 
 // A member that lost a partition to another writes nothing: its Write is
@@ -98,7 +139,7 @@ func TestSinkFencesSupersededMember(t *testing.T) {
 		t.Fatalf("Assign after 10 records = %v, want t/0 at 10", got)
 	}
 	err := old.Write(ctx, recs("t", 0, 10, 20))
-	if !errors.Is(err, dedup.ErrFenced) {
+	if !errors.Is(err, kdeliver.ErrFenced) {
 		t.Fatalf("Write from the superseded member: err = %v, want ErrFenced", err)
 	}
 	if rows, _, _ := counts(ctx, p, "sinktest_events"); rows != 10 {
@@ -114,7 +155,7 @@ func TestSinkFencesSupersededMember(t *testing.T) {
 	}
 	// Revoked partitions are fenced too.
 	cur.Revoke(map[string][]int32{"t": {0}})
-	if err := cur.Write(ctx, recs("t", 0, 20, 21)); !errors.Is(err, dedup.ErrFenced) {
+	if err := cur.Write(ctx, recs("t", 0, 20, 21)); !errors.Is(err, kdeliver.ErrFenced) {
 		t.Fatalf("Write after Revoke: err = %v, want ErrFenced", err)
 	}
 }
@@ -270,7 +311,7 @@ func TestSinkPostgresOutage(t *testing.T) {
 	go func() {
 		defer close(done)
 		// Short retries, so that the consumer notices PostgreSQL's return soon.
-		runSink(runCtx, t, brokers, "outage", sink, report, consumer.WithBackoff(50*time.Millisecond, time.Second))
+		runSink(runCtx, t, brokers, "outage", sink, report, kdeliver.WithBackoff(50*time.Millisecond, time.Second))
 	}()
 	defer func() { stopRun(); <-done }()
 
@@ -307,27 +348,26 @@ func TestSinkPostgresOutage(t *testing.T) {
 }
 
 // runSink consumes killtest.Topic into sink as group with an exactly-once
-// consumer until ctx ends, passing each failed Write to report.
-func runSink(ctx context.Context, t *testing.T, brokers []string, group string, sink dedup.Sink, report func(error), opts ...consumer.Option) {
+// sink consumer until ctx ends, passing each failed Write to report.
+func runSink(ctx context.Context, t *testing.T, brokers []string, group string, sink consumer.Sink, report func(error), opts ...consumer.Option) {
 	opts = append([]consumer.Option{
-		consumer.WithSink(reportingSink{sink, report}),
 		consumer.WithMaxPollRecords(2000),
 		consumer.WithKgoOpts(killtest.ClientOpts(nil)[1:]...),
 	}, opts...)
-	c, err := consumer.New(brokers, group, []string{killtest.Topic}, kdeliver.ExactlyOnce, opts...)
+	c, err := consumer.NewWithSink(brokers, group, []string{killtest.Topic}, reportingSink{sink, report}, opts...)
 	if err != nil {
 		t.Error(err)
 		return
 	}
 	defer c.Close(context.Background())
-	if err := c.Run(ctx, nil); err != nil {
+	if err := c.Run(ctx); err != nil {
 		t.Error(err)
 	}
 }
 
 // reportingSink passes the errors of its Sink's Write to report.
 type reportingSink struct {
-	dedup.Sink
+	consumer.Sink
 	report func(error)
 }
 

@@ -13,7 +13,6 @@ import (
 	"github.com/redis/go-redis/v9"
 	"github.com/twmb/franz-go/pkg/kgo"
 
-	"github.com/kdeliver/kdeliver"
 	"github.com/kdeliver/kdeliver/consumer"
 	"github.com/kdeliver/kdeliver/dedup"
 	"github.com/kdeliver/kdeliver/dedup/internal/killtest"
@@ -26,7 +25,7 @@ const (
 )
 
 // 50,000 records through an exactly-once consumer guarded by the Redis
-// store (consumer.WithDedup), by consumer processes killed with SIGKILL 5
+// store (consumer.NewWithGuard), by consumer processes killed with SIGKILL 5
 // times and once more after a rebalance between two instances. The side
 // effect is a counter per message ID in Redis, incremented in the same
 // MULTI/EXEC as the dedup mark (dedup.ConfirmInTx + Store.ConfirmTx): every
@@ -94,8 +93,8 @@ func TestGuardKillChild(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c, err := consumer.New(brokers, killtest.Group, []string{killtest.Topic}, kdeliver.ExactlyOnce,
-		consumer.WithDedup(guard), consumer.WithKgoOpts(killtest.ClientOpts(nil)[1:]...))
+	c, err := consumer.NewWithGuard(brokers, killtest.Group, []string{killtest.Topic}, guard,
+		consumer.WithKgoOpts(killtest.ClientOpts(nil)[1:]...))
 	if err != nil {
 		t.Fatal(err)
 	}

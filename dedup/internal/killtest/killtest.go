@@ -21,7 +21,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/kdeliver/kdeliver"
-	"github.com/kdeliver/kdeliver/internal/embedded"
+	"github.com/kdeliver/kdeliver/kdelivertest"
 )
 
 // Plan says what to run and how often to kill.
@@ -143,7 +143,7 @@ func Run(t *testing.T, p Plan) Report {
 // [ID](0) to ID(n-1), and returns its brokers and a function that stops it.
 func Kafka(ctx context.Context, t *testing.T, partitions int32, n int) ([]string, func()) {
 	t.Helper()
-	cl, err := embedded.Start(ctx, embedded.WithBrokers(1), embedded.WithTopic(Topic, partitions))
+	cl, err := kdelivertest.NewCluster(kdelivertest.WithBrokers(1), kdelivertest.WithTopic(Topic, partitions))
 	if err != nil {
 		t.Fatal(err)
 	}
