@@ -7,6 +7,7 @@ require (
 	github.com/kdeliver/kdeliver v0.0.0
 	github.com/kdeliver/kdeliver/dedup/pgstore v0.0.0
 	github.com/twmb/franz-go v1.22.2
+	go.uber.org/goleak v1.3.0
 )
 
 require (

@@ -1,15 +1,16 @@
 // Command postgres shows exactly-once from Kafka into PostgreSQL with
 // pgstore.Sink: each batch's rows and the consumed offsets commit in one
-// transaction, so a consumer that crashes and restarts writes every record
+// transaction, so a consumer that stops and restarts writes every record
 // once.
 //
-// It produces 1,000 orders (to an in-process Kafka unless -brokers is
-// given), consumes them into the table example_orders with a consumer built
-// with kdeliver.ExactlyOnce and consumer.WithSink that stops mid-stream (it
-// never commits to Kafka: the offsets live in PostgreSQL) and a second one
-// that resumes where the table ends, and prints the table's counts:
+// It produces 1,000 orders (to an embedded cluster unless -brokers is
+// given), consumes them into the table example_orders with a sink consumer
+// (consumer.NewWithSink) that stops mid-stream (it never commits to Kafka:
+// the offsets live in PostgreSQL) and a second one that resumes where the
+// table ends, and prints the table's counts:
 //
 //	go run ./examples/postgres -postgres 'postgres://kdeliver:kdeliver@127.0.0.1:5432/kdeliver'
+//	go run ./examples/postgres -postgres URL -brokers host:9092   # a real cluster
 //
 // The URL defaults to $KDELIVER_POSTGRES_URL (.ci/services.sh starts such a
 // server).
@@ -17,12 +18,13 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
-	"log"
+	"io"
 	"log/slog"
 	"os"
-	"strings"
+	"strconv"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -33,35 +35,26 @@ import (
 	"github.com/kdeliver/kdeliver/consumer"
 	"github.com/kdeliver/kdeliver/dedup"
 	"github.com/kdeliver/kdeliver/dedup/pgstore"
-	"github.com/kdeliver/kdeliver/internal/embedded"
+	"github.com/kdeliver/kdeliver/internal/exampleenv"
 )
 
-const (
-	topic  = "orders"
-	group  = "orders-to-postgres"
-	orders = 1000
-)
+const orders = 1000
 
 func main() {
 	url := flag.String("postgres", os.Getenv("KDELIVER_POSTGRES_URL"), "PostgreSQL URL")
-	brokerList := flag.String("brokers", "", "Kafka brokers, comma-separated (default: an in-process cluster)")
-	flag.Parse()
-	if *url == "" {
-		log.Fatal("no PostgreSQL: pass -postgres URL or set KDELIVER_POSTGRES_URL")
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	if err := run(ctx, *url, *brokerList); err != nil {
-		log.Fatal(err)
-	}
+	exampleenv.Main("postgres", func(ctx context.Context, brokers []string, w io.Writer) error {
+		return run(ctx, *url, brokers, w)
+	})
 }
 
-func run(ctx context.Context, url, brokerList string) error {
-	var given []string
-	if brokerList != "" {
-		given = strings.Split(brokerList, ",")
+func run(ctx context.Context, url string, given []string, w io.Writer) error {
+	if url == "" {
+		return errors.New("no PostgreSQL: pass -postgres URL or set KDELIVER_POSTGRES_URL")
 	}
-	brokers, stop, err := embedded.Brokers(ctx, given, 3, topic)
+	// Fresh names, so that a rerun on a real cluster starts clean.
+	id := strconv.FormatInt(time.Now().UnixNano(), 36)
+	topic, group := "orders-"+id, "orders-to-postgres-"+id
+	brokers, stop, err := exampleenv.Brokers(ctx, given, 3, topic)
 	if err != nil {
 		return err
 	}
@@ -80,27 +73,27 @@ func run(ctx context.Context, url, brokerList string) error {
 			return err
 		}
 	}
-	if err := produce(ctx, brokers); err != nil {
+	if err := produce(ctx, brokers, topic); err != nil {
 		return err
 	}
 
 	// First consumer: stops after about half the orders.
-	if err := consume(ctx, pool, brokers, orders/2); err != nil {
+	if err := consume(ctx, pool, brokers, topic, group, orders/2); err != nil {
 		return err
 	}
 	// Second consumer: resumes from the offsets stored in PostgreSQL.
-	if err := consume(ctx, pool, brokers, orders); err != nil {
+	if err := consume(ctx, pool, brokers, topic, group, orders); err != nil {
 		return err
 	}
 	var rows, distinct int
 	if err := pool.QueryRow(ctx, `SELECT count(*), count(DISTINCT order_id) FROM example_orders`).Scan(&rows, &distinct); err != nil {
 		return err
 	}
-	fmt.Printf("%d orders produced, %d rows written, %d duplicates, %d lost\n", orders, rows, rows-distinct, orders-distinct)
+	fmt.Fprintf(w, "%d orders produced, %d rows written, %d duplicates, %d lost\n", orders, rows, rows-distinct, orders-distinct)
 	return nil
 }
 
-func produce(ctx context.Context, brokers []string) error {
+func produce(ctx context.Context, brokers []string, topic string) error {
 	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.DefaultProduceTopic(topic))
 	if err != nil {
 		return err
@@ -112,13 +105,13 @@ func produce(ctx context.Context, brokers []string) error {
 		rs[i] = &kgo.Record{Key: []byte(id), Value: []byte(`{"qty":1}`),
 			// What producer.WithMessageIDs() stamps; the sink does not need
 			// it, the table keeps it to show there are no duplicates.
-			Headers: []kgo.RecordHeader{{Key: dedup.HeaderMessageID, Value: []byte(id)}}}
+			Headers: []kgo.RecordHeader{{Key: kdeliver.HeaderMessageID, Value: []byte(id)}}}
 	}
 	return cl.ProduceSync(ctx, rs...).FirstErr()
 }
 
 // consume runs a sink consumer until the table holds at least until rows.
-func consume(ctx context.Context, pool *pgxpool.Pool, brokers []string, until int) error {
+func consume(ctx context.Context, pool *pgxpool.Pool, brokers []string, topic, group string, until int) error {
 	sink := pgstore.NewSink(pool, func(ctx context.Context, tx pgx.Tx, r *kgo.Record) error {
 		_, err := tx.Exec(ctx, `INSERT INTO example_orders (order_id, body) VALUES ($1, $2)`, dedup.MessageID(r), r.Value)
 		return err
@@ -129,17 +122,17 @@ func consume(ctx context.Context, pool *pgxpool.Pool, brokers []string, until in
 	// Exactly-once into the sink: each batch's rows and the offset after it
 	// commit in one PostgreSQL transaction, and each partition starts at
 	// the offset stored there. Nothing is committed to Kafka.
-	c, err := consumer.New(brokers, group, []string{topic}, kdeliver.ExactlyOnce,
-		consumer.WithSink(sink),
+	c, err := consumer.NewWithSink(brokers, group, []string{topic}, sink,
 		consumer.WithMaxPollRecords(100), // small batches, so the stop lands mid-stream
 		kdeliver.WithLogger(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))))
 	if err != nil {
 		return err
 	}
+	defer c.Close(context.WithoutCancel(ctx)) // Run has returned by then: nothing to wait for
 	runCtx, stop := context.WithCancel(ctx)
 	defer stop()
 	done := make(chan error, 1)
-	go func() { done <- c.Run(runCtx, nil) }() // no handler: the sink's ApplyFunc is the side effect
+	go func() { done <- c.Run(runCtx) }() // no handler: the sink's ApplyFunc is the side effect
 	for {
 		var n int
 		if err := pool.QueryRow(ctx, `SELECT count(*) FROM example_orders`).Scan(&n); err != nil {
