@@ -37,6 +37,8 @@ func TestValidation(t *testing.T) {
 			[]Option{WithCommitEvery(10, 30*time.Second)}, []string{"keep it under half"}},
 		{"dead-letter topic is an input", brokers, "g", []string{"in"}, "id",
 			[]Option{WithDeadLetterTopic("in"), kdeliver.WithMaxAttempts(3)}, []string{"would loop"}},
+		{"nil raw option", brokers, "g", []string{"in"}, "id",
+			[]Option{WithKgoOpts(kgo.DisableClientMetrics(), nil)}, []string{"raw option 2 of 2 is nil"}},
 		{"raw read_uncommitted", brokers, "g", []string{"in"}, "id",
 			[]Option{WithKgoOpts(kgo.FetchIsolationLevel(kgo.ReadUncommitted()))}, []string{"read_uncommitted"}},
 		{"raw auto-commit, acks=1, other txn id", brokers, "g", []string{"in"}, "id",

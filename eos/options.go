@@ -126,7 +126,16 @@ func WithOutputTopic(topic string) Option {
 // transaction timeout not below the session timeout, its own root context)
 // makes [New] fail, naming it.
 func WithKgoOpts(opts ...kgo.Opt) Option {
-	return option(func(c *config) { c.kgoOpts = append(c.kgoOpts, opts...) })
+	return option(func(c *config) {
+		for i, o := range opts {
+			if o == nil {
+				// kgo.NewClient panics on a nil option.
+				c.t.Reject(fmt.Sprintf("WithKgoOpts: raw option %d of %d is nil: remove it", i+1, len(opts)))
+				continue
+			}
+			c.kgoOpts = append(c.kgoOpts, o)
+		}
+	})
 }
 
 func (c *config) validate(ps interface{ Add(bool, string) }) {
