@@ -37,8 +37,19 @@ func TestValidation(t *testing.T) {
 			[]Option{WithCommitEvery(10, 30*time.Second)}, []string{"keep it under half"}},
 		{"dead-letter topic is an input", brokers, "g", []string{"in"}, "id",
 			[]Option{WithDeadLetterTopic("in"), kdeliver.WithMaxAttempts(3)}, []string{"would loop"}},
+		{"dead-letter topic without max attempts", brokers, "g", []string{"in"}, "id",
+			[]Option{WithDeadLetterTopic("dlq")}, []string{"WithDeadLetterTopic needs kdeliver.WithMaxAttempts"}},
+		{"dead-letter topic unnamed", brokers, "g", []string{"in"}, "id",
+			[]Option{WithDeadLetterTopic(""), kdeliver.WithMaxAttempts(3)}, []string{"name the topic"}},
+		// Issue 8: eos.New(..., nil) panicked.
+		{"nil option", brokers, "g", []string{"in"}, "id",
+			[]Option{nil}, []string{"option 1 of 1 is nil"}},
+		{"nil option among others", brokers, "g", []string{"in"}, "id",
+			[]Option{WithOutputTopic("out"), nil, kdeliver.WithMaxAttempts(3)}, []string{"option 2 of 3 is nil"}},
 		{"nil raw option", brokers, "g", []string{"in"}, "id",
 			[]Option{WithKgoOpts(kgo.DisableClientMetrics(), nil)}, []string{"raw option 2 of 2 is nil"}},
+		{"zero root options", brokers, "g", []string{"in"}, "id",
+			[]Option{kdeliver.Option{}, kdeliver.HandlerOption{}}, []string{"an empty option"}}, // the same problem, listed once
 		{"raw read_uncommitted", brokers, "g", []string{"in"}, "id",
 			[]Option{WithKgoOpts(kgo.FetchIsolationLevel(kgo.ReadUncommitted()))}, []string{"read_uncommitted"}},
 		{"raw auto-commit, acks=1, other txn id", brokers, "g", []string{"in"}, "id",
@@ -50,6 +61,16 @@ func TestValidation(t *testing.T) {
 			[]Option{WithKgoOpts(kgo.BlockRebalanceOnPoll())}, []string{"BlockRebalanceOnPoll"}},
 		{"raw group", brokers, "g", []string{"in"}, "id",
 			[]Option{WithKgoOpts(kgo.ConsumerGroup("other"))}, []string{"changed the consumer group"}},
+		// Issue 8 item 6: a reset to the end skips records whose offsets
+		// fall out of range; eos accepted it.
+		{"raw reset offset at end", brokers, "g", []string{"in"}, "id",
+			[]Option{WithKgoOpts(kgo.ConsumeResetOffset(kgo.NewOffset().AtEnd()))}, []string{"remove kgo.ConsumeResetOffset"}},
+		{"raw start offset at end", brokers, "g", []string{"in"}, "id",
+			[]Option{WithKgoOpts(kgo.ConsumeStartOffset(kgo.NewOffset().AtEnd()))}, []string{"remove kgo.ConsumeStartOffset"}},
+		{"raw topics", brokers, "g", []string{"in"}, "id",
+			[]Option{WithKgoOpts(kgo.ConsumeTopics("other"))}, []string{"topics to consume"}},
+		{"raw root context", brokers, "g", []string{"in"}, "id",
+			[]Option{WithKgoOpts(kgo.WithContext(context.Background()))}, []string{"kgo.WithContext"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			s, err := New(tc.brokers, tc.group, tc.topics, tc.txnID, tc.opts...)
