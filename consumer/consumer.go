@@ -292,7 +292,8 @@ func (c *Consumer) run(ctx context.Context, h Handler) error {
 }
 
 // Ping checks once, bounded by ctx, that a broker answers and that every
-// topic the consumer reads exists. It returns nil or an error matching
+// topic the consumer reads exists. It does not join the group, so a health
+// check may call it while Run runs. It returns nil or an error matching
 // [kdeliver.ErrUnreachable] or [kdeliver.ErrTopicNotFound] that names what
 // is missing. Run makes the same check, repeated for up to the start timeout
 // ([kdeliver.WithStartTimeout]), before reading.
@@ -303,7 +304,10 @@ func (c *Consumer) Ping(ctx context.Context) error {
 	if closed {
 		return kdeliver.ErrClosed
 	}
-	cl, err := kgo.NewClient(append(c.kopts[:len(c.kopts):len(c.kopts)], c.cfg.kgoOpts...)...)
+	// The client consumes no topic, so it does not join the group: a
+	// join and leave would rebalance the group's running members.
+	opts := append(c.kopts[:len(c.kopts):len(c.kopts)], c.cfg.kgoOpts...)
+	cl, err := kgo.NewClient(append(opts, kgo.ConsumeTopics())...)
 	if err != nil {
 		return err
 	}

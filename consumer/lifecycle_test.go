@@ -376,3 +376,36 @@ func deleteRecords(t *testing.T, cl *kdelivertest.Cluster, topic string, partiti
 		}
 	}
 }
+
+// TestPingDoesNotJoin: Ping checks the brokers and topics without joining
+// the group, so that a health check calling it does not rebalance the
+// group's running members (it joined and left, two rebalances a call).
+func TestPingDoesNotJoin(t *testing.T) {
+	cl := newCluster(t, 2)
+	produce(t, cl, 0, 10)
+	ctx := context.Background()
+	idle := mustNew(t, cl, "idle", kdeliver.AtLeastOnce)
+	if err := idle.Ping(ctx); err != nil {
+		t.Fatal(err)
+	}
+	c := mustNew(t, cl, "g", kdeliver.AtLeastOnce)
+	r := start(c, recordAll(newLedger()))
+	waitFor(t, "the commit of every record", func() bool { return cl.CommittedAll("g", "t") })
+	before := cl.Kfake().GroupInfo("g")
+	for range 3 {
+		if err := c.Ping(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	time.Sleep(500 * time.Millisecond) // a join or leave would show by now
+	after := cl.Kfake().GroupInfo("g")
+	if err := r.stop(t); err != nil {
+		t.Fatal(err)
+	}
+	if g := cl.Kfake().GroupInfo("idle"); g != nil {
+		t.Errorf("Ping of an idle consumer joined its group: %+v", g)
+	}
+	if after.Epoch != before.Epoch || len(after.Members) != 1 {
+		t.Errorf("Ping rebalanced the running group: generation %d, then %d with %d members", before.Epoch, after.Epoch, len(after.Members))
+	}
+}
