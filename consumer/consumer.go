@@ -195,7 +195,11 @@ func (c *Consumer) runOpts(r *run) []kgo.Opt {
 			if probed(ctx) {
 				return offsets, nil
 			}
-			return adjust(ctx, offsets)
+			adjusted, err := adjust(ctx, offsets)
+			if err != nil && ctx.Err() == nil {
+				r.c.log.Warn("sink assign failed: rejoining the group (nothing is read from the partitions meanwhile)", "err", err)
+			}
+			return adjusted, err
 		}))
 	}
 	return opts

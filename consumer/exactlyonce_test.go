@@ -544,3 +544,45 @@ func TestExactlyOnceSinkWriteRetried(t *testing.T) {
 		}
 	})
 }
+
+// panickySink panics in its first Assign and in every Revoke.
+type panickySink struct {
+	*memSink
+	assigns atomic.Int64
+	revokes atomic.Int64
+}
+
+func (s *panickySink) Assign(ctx context.Context, a Assignment) (map[string]map[int32]int64, error) {
+	if s.assigns.Add(1) == 1 {
+		panic("assign bug")
+	}
+	return s.memSink.Assign(ctx, a)
+}
+
+func (s *panickySink) Revoke(parts map[string][]int32) {
+	s.revokes.Add(1)
+	s.memSink.Revoke(parts)
+	panic("revoke bug")
+}
+
+// TestExactlyOnceSinkPanicsRecovered: a sink whose Assign or Revoke panics
+// (both run on kgo's group goroutine) does not crash the process: a
+// panicking Assign makes the member rejoin and claim the partitions again,
+// a panicking Revoke is logged, and every record is written once.
+func TestExactlyOnceSinkPanicsRecovered(t *testing.T) {
+	cl := newCluster(t, 2)
+	produce(t, cl, 0, 50)
+	db := newMemDB()
+	s := &panickySink{memSink: newMemSink(db, "s")}
+	r := startSink(mustNewWithSink(t, cl, "g", s))
+	waitFor(t, "all records", func() bool { return db.distinct() == 50 })
+	if err := r.stop(t); err != nil {
+		t.Fatalf("Run = %v, want nil", err)
+	}
+	if lost, dups, _ := db.count(50); lost != 0 || dups != 0 {
+		t.Fatalf("lost %d, duplicated %d", lost, dups)
+	}
+	if s.assigns.Load() < 2 || s.revokes.Load() < 1 {
+		t.Fatalf("%d assigns, %d revokes: the panics did not happen", s.assigns.Load(), s.revokes.Load())
+	}
+}

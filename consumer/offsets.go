@@ -114,7 +114,7 @@ func (r *run) onRevoked(ctx context.Context, _ *kgo.Client, revoked map[string][
 		return
 	}
 	if r.c.sink != nil {
-		r.c.sink.Revoke(revoked)
+		r.revokeSink(revoked)
 		return
 	}
 	r.pmu.Lock()
@@ -143,7 +143,7 @@ func (r *run) onLost(ctx context.Context, _ *kgo.Client, lost map[string][]int32
 	}
 	if r.c.sink != nil {
 		r.c.log.Warn("partitions lost: the sink's claims on them are dropped", "partitions", lost)
-		r.c.sink.Revoke(lost)
+		r.revokeSink(lost)
 		return
 	}
 	r.c.log.Warn("partitions lost: their uncommitted progress will be repeated", "partitions", lost)

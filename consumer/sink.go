@@ -72,8 +72,9 @@ type Sink interface {
 // at the sink's stored offset (others keep the offset kgo chose). meta
 // returns the member ID and generation for the [Assignment]
 // ([kgo.Client.GroupMetadata]). kgo calls it after OnPartitionsAssigned and
-// before fetching; an error makes the member rejoin, so nothing is fetched
-// from a position the sink did not give.
+// before fetching; an error (a panic in Assign becomes one matching
+// [kdeliver.ErrPanic]) makes the member rejoin, so nothing is fetched from
+// a position the sink did not give.
 func AdjustFetchOffsets(s Sink, group string, meta func() (member string, generation int32)) func(context.Context, map[string]map[int32]kgo.Offset) (map[string]map[int32]kgo.Offset, error) {
 	return func(ctx context.Context, offsets map[string]map[int32]kgo.Offset) (map[string]map[int32]kgo.Offset, error) {
 		member, gen := meta()
@@ -83,7 +84,7 @@ func AdjustFetchOffsets(s Sink, group string, meta func() (member string, genera
 				a.Partitions[t] = append(a.Partitions[t], p)
 			}
 		}
-		stored, err := s.Assign(ctx, a)
+		stored, err := assign(ctx, s, a)
 		if err != nil {
 			return nil, fmt.Errorf("kdeliver: sink assign: %w", err)
 		}
@@ -96,6 +97,29 @@ func AdjustFetchOffsets(s Sink, group string, meta func() (member string, genera
 		}
 		return offsets, nil
 	}
+}
+
+// assign calls s.Assign, turning a panic into an error: it runs on kgo's
+// group goroutine, where a panic would end the process.
+func assign(ctx context.Context, s Sink, a Assignment) (stored map[string]map[int32]int64, err error) {
+	defer func() {
+		if v := recover(); v != nil {
+			err = fmt.Errorf("%w: %v", kdeliver.ErrPanic, v)
+		}
+	}()
+	return s.Assign(ctx, a)
+}
+
+// revokeSink calls the sink's Revoke, logging a panic: it runs on kgo's
+// group goroutine, where a panic would end the process. The sink's epochs
+// still fence the partitions off once another member claims them.
+func (r *run) revokeSink(parts map[string][]int32) {
+	defer func() {
+		if v := recover(); v != nil {
+			r.c.log.Error("sink revoke panicked", "partitions", parts, "panic", fmt.Sprint(v), "stack", string(debug.Stack()))
+		}
+	}()
+	r.c.sink.Revoke(parts)
 }
 
 // writeSink writes each partition's records of the batch to the sink, one
