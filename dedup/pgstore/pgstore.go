@@ -4,10 +4,11 @@
 //   - [Store], a [dedup.Store]: one row a key, for side effects anywhere
 //     (an HTTP call, another database). [Store.ConfirmTx] marks a key in the
 //     transaction of a side effect kept in the same database.
-//   - [Sink], a [dedup.Sink]: exactly-once into PostgreSQL with no dedup
-//     table. The side effects of a batch of records and the consumed offset
-//     commit in one transaction; a consumer resumes from the stored offset,
-//     and a consumer that lost the partition is fenced by an epoch.
+//   - [Sink], a [consumer.Sink] for consumer.NewWithSink: exactly-once into
+//     PostgreSQL with no dedup table. The side effects of a batch of records
+//     and the consumed offset commit in one transaction; a consumer resumes
+//     from the stored offset, and a consumer that lost the partition is
+//     fenced by an epoch (kdeliver.ErrFenced). It passes consumer/sinktest.
 //
 // # Tables
 //
