@@ -28,10 +28,12 @@ import (
 // dropped and the transaction is aborted (see [Session.Run]). A record whose
 // Topic is empty goes to the [WithOutputTopic] topic.
 //
-// ctx carries the record's trace (its process span) and is cancelled when Run
-// stops. The handler is called from one goroutine, one record at a time, in
-// offset order per partition; emit must not be called after the handler
-// returns. The handler must not call the [Session]'s methods. The same input
+// ctx carries Run's ctx's values and the record's trace (its process span).
+// It is not cancelled when Run's ctx is (Run then stops at the next record,
+// after the handler returns); it is cancelled when the ctx given to
+// [Session.Close] ends before Run has stopped. The handler is called from
+// one goroutine, one record at a time, in offset order per partition; emit
+// must not be called after the handler returns. The handler must not call the [Session]'s methods. The same input
 // record may be handled several times (after an abort), but its output
 // becomes visible once: keep side effects outside Kafka idempotent.
 type Handler func(ctx context.Context, in *kgo.Record, emit func(*kgo.Record)) error
@@ -247,9 +249,10 @@ func (s *Session) needed() []string {
 // group.
 //
 // When ctx is cancelled or Close is called, Run stops at the next record:
-// the handler call in progress finishes (its ctx is cancelled), the records
-// handled so far are committed, and Run returns nil; what was polled but not
-// handled is read again by whoever owns the partitions next.
+// the handler call in progress finishes (its ctx is not cancelled, unless
+// Close's ctx ends first), the records handled so far are committed, and Run
+// returns nil; what was polled but not handled is read again by whoever owns
+// the partitions next.
 //
 // Faults are handled, not returned:
 //   - a rebalance or an abortable commit error aborts the transaction and
@@ -263,15 +266,16 @@ func (s *Session) needed() []string {
 //     its own (a handler that takes longer than the transaction timeout on
 //     one record still makes progress: the broker's timer starts at the
 //     first output);
-//   - a handler error or panic aborts, waits ([WithBackoff]) and handles the
-//     record again, up to [WithMaxAttempts]; then it either goes to the
-//     dead-letter topic or Run returns a [*HandlerError].
+//   - a handler error or panic aborts, waits ([kdeliver.WithBackoff]) and
+//     handles the record again, for ever by default, or up to
+//     [kdeliver.WithMaxAttempts]; then it either goes to the dead-letter
+//     topic ([WithDeadLetterTopic]) or Run returns a [*kdeliver.HandlerError].
 //
-// Run returns an error matching [ErrFenced] when another instance took over
-// the transactional ID, an error matching kdeliver.ErrTopicNotFound when an
-// output topic stays unknown for the start timeout, and an error for
-// failures no retry can fix (authorization). A Run that returned can be
-// called again.
+// Run returns an error matching [kdeliver.ErrFenced] (class
+// [kdeliver.Fatal]) when another instance took over the transactional ID, an
+// error matching kdeliver.ErrTopicNotFound when an output topic stays
+// unknown for the start timeout, and an error for failures no retry can fix
+// (authorization). A Run that returned can be called again.
 func (s *Session) Run(ctx context.Context, h Handler) error {
 	if h == nil {
 		return fmt.Errorf("%w: eos: Run needs a handler", kdeliver.ErrInvalidConfig)

@@ -28,6 +28,9 @@ const (
 	EnvHome = "KDELIVER_KAFKA_HOME"
 	// EnvImage overrides [DefaultImage] for the container backend.
 	EnvImage = "KDELIVER_KAFKA_IMAGE"
+	// EnvNetwork chooses how the container backend connects its nodes:
+	// mapped or host (see [ContainerNetwork]).
+	EnvNetwork = "KDELIVER_KAFKA_NETWORK"
 	// EnvRequire, set to 1 or true, turns a fall back to kfake into an error.
 	EnvRequire = "KDELIVER_REQUIRE_KAFKA"
 	// EnvKeep, set to 1 or true, keeps the process backend's folder (logs,
@@ -68,6 +71,7 @@ type config struct {
 	nodes        int
 	backend      Backend
 	image        string
+	network      ContainerNetwork
 	home         string
 	brokerConfig map[string]string
 	startTimeout time.Duration
@@ -97,6 +101,36 @@ func WithBackend(b Backend) Option { return func(c *config) { c.backend = b } }
 // apache/kafka image's conventions: KAFKA_* environment variables become
 // broker properties, CLUSTER_ID formats the log directory.
 func WithImage(ref string) Option { return func(c *config) { c.image = ref } }
+
+// ContainerNetwork is how the container backend connects its nodes to each
+// other and to the test.
+type ContainerNetwork string
+
+const (
+	// NetworkMapped puts the nodes on a container network of their own
+	// (created and removed by the harness), where they reach each other
+	// by alias (kafka-1, kafka-2, ...) for the KRaft quorum and
+	// replication, and publishes each node's client listener on a free
+	// 127.0.0.1 port of the host, which the node advertises. It runs
+	// wherever Docker or podman runs (Docker Desktop, rootless podman),
+	// but a cluster of several nodes needs name resolution on the
+	// network: podman's CNI network backend has it only with the dnsname
+	// plugin. The default: without WithContainerNetwork or
+	// KDELIVER_KAFKA_NETWORK, a cluster whose network cannot be created
+	// or cannot resolve the aliases falls back to [NetworkHost], and the
+	// harness logs why.
+	NetworkMapped ContainerNetwork = "mapped"
+	// NetworkHost runs every node on the host's network, on its own
+	// 127.0.0.1 ports. It needs Linux (Docker Desktop supports host
+	// networking only with its setting turned on).
+	NetworkHost ContainerNetwork = "host"
+)
+
+// WithContainerNetwork chooses how the container backend connects its
+// nodes, overriding KDELIVER_KAFKA_NETWORK and the default (mapped ports,
+// falling back to host networking where the nodes cannot resolve each
+// other). Chosen explicitly, mapped fails instead of falling back.
+func WithContainerNetwork(n ContainerNetwork) Option { return func(c *config) { c.network = n } }
 
 // WithKafkaHome sets the process backend's folder of Kafka jars (directly or
 // in libs/), overriding KDELIVER_KAFKA_HOME and the newest
@@ -330,6 +364,16 @@ func (c *Cluster) Nodes() int { return len(c.ids) }
 
 // Kind returns the backend the cluster runs on.
 func (c *Cluster) Kind() Backend { return c.kind }
+
+// ContainerNetwork returns how the nodes of a container cluster are
+// connected ([NetworkMapped] or [NetworkHost], after any fall back), or ""
+// for the other backends.
+func (c *Cluster) ContainerNetwork() ContainerNetwork {
+	if b, ok := c.be.(*containerBackend); ok {
+		return b.mode
+	}
+	return ""
+}
 
 // Version returns the Kafka version: from the jars or image for the process
 // and container backends, else a guess from the brokers' API versions (for

@@ -12,6 +12,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/kdeliver/kdeliver/integration"
+	"github.com/kdeliver/kdeliver/kdelivertest"
 )
 
 // One cluster of each size per test binary: real Kafka takes seconds to
@@ -60,16 +61,21 @@ func timeout(t *testing.T, d time.Duration) context.Context {
 	return ctx
 }
 
-// produce writes n records with values prefix:0 … prefix:n-1 to topic with
-// acks=all and idempotence, and returns the values.
-func produce(t *testing.T, ctx context.Context, c *integration.Cluster, topic, prefix string, n int) []string {
+// produce writes n records with values prefix:0 … prefix:n-1 to the
+// partitions 0 … partitions-1 of topic in turn, with acks=all and
+// idempotence, and returns the values. Each record's key names its
+// partition ("p0", "p1", …), so that [kdelivertest.Audit] checks the order
+// within each partition, which an idempotent producer keeps through leader
+// changes.
+func produce(t *testing.T, ctx context.Context, c *integration.Cluster, topic string, partitions int, prefix string, n int) []string {
 	t.Helper()
-	cl := c.Client(t, kgo.DefaultProduceTopic(topic), kgo.RecordPartitioner(kgo.RoundRobinPartitioner()))
+	cl := c.Client(t, kgo.DefaultProduceTopic(topic), kgo.RecordPartitioner(kgo.ManualPartitioner()))
 	vals := make([]string, n)
 	recs := make([]*kgo.Record, n)
 	for i := range n {
+		p := i % partitions
 		vals[i] = prefix + ":" + strconv.Itoa(i)
-		recs[i] = &kgo.Record{Value: []byte(vals[i])}
+		recs[i] = &kgo.Record{Partition: int32(p), Key: []byte("p" + strconv.Itoa(p)), Value: []byte(vals[i])}
 	}
 	if err := cl.ProduceSync(ctx, recs...).FirstErr(); err != nil {
 		t.Fatalf("produce: %v", err)
@@ -77,13 +83,15 @@ func produce(t *testing.T, ctx context.Context, c *integration.Cluster, topic, p
 	return vals
 }
 
+// checkExact reads topic with read_committed and checks that it holds want,
+// each value once, nothing else, in order per key.
 func checkExact(t *testing.T, ctx context.Context, c *integration.Cluster, topic string, want []string) {
 	t.Helper()
 	recs, err := c.ReadCommitted(ctx, topic)
 	if err != nil {
 		t.Fatalf("read: %v", err)
 	}
-	if a := integration.AuditValues(want, recs); !a.Exact() {
+	if a := kdelivertest.Audit(want, recs); !a.Exact() {
 		t.Fatalf("audit of %s: %s", topic, a)
 	}
 }
@@ -97,7 +105,7 @@ func TestSingleNodeProduceConsume(t *testing.T) {
 	if err := c.CreateTopic(ctx, "single-basic", 2); err != nil {
 		t.Fatal(err)
 	}
-	want := produce(t, ctx, c, "single-basic", "v", 100)
+	want := produce(t, ctx, c, "single-basic", 2, "v", 100)
 	checkExact(t, ctx, c, "single-basic", want)
 	if n, err := c.Leader(ctx, "single-basic", 0); err != nil || n != 1 {
 		t.Fatalf("leader: %d, %v", n, err)
@@ -136,8 +144,8 @@ func TestReadCommittedSkipsAborted(t *testing.T) {
 
 func TestAuditCounts(t *testing.T) {
 	recs := []*kgo.Record{{Value: []byte("1")}, {Value: []byte("2")}, {Value: []byte("2")}, {Value: []byte("9")}}
-	a := integration.AuditValues([]string{"1", "2", "3"}, recs)
-	if len(a.Missing) != 1 || a.Missing[0] != "3" || a.DuplicateCount() != 1 || len(a.Unexpected) != 1 || a.Exact() {
+	a := kdelivertest.Audit([]string{"1", "2", "3"}, recs)
+	if len(a.Lost) != 1 || a.Lost[0] != "3" || a.DuplicateCount() != 1 || len(a.Unexpected) != 1 || a.Exact() {
 		t.Fatalf("audit: %s", a)
 	}
 }
@@ -153,7 +161,7 @@ func TestThreeNodeKillLeader(t *testing.T) {
 	if err := c.CreateTopic(ctx, topic, 3); err != nil {
 		t.Fatal(err)
 	}
-	want := produce(t, ctx, c, topic, "before", 300)
+	want := produce(t, ctx, c, topic, 3, "before", 300)
 	leader, err := c.Leader(ctx, topic, 0)
 	if err != nil {
 		t.Fatal(err)
@@ -168,7 +176,7 @@ func TestThreeNodeKillLeader(t *testing.T) {
 	}
 	t.Logf("killed node %d; node %d leads %s/0 after %s", leader, next, topic, time.Since(began).Round(time.Millisecond))
 	// Two of three replicas are min.insync.replicas: acks=all still works.
-	want = append(want, produce(t, ctx, c, topic, "during", 300)...)
+	want = append(want, produce(t, ctx, c, topic, 3, "during", 300)...)
 	began = time.Now()
 	if err := c.Restart(ctx, leader); err != nil {
 		t.Fatal(err)
@@ -179,7 +187,7 @@ func TestThreeNodeKillLeader(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("in sync after %s", time.Since(began).Round(time.Millisecond))
-	want = append(want, produce(t, ctx, c, topic, "after", 300)...)
+	want = append(want, produce(t, ctx, c, topic, 3, "after", 300)...)
 	checkExact(t, ctx, c, topic, want)
 }
 
@@ -206,7 +214,7 @@ func TestThreeNodeStopRestart(t *testing.T) {
 	if _, err := c.WaitNewLeader(ctx, topic, 0, leader); err != nil {
 		t.Fatal(err)
 	}
-	want := produce(t, ctx, c, topic, "v", 50)
+	want := produce(t, ctx, c, topic, 1, "v", 50)
 	if err := c.Restart(ctx, leader); err != nil {
 		t.Fatal(err)
 	}
@@ -244,7 +252,7 @@ func TestThreeNodePauseResume(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("paused node %d; node %d took over", leader, next)
-	want := produce(t, ctx, c, topic, "v", 50)
+	want := produce(t, ctx, c, topic, 1, "v", 50)
 	if err := c.Resume(leader); err != nil {
 		t.Fatal(err)
 	}
@@ -288,8 +296,8 @@ func TestHelperProcessKill(t *testing.T) {
 	for i := range want {
 		want[i] = "h:" + strconv.Itoa(i)
 	}
-	a := integration.AuditValues(want, recs)
-	if len(a.Missing) != 0 || a.DuplicateCount() != 0 {
+	a := kdelivertest.Audit(want, recs)
+	if len(a.Lost) != 0 || a.DuplicateCount() != 0 {
 		t.Fatalf("acked records lost or duplicated: %s", a)
 	}
 }
@@ -362,7 +370,7 @@ func TestKfakeBackendNodeControl(t *testing.T) {
 	if err := c.CreateTopic(ctx, "fake", 3); err != nil {
 		t.Fatal(err)
 	}
-	want := produce(t, ctx, c, "fake", "v", 30)
+	want := produce(t, ctx, c, "fake", 3, "v", 30)
 	leader, err := c.Leader(ctx, "fake", 0)
 	if err != nil {
 		t.Fatal(err)

@@ -6,16 +6,21 @@ import (
 	"fmt"
 	"io"
 	"maps"
+	"net/netip"
 	"os"
 	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/moby/moby/api/types/container"
+	mnetwork "github.com/moby/moby/api/types/network"
 	"github.com/moby/moby/client"
 	"github.com/testcontainers/testcontainers-go"
 	tcexec "github.com/testcontainers/testcontainers-go/exec"
+	"github.com/testcontainers/testcontainers-go/network"
+	"github.com/testcontainers/testcontainers-go/wait"
 )
 
 // containerLogDir is the log directory inside the container: writable by the
@@ -23,17 +28,28 @@ import (
 // killed container started again finds its data.
 const containerLogDir = "/tmp/kraft-combined-logs"
 
-// containerBackend runs every node as a container (testcontainers-go) on the
-// host's network, each on its own 127.0.0.1 ports. Kill is a container kill
-// (SIGKILL), Pause a container pause (cgroup freezer), Restart starts the
-// same container again.
+// containerLabel marks the containers and the network of a container
+// cluster (value: the cluster's name), so that leftovers of a killed test
+// run can be found and removed.
+const containerLabel = "org.kdeliver.integration.cluster"
+
+// containerBackend runs every node as a container (testcontainers-go). With
+// [NetworkMapped] the nodes share a network of their own and each node's
+// client listener is published on a 127.0.0.1 port of the host; with
+// [NetworkHost] they run on the host's network, each on its own 127.0.0.1
+// ports. Kill is a container kill (SIGKILL), Pause a container pause
+// (cgroup freezer), Restart starts the same container again: same ports,
+// same alias, same data.
 type containerBackend struct {
 	cfg       *config
 	image     string
 	cli       *testcontainers.DockerClient
 	clusterID string
 	name      string
-	ports     []nodePorts
+	mode      ContainerNetwork
+	nw        *testcontainers.DockerNetwork // NetworkMapped: the cluster's network
+	hostPorts []int                         // NetworkMapped: each node's client port on 127.0.0.1
+	ports     []nodePorts                   // NetworkHost: each node's ports on 127.0.0.1
 	env       []map[string]string
 
 	mu   sync.Mutex
@@ -73,14 +89,19 @@ func newContainer(ctx context.Context, cfg *config) (nodeBackend, error) {
 	if image == "" {
 		image = DefaultImage
 	}
+	mode, chosen := cfg.network, true
+	if mode == "" {
+		mode = ContainerNetwork(strings.ToLower(strings.TrimSpace(os.Getenv(EnvNetwork))))
+	}
+	if mode == "" {
+		mode, chosen = NetworkMapped, false
+	}
+	if mode != NetworkMapped && mode != NetworkHost {
+		return nil, fmt.Errorf("integration: container network %q (%s): want %s or %s", mode, EnvNetwork, NetworkMapped, NetworkHost)
+	}
 	cli, err := newDockerClient(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("integration: container backend: %w", err)
-	}
-	ports, err := allocPorts(cfg.nodes)
-	if err != nil {
-		cli.Close()
-		return nil, err
 	}
 	b := &containerBackend{
 		cfg:       cfg,
@@ -88,19 +109,163 @@ func newContainer(ctx context.Context, cfg *config) (nodeBackend, error) {
 		cli:       cli,
 		clusterID: newClusterID(),
 		name:      "kdeliver-kafka-" + strings.ToLower(strings.NewReplacer("_", "x", "-", "x").Replace(newClusterID()[:8])),
-		ports:     ports,
+		mode:      mode,
 		ctrs:      make([]*testcontainers.DockerContainer, cfg.nodes),
 	}
+	fail := func(err error) (nodeBackend, error) {
+		_ = b.close(context.Background())
+		return nil, err
+	}
+	if mode == NetworkMapped {
+		if err := b.setUpNetwork(ctx); err != nil {
+			if chosen || ctx.Err() != nil {
+				return fail(fmt.Errorf("integration: container network %s: %w", NetworkMapped, err))
+			}
+			cfg.logf("integration: NOTICE: containers use the host's network, not a network of their own with mapped ports: %v", err)
+			b.mode = NetworkHost
+		}
+	}
+	if b.mode == NetworkMapped {
+		if b.hostPorts, err = freePorts(cfg.nodes); err != nil {
+			return fail(err)
+		}
+		cfg.logf("integration: containers on network %s (aliases %s), client ports mapped to 127.0.0.1:%v",
+			b.nw.Name, aliases(cfg.nodes), b.hostPorts)
+	} else if b.ports, err = allocPorts(cfg.nodes); err != nil {
+		return fail(err)
+	}
 	for n := 1; n <= cfg.nodes; n++ {
-		env := propsEnv(brokerProps(n, ports, containerLogDir, cfg.brokerConfig))
+		var listeners map[string]string
+		if b.mode == NetworkMapped {
+			listeners = containerListeners(n, b.hostPorts)
+		} else {
+			listeners = loopbackListeners(n, b.ports)
+		}
+		env := propsEnv(brokerProps(n, cfg.nodes, listeners, containerLogDir, cfg.brokerConfig))
 		env["CLUSTER_ID"] = b.clusterID
 		env["KAFKA_HEAP_OPTS"] = "-Xms512m -Xmx512m"
+		if b.mode == NetworkMapped {
+			// A restarted node may come back at another address: look
+			// names up again within a second, and do not remember that
+			// a stopped node's name did not resolve.
+			env["KAFKA_OPTS"] = "-Dsun.net.inetaddr.ttl=1 -Dsun.net.inetaddr.negative.ttl=0"
+		}
 		b.env = append(b.env, env)
 	}
 	return b, nil
 }
 
+// aliases describes the node aliases for a log line.
+func aliases(nodes int) string {
+	if nodes == 1 {
+		return "none: one node, on localhost"
+	}
+	return nodeAlias(1) + " to " + nodeAlias(nodes)
+}
+
+// setUpNetwork creates the cluster's network and, for more than one node,
+// checks that containers on it resolve each other's aliases. Its errors say
+// why [NetworkMapped] cannot be used.
+func (b *containerBackend) setUpNetwork(ctx context.Context) error {
+	nw, err := network.New(ctx, network.WithLabels(map[string]string{containerLabel: b.name}))
+	if err != nil {
+		return fmt.Errorf("cannot create a container network: %w", err)
+	}
+	b.nw = nw
+	if b.cfg.nodes == 1 {
+		return nil // a single node reaches itself on localhost
+	}
+	if err := b.probeNames(ctx); err != nil {
+		rctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		_ = nw.Remove(rctx)
+		b.nw = nil
+		return err
+	}
+	return nil
+}
+
+// probeAlias is the alias of the probe container; probeCmd looks it up
+// with getent (glibc, or musl-utils on Alpine), else busybox's nslookup.
+const (
+	probeAlias = "kdeliver-probe"
+	probeCmd   = "if command -v getent >/dev/null 2>&1; then getent hosts " + probeAlias +
+		"; else nslookup " + probeAlias + "; fi"
+)
+
+// probeNames runs a short container of the image on the cluster's network,
+// under an alias, that looks its own alias up: the nodes find each other by
+// alias, which needs the network's DNS (Docker's embedded DNS, podman's
+// aardvark-dns with netavark, or the dnsname plugin with CNI).
+func (b *containerBackend) probeNames(ctx context.Context) error {
+	port, err := freePorts(1)
+	if err != nil {
+		return err
+	}
+	c, err := testcontainers.Run(ctx, b.image,
+		testcontainers.WithLogger(logfLogger(b.cfg.logf)),
+		testcontainers.WithName(b.name+"-probe"),
+		testcontainers.WithLabels(map[string]string{containerLabel: b.name}),
+		network.WithNetwork([]string{probeAlias}, b.nw),
+		// Bind what the image exposes to loopback, or testcontainers
+		// publishes it on every interface.
+		b.clientPort(port[0]),
+		testcontainers.WithCmd("sh", "-c", probeCmd),
+		testcontainers.WithWaitStrategy(wait.ForExit().WithExitTimeout(time.Minute)),
+	)
+	if c != nil {
+		defer func() {
+			tctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			_ = c.Terminate(tctx, testcontainers.StopTimeout(0))
+		}()
+	}
+	if err != nil {
+		return fmt.Errorf("cannot run a probe container of %s on network %s: %w", b.image, b.nw.Name, err)
+	}
+	st, err := c.State(ctx)
+	if err != nil {
+		return fmt.Errorf("probe container on network %s: %w", b.nw.Name, err)
+	}
+	if st.ExitCode != 0 {
+		var out string
+		if rc, err := c.Logs(ctx); err == nil {
+			data, _ := io.ReadAll(rc)
+			rc.Close()
+			out = strings.Join(strings.Fields(tail(string(data), 3)), " ")
+		}
+		if out != "" {
+			out = ": " + out
+		}
+		return fmt.Errorf("containers on network %s cannot resolve each other's aliases (looking up %s exited %d%s): "+
+			"the network has no DNS; podman's CNI network backend has it with the dnsname plugin "+
+			"(Debian: golang-github-containernetworking-plugin-dnsname), its netavark backend with aardvark-dns",
+			b.nw.Name, probeAlias, st.ExitCode, out)
+	}
+	return nil
+}
+
+// clientPort publishes the container's client port on 127.0.0.1:hostPort.
+func (b *containerBackend) clientPort(hostPort int) testcontainers.CustomizeRequestOption {
+	p := mnetwork.MustParsePort(strconv.Itoa(containerClientPort) + "/tcp")
+	return func(req *testcontainers.GenericContainerRequest) error {
+		if err := testcontainers.WithExposedPorts(p.String())(req); err != nil {
+			return err
+		}
+		return testcontainers.WithHostConfigModifier(func(hc *container.HostConfig) {
+			hc.PortBindings = mnetwork.PortMap{p: {{HostIP: netip.MustParseAddr("127.0.0.1"), HostPort: strconv.Itoa(hostPort)}}}
+		})(req)
+	}
+}
+
 func (b *containerBackend) addrs() []string {
+	if b.mode == NetworkMapped {
+		out := make([]string, len(b.hostPorts))
+		for i, p := range b.hostPorts {
+			out[i] = fmt.Sprintf("127.0.0.1:%d", p)
+		}
+		return out
+	}
 	out := make([]string, len(b.ports))
 	for i, p := range b.ports {
 		out[i] = fmt.Sprintf("127.0.0.1:%d", p.broker)
@@ -109,7 +274,7 @@ func (b *containerBackend) addrs() []string {
 }
 
 func (b *containerBackend) brokerIDs() []int32 {
-	ids := make([]int32, len(b.ports))
+	ids := make([]int32, b.cfg.nodes)
 	for i := range ids {
 		ids[i] = int32(i + 1)
 	}
@@ -127,14 +292,20 @@ func (b *containerBackend) start(ctx context.Context, node int) error {
 		_, err := b.cli.ContainerStart(ctx, c.GetContainerID(), client.ContainerStartOptions{})
 		return err
 	}
-	c, err := testcontainers.Run(ctx, b.image,
+	opts := []testcontainers.ContainerCustomizer{
 		testcontainers.WithLogger(logfLogger(b.cfg.logf)),
 		testcontainers.WithName(fmt.Sprintf("%s-%d", b.name, node)),
+		testcontainers.WithLabels(map[string]string{containerLabel: b.name}),
 		testcontainers.WithEnv(maps.Clone(b.env[node-1])),
-		testcontainers.WithHostConfigModifier(func(hc *container.HostConfig) {
+	}
+	if b.mode == NetworkMapped {
+		opts = append(opts, network.WithNetwork([]string{nodeAlias(node)}, b.nw), b.clientPort(b.hostPorts[node-1]))
+	} else {
+		opts = append(opts, testcontainers.WithHostConfigModifier(func(hc *container.HostConfig) {
 			hc.NetworkMode = "host"
-		}),
-	)
+		}))
+	}
+	c, err := testcontainers.Run(ctx, b.image, opts...)
 	if c != nil {
 		b.mu.Lock()
 		b.ctrs[node-1] = c
@@ -270,7 +441,7 @@ func (b *containerBackend) version(ctx context.Context) (string, error) {
 
 func (b *containerBackend) close(ctx context.Context) error {
 	var errs []error
-	for n := 1; n <= len(b.ports); n++ {
+	for n := 1; n <= len(b.ctrs); n++ {
 		c := b.ctr(n)
 		if c == nil {
 			continue
@@ -282,6 +453,11 @@ func (b *containerBackend) close(ctx context.Context) error {
 		_ = b.kill(ctx, n)
 		if err := c.Terminate(ctx, testcontainers.StopTimeout(0)); err != nil {
 			errs = append(errs, fmt.Errorf("terminate node %d: %w", n, err))
+		}
+	}
+	if b.nw != nil {
+		if err := b.nw.Remove(ctx); err != nil {
+			errs = append(errs, fmt.Errorf("remove network %s: %w", b.nw.Name, err))
 		}
 	}
 	errs = append(errs, b.cli.Close())

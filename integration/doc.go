@@ -26,8 +26,8 @@
 //     .ci/kafka/fetch fills (~/.cache/kdeliver/kafka-VERSION).
 //  4. container when a Docker API answers (DOCKER_HOST or the default socket):
 //     testcontainers-go runs the official apache/kafka image
-//     ([DefaultImage]; KDELIVER_KAFKA_IMAGE overrides it). Nodes use host
-//     networking on distinct 127.0.0.1 ports.
+//     ([DefaultImage]; KDELIVER_KAFKA_IMAGE overrides it), one container
+//     per node; see Containers below.
 //  5. kfake, franz-go's in-process fake broker, with a logged notice. kfake
 //     keeps no replicas, so tests of replication, fencing or durability
 //     prove nothing on it.
@@ -35,6 +35,35 @@
 // Set KDELIVER_REQUIRE_KAFKA=1 (CI does) to make any fall back to kfake a
 // failure: [Start] calls t.Fatal and [New] returns [ErrKafkaRequired]. A test
 // that needs real Kafka can also call [Cluster.RequireReal].
+//
+// # Containers
+//
+// The container backend needs nothing but a Docker API (Docker Engine,
+// Docker Desktop, or podman's service, rootful or rootless) and an image
+// that follows the official apache/kafka image's conventions: every KAFKA_*
+// variable is a broker property (KAFKA_LISTENERS is listeners), CLUSTER_ID
+// formats the log directory, KAFKA_HEAP_OPTS and KAFKA_OPTS go to the JVM,
+// the jars are in /opt/kafka/libs. The harness sets every variable a node
+// needs (KRaft combined mode, listeners, replication settings); to use
+// another 4.x release of the official image:
+//
+//	KDELIVER_KAFKA_IMAGE=apache/kafka:4.1.0 KDELIVER_KAFKA_BACKEND=container go test ./...
+//
+// By default ([NetworkMapped]) the harness creates a network for the
+// cluster, on which the nodes reach each other by alias (kafka-1,
+// kafka-2, ...: the KRaft quorum on port 9093, replication on 19092), and
+// publishes each node's client listener (port 9092 in the container) on a
+// free 127.0.0.1 port of the host, chosen before the node starts, which the
+// node advertises: [Cluster.Brokers] are those addresses, and a restarted
+// node keeps its port. No host networking is needed, so this works on
+// Docker Desktop too. A cluster of several nodes needs name resolution on
+// its network; where the network cannot be created or the nodes cannot
+// resolve each other (podman's CNI network backend without the dnsname
+// plugin), the harness logs why and runs the nodes on the host's network
+// ([NetworkHost], Linux only) instead. KDELIVER_KAFKA_NETWORK (mapped or
+// host) or [WithContainerNetwork] chooses; chosen explicitly, mapped fails
+// rather than falling back. [Cluster.ContainerNetwork] says which is in use.
+// integration/CONTAINERS.md has the details, podman's set-up among them.
 //
 // # Nodes
 //
@@ -59,9 +88,13 @@
 // # Helpers for durability tests
 //
 // [StartHelper] runs a test function of the current test binary as a
-// separate process that a test can SIGKILL or SIGSTOP ([Process]);
-// [ReadCommitted] reads a topic fully with read_committed isolation, and
-// [AuditValues] counts what is missing, duplicated or unexpected.
+// separate process that a test can SIGKILL or SIGSTOP ([Process]).
+// [Cluster.ReadCommitted] reads a topic fully with read_committed isolation
+// (package kdelivertest's exact reader, on the cluster's brokers), and
+// kdelivertest.Audit compares what was read with what should be there:
+// lost, duplicated, reordered per key, unexpected. The reader and the audit
+// are kdelivertest's, not copies, so that a test on kfake and one on real
+// Kafka judge the same way.
 //
 // # Concurrency
 //

@@ -152,7 +152,7 @@ func newProcess(ctx context.Context, cfg *config) (nodeBackend, error) {
 		nd := &procNode{n: n, dir: filepath.Join(dir, fmt.Sprintf("node-%d", n))}
 		nd.props = filepath.Join(nd.dir, "server.properties")
 		nd.logPath = filepath.Join(nd.dir, "kafka.log")
-		props := brokerProps(n, b.ports, filepath.Join(nd.dir, "data"), cfg.brokerConfig)
+		props := brokerProps(n, cfg.nodes, loopbackListeners(n, b.ports), filepath.Join(nd.dir, "data"), cfg.brokerConfig)
 		if err := os.MkdirAll(nd.dir, 0o755); err != nil {
 			return fail(fmt.Errorf("integration: %w", err))
 		}

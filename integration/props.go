@@ -4,6 +4,7 @@ import (
 	"crypto/rand"
 	"encoding/base64"
 	"fmt"
+	"maps"
 	"net"
 	"slices"
 	"strconv"
@@ -16,30 +17,20 @@ type nodePorts struct {
 	controller int // CONTROLLER listener, for the KRaft quorum
 }
 
-// brokerProps returns the server properties of node (1-based) in a
-// combined-mode cluster on 127.0.0.1. Settings follow Kafka's system tests,
-// scaled for two cores (see shared/notes/kafka.md).
-func brokerProps(node int, ports []nodePorts, logDir string, extra map[string]string) map[string]string {
-	n := len(ports)
-	rf := min(3, n)
+// brokerProps returns the server properties of node (1-based) of a
+// combined-mode cluster of nodes nodes: Kafka's settings, the listeners
+// (see [loopbackListeners] and [containerListeners]), then extra. Settings
+// follow Kafka's system tests, scaled for two cores (see
+// shared/notes/kafka.md).
+func brokerProps(node, nodes int, listeners map[string]string, logDir string, extra map[string]string) map[string]string {
+	rf := min(3, nodes)
 	minISR := 1
 	if rf >= 3 {
 		minISR = 2
 	}
-	voters := make([]string, n)
-	for i, p := range ports {
-		voters[i] = fmt.Sprintf("%d@127.0.0.1:%d", i+1, p.controller)
-	}
-	me := ports[node-1]
 	props := map[string]string{
 		"process.roles":                                    "broker,controller",
 		"node.id":                                          strconv.Itoa(node),
-		"controller.quorum.voters":                         strings.Join(voters, ","),
-		"listeners":                                        fmt.Sprintf("PLAINTEXT://127.0.0.1:%d,CONTROLLER://127.0.0.1:%d", me.broker, me.controller),
-		"advertised.listeners":                             fmt.Sprintf("PLAINTEXT://127.0.0.1:%d", me.broker),
-		"controller.listener.names":                        "CONTROLLER",
-		"inter.broker.listener.name":                       "PLAINTEXT",
-		"listener.security.protocol.map":                   "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
 		"log.dirs":                                         logDir,
 		"num.network.threads":                              "2",
 		"num.io.threads":                                   "2",
@@ -62,10 +53,70 @@ func brokerProps(node int, ports []nodePorts, logDir string, extra map[string]st
 		"share.coordinator.state.topic.replication.factor": strconv.Itoa(rf),
 		"share.coordinator.state.topic.min.isr":            strconv.Itoa(minISR),
 	}
-	for k, v := range extra {
-		props[k] = v
-	}
+	maps.Copy(props, listeners)
+	maps.Copy(props, extra)
 	return props
+}
+
+// loopbackListeners are the listeners of node when every node shares the
+// host's network (host processes, or containers with host networking): one
+// PLAINTEXT listener for clients and replication and one CONTROLLER
+// listener for the KRaft quorum, each on its own 127.0.0.1 port.
+func loopbackListeners(node int, ports []nodePorts) map[string]string {
+	voters := make([]string, len(ports))
+	for i, p := range ports {
+		voters[i] = fmt.Sprintf("%d@127.0.0.1:%d", i+1, p.controller)
+	}
+	me := ports[node-1]
+	return map[string]string{
+		"controller.quorum.voters":       strings.Join(voters, ","),
+		"listeners":                      fmt.Sprintf("PLAINTEXT://127.0.0.1:%d,CONTROLLER://127.0.0.1:%d", me.broker, me.controller),
+		"advertised.listeners":           fmt.Sprintf("PLAINTEXT://127.0.0.1:%d", me.broker),
+		"controller.listener.names":      "CONTROLLER",
+		"inter.broker.listener.name":     "PLAINTEXT",
+		"listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+	}
+}
+
+// Ports inside a node's container when the nodes share a container network,
+// as in the official apache/kafka image's examples.
+const (
+	containerClientPort     = 9092  // CLIENT, mapped to a 127.0.0.1 port of the host
+	containerInternalPort   = 19092 // INTERNAL: replication, reached by node alias
+	containerControllerPort = 9093  // CONTROLLER: the KRaft quorum, by node alias
+)
+
+// nodeAlias is node's name on the cluster's container network.
+func nodeAlias(node int) string { return "kafka-" + strconv.Itoa(node) }
+
+// containerListeners are the listeners of node when each node is a
+// container on a network of its own cluster: CLIENT on port 9092 of the
+// container, published on 127.0.0.1:hostPorts[node-1] of the host and
+// advertised as that address, so that clients on the host reach every node;
+// INTERNAL (replication) and CONTROLLER (the quorum) advertised under each
+// node's alias on the network. A single node reaches itself on localhost
+// and needs no name resolution.
+func containerListeners(node int, hostPorts []int) map[string]string {
+	host := func(n int) string {
+		if len(hostPorts) == 1 {
+			return "localhost"
+		}
+		return nodeAlias(n)
+	}
+	voters := make([]string, len(hostPorts))
+	for i := range hostPorts {
+		voters[i] = fmt.Sprintf("%d@%s:%d", i+1, host(i+1), containerControllerPort)
+	}
+	return map[string]string{
+		"controller.quorum.voters": strings.Join(voters, ","),
+		"listeners": fmt.Sprintf("CLIENT://0.0.0.0:%d,INTERNAL://0.0.0.0:%d,CONTROLLER://0.0.0.0:%d",
+			containerClientPort, containerInternalPort, containerControllerPort),
+		"advertised.listeners": fmt.Sprintf("CLIENT://127.0.0.1:%d,INTERNAL://%s:%d",
+			hostPorts[node-1], host(node), containerInternalPort),
+		"controller.listener.names":      "CONTROLLER",
+		"inter.broker.listener.name":     "INTERNAL",
+		"listener.security.protocol.map": "CLIENT:PLAINTEXT,INTERNAL:PLAINTEXT,CONTROLLER:PLAINTEXT",
+	}
 }
 
 // propsFile renders properties in Java's .properties format, sorted.

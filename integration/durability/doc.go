@@ -55,7 +55,7 @@
 // handled twice, losses counted (at most one poll's worth per kill).
 //
 // Not enough replicas: with 2 of 3 nodes SIGKILLed, an AtLeastOnce Produce
-// with a 10 s delivery timeout must return a *producer.DeliveryError (not
+// with a 10 s delivery timeout must return a *kdeliver.DeliveryError (not
 // hang, not succeed); after the nodes restart the same producer writes again
 // and every acknowledged record is read back once. On one node the same
 // happens with the only node down.

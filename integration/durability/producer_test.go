@@ -35,7 +35,7 @@ type outcome uint8
 const (
 	pending     outcome = iota // no answer yet
 	acked                      // acknowledged: must be readable
-	failed                     // a *producer.DeliveryError: may or may not be there
+	failed                     // a *kdeliver.DeliveryError: may or may not be there
 	unconfirmed                // its transaction's outcome is unknown
 )
 
@@ -195,7 +195,7 @@ func (w *writer) runAsync(ctx context.Context, p *producer.Producer, stop func(*
 // producer became unusable) is not re-sent, since that could duplicate, and
 // the producer is replaced by a new one with the same transactional ID,
 // which fences the old one and settles its transaction.
-func (w *writer) runTxn(ctx context.Context, t *testing.T, newProducer func() (*producer.Producer, error), stop func(*writer) bool) {
+func (w *writer) runTxn(ctx context.Context, t *testing.T, newProducer func() (*producer.Transactional, error), stop func(*writer) bool) {
 	p, err := newProducer()
 	if err != nil {
 		t.Error(err)
@@ -221,7 +221,7 @@ func (w *writer) runTxn(ctx context.Context, t *testing.T, newProducer func() (*
 				w.set(seqs, acked, nil)
 				break
 			}
-			if errors.Is(err, producer.ErrAborted) {
+			if errors.Is(err, kdeliver.ErrAborted) {
 				w.mu.Lock()
 				w.abortedTxns++
 				for _, s := range seqs {
@@ -249,7 +249,7 @@ func (w *writer) runTxn(ctx context.Context, t *testing.T, newProducer func() (*
 	}
 }
 
-func closeProducer(t *testing.T, p *producer.Producer) {
+func closeProducer(t *testing.T, p producer.Sender) {
 	ctx, cancel := context.WithTimeout(context.Background(), kdeliver.DefaultDeliveryTimeout+30*time.Second)
 	defer cancel()
 	if err := p.Close(ctx); err != nil {
@@ -426,8 +426,8 @@ func producerDurability(t *testing.T, c *integration.Cluster, kills int) {
 		case kdeliver.ExactlyOnce:
 			id := topic + "-txn"
 			wg.Go(func() {
-				w.runTxn(ctx, t, func() (*producer.Producer, error) {
-					return producer.New(c.Brokers(), w.sem, slices.Concat(w.opts, []producer.Option{producer.WithTransactionalID(id)})...)
+				w.runTxn(ctx, t, func() (*producer.Transactional, error) {
+					return producer.NewTransactional(c.Brokers(), id, w.opts...)
 				}, stop)
 			})
 		default:

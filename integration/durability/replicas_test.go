@@ -12,6 +12,7 @@ import (
 
 	"github.com/kdeliver/kdeliver"
 	"github.com/kdeliver/kdeliver/integration"
+	"github.com/kdeliver/kdeliver/kdelivertest"
 	"github.com/kdeliver/kdeliver/producer"
 )
 
@@ -24,7 +25,7 @@ const (
 // brokersDown SIGKILLs down nodes (2 of 3: partitions keep at most one
 // replica and the KRaft quorum is lost; 1 of 1: no broker at all), checks
 // that an AtLeastOnce Produce to each partition fails with a
-// *producer.DeliveryError after its delivery timeout instead of blocking or
+// *kdeliver.DeliveryError after its delivery timeout instead of blocking or
 // succeeding, restarts the nodes, and checks that the same producer writes
 // again and that every acknowledged record is there once.
 func brokersDown(t *testing.T, c *integration.Cluster, down int) {
@@ -47,13 +48,19 @@ func brokersDown(t *testing.T, c *integration.Cluster, down int) {
 
 	var mu sync.Mutex
 	var acked, failed []string
+	// record is a record for partition part; its key names the partition,
+	// so that the audit checks the order within each partition (kept by
+	// idempotence).
+	record := func(part int, v string) *kgo.Record {
+		return &kgo.Record{Topic: topic, Partition: int32(part), Key: []byte("p" + strconv.Itoa(part)), Value: []byte(v)}
+	}
 	// produce writes n records spread over the partitions and returns how
 	// many failed.
 	produce := func(prefix string, n int) int {
 		var errs int
 		for i := range n {
 			v := prefix + ":" + strconv.Itoa(i)
-			rec := &kgo.Record{Topic: topic, Partition: int32(i % partitions), Value: []byte(v)}
+			rec := record(i%partitions, v)
 			p.ProduceAsync(ctx, rec, func(_ *kgo.Record, err error) {
 				mu.Lock()
 				defer mu.Unlock()
@@ -95,7 +102,7 @@ func brokersDown(t *testing.T, c *integration.Cluster, down int) {
 			defer cancel()
 			v := "outage:" + strconv.Itoa(part)
 			began := time.Now()
-			errs[part] = p.Produce(pctx, &kgo.Record{Topic: topic, Partition: int32(part), Value: []byte(v)})
+			errs[part] = p.Produce(pctx, record(part, v))
 			took[part] = time.Since(began)
 			mu.Lock()
 			if errs[part] == nil {
@@ -110,7 +117,7 @@ func brokersDown(t *testing.T, c *integration.Cluster, down int) {
 	var maxTook time.Duration
 	for part, err := range errs {
 		maxTook = max(maxTook, took[part])
-		var de *producer.DeliveryError
+		var de *kdeliver.DeliveryError
 		switch {
 		case err == nil:
 			t.Errorf("partition %d: Produce succeeded with %d of %d nodes down: acks=all with min.insync.replicas %d cannot be met",
@@ -119,7 +126,7 @@ func brokersDown(t *testing.T, c *integration.Cluster, down int) {
 			t.Errorf("partition %d: Produce blocked until the test gave up after %s, not failing at its %s delivery timeout: %v",
 				part, took[part].Round(time.Second), outageTimeout, err)
 		case !errors.As(err, &de):
-			t.Errorf("partition %d: error %T is not a *producer.DeliveryError: %v", part, err, err)
+			t.Errorf("partition %d: error %T is not a *kdeliver.DeliveryError: %v", part, err, err)
 		default:
 			t.Logf("partition %d: Produce failed after %s: %v", part, took[part].Round(100*time.Millisecond), err)
 		}
@@ -146,7 +153,7 @@ func brokersDown(t *testing.T, c *integration.Cluster, down int) {
 	}
 	mu.Lock()
 	defer mu.Unlock()
-	a := integration.AuditValues(acked, recs)
+	a := kdelivertest.Audit(acked, recs)
 	failedRead := 0
 	readSet := map[string]bool{}
 	for _, r := range recs {
@@ -165,16 +172,20 @@ func brokersDown(t *testing.T, c *integration.Cluster, down int) {
 	r.set("records", len(acked)+len(failed))
 	r.set("acked", len(acked))
 	r.set("failed", len(failed))
-	r.set("lost", len(a.Missing))
+	r.set("lost", len(a.Lost))
 	r.set("duplicated", a.DuplicateCount())
+	r.set("reordered", len(a.Reordered))
 	r.set("failed_but_read", failedRead)
 	r.set("faults", down)
 	r.set("delivery_timeout", outageTimeout)
 	r.set("failed_after", maxTook)
 	t.Log(r)
 	t.Logf("audit of acknowledged records: %s", a)
-	if len(a.Missing) > 0 || a.DuplicateCount() > 0 {
+	if len(a.Lost) > 0 || a.DuplicateCount() > 0 {
 		t.Errorf("acknowledged records lost or duplicated: %s", a)
+	}
+	if len(a.Reordered) > 0 {
+		t.Errorf("acknowledged records out of order within a partition (AtLeastOnce keeps it by idempotence): %s", a)
 	}
 	if len(a.Unexpected) > failedRead {
 		t.Errorf("records read that were never produced: %s", a)

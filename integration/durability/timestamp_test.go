@@ -29,15 +29,26 @@ func TestOldTimestampProducer(t *testing.T) {
 			if err := c.CreateTopic(ctx, topic, 1); err != nil {
 				t.Fatal(err)
 			}
-			var opts []producer.Option
+			// ExactlyOnce writes only inside a transaction, through a
+			// producer.Transactional.
+			var produce func(context.Context, *kgo.Record) error
 			if sem == kdeliver.ExactlyOnce {
-				opts = append(opts, producer.WithTransactionalID(topic+"-txn"))
+				tp, err := producer.NewTransactional(c.Brokers(), topic+"-txn")
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer tp.Close(context.Background())
+				produce = func(ctx context.Context, rec *kgo.Record) error {
+					return tp.Transact(ctx, func(ctx context.Context, tx *producer.Tx) error { return tx.Produce(ctx, rec) })
+				}
+			} else {
+				p, err := producer.New(c.Brokers(), sem)
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer p.Close(context.Background())
+				produce = p.Produce
 			}
-			p, err := producer.New(c.Brokers(), sem, opts...)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer p.Close(context.Background())
 			ts := time.Now().Add(-time.Hour).Truncate(time.Millisecond)
 			rec := &kgo.Record{Topic: topic, Value: []byte("old:" + sem.String()), Timestamp: ts}
 			// The bound is a liveness bound for a healthy single node, far
@@ -45,11 +56,7 @@ func TestOldTimestampProducer(t *testing.T) {
 			pctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 			defer cancel()
 			began := time.Now()
-			if sem == kdeliver.ExactlyOnce {
-				err = p.Transact(pctx, func(ctx context.Context, tx *producer.Tx) error { return tx.Produce(ctx, rec) })
-			} else {
-				err = p.Produce(pctx, rec)
-			}
+			err := produce(pctx, rec)
 			if err != nil {
 				t.Fatalf("producing a record timestamped an hour ago failed after %.2fs: %v", time.Since(began).Seconds(), err)
 			}

@@ -12,8 +12,9 @@ import (
 
 	"github.com/twmb/franz-go/pkg/kgo"
 
+	"github.com/kdeliver/kdeliver"
 	"github.com/kdeliver/kdeliver/eos"
-	"github.com/kdeliver/kdeliver/integration"
+	"github.com/kdeliver/kdeliver/kdelivertest"
 )
 
 // produceErrors counts a client's produce errors by text (a kgo hook), so a
@@ -98,8 +99,8 @@ func TestOldTimestamps(t *testing.T) {
 	s, err := eos.New(cluster.Brokers(), in+"-g", []string{in}, in+"-copier",
 		eos.WithOutputTopic(out),
 		eos.WithDeadLetterTopic(dlq),
-		eos.WithMaxAttempts(2),
-		eos.WithBackoff(50*time.Millisecond, 200*time.Millisecond),
+		kdeliver.WithMaxAttempts(2),
+		kdeliver.WithBackoff(50*time.Millisecond, 200*time.Millisecond),
 		eos.WithTransactionTimeout(8*time.Second),
 		eos.WithSessionTimeout(10*time.Second),
 		eos.WithKgoOpts(kgo.WithHooks(perrs)),
@@ -147,7 +148,7 @@ func TestOldTimestamps(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		a := integration.AuditValues(c.want, got)
+		a := kdelivertest.Audit(c.want, got)
 		t.Logf("%s, read_committed: %s", c.topic, a)
 		if !a.Exact() {
 			t.Errorf("%s is not what it should be: %s", c.topic, a)
