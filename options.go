@@ -164,6 +164,70 @@ func WithStartTimeout(d time.Duration) HandlerOption {
 	}}
 }
 
+// Ordering is the order that concurrent handlers keep ([WithConcurrency]).
+// Whatever the ordering, a partition's committed offset never passes a
+// record whose handler has not succeeded.
+type Ordering int
+
+const (
+	// ByPartition handles each partition's records in offset order, one at
+	// a time, and partitions concurrently: the default.
+	ByPartition Ordering = iota
+	// ByKey handles the records of one key of a partition in offset order,
+	// one at a time, and different keys concurrently, even within one
+	// partition. Records without a key are each a key of their own.
+	ByKey
+	// Unordered handles any records concurrently.
+	Unordered
+)
+
+// String returns the ordering's name: by-partition, by-key or unordered.
+func (o Ordering) String() string {
+	switch o {
+	case ByPartition:
+		return "by-partition"
+	case ByKey:
+		return "by-key"
+	case Unordered:
+		return "unordered"
+	}
+	return fmt.Sprintf("Ordering(%d)", int(o))
+}
+
+// WithConcurrency runs up to n handlers at once, keeping order: the records
+// of each partition (ByPartition), or of each key of a partition (ByKey),
+// are handled one at a time in offset order; Unordered keeps none. Without
+// it (or with n = 1 and ByPartition) one goroutine handles one record at a
+// time. The records in flight are bounded ([WithMaxInFlight]): a partition
+// whose records fill the bound is paused, not buffered.
+func WithConcurrency(n int, order Ordering) HandlerOption {
+	return HandlerOption{func(t *shared.Target) {
+		if n < 1 {
+			t.Reject(fmt.Sprintf("kdeliver.WithConcurrency(%d, %v): use at least 1", n, order))
+			return
+		}
+		if order < ByPartition || order > Unordered {
+			t.Reject(fmt.Sprintf("kdeliver.WithConcurrency(%d, %v): use ByPartition, ByKey or Unordered", n, order))
+			return
+		}
+		t.Handling.Concurrency, t.Handling.Order = n, int(order)
+	}}
+}
+
+// WithMaxInFlight bounds the records polled and not yet done (handled,
+// skipped or dead-lettered) under [WithConcurrency], overriding the default
+// of max(64, 8 × concurrency). Polling pauses the partitions that hold
+// records beyond it until their handlers catch up.
+func WithMaxInFlight(n int) HandlerOption {
+	return HandlerOption{func(t *shared.Target) {
+		if n < 1 {
+			t.Reject(fmt.Sprintf("kdeliver.WithMaxInFlight(%d): use at least 1", n))
+			return
+		}
+		t.Handling.MaxInFlight = n
+	}}
+}
+
 // Headers of kdeliver's records.
 const (
 	// HeaderMessageID carries a message ID: a value unique per logical

@@ -162,7 +162,7 @@ func (l *loop) produce(t *txn, r *kgo.Record) {
 	if t.firstOut.IsZero() {
 		t.firstOut = time.Now()
 	}
-	l.s.timeouts.Attach(nil, r)
+	l.s.timeouts.Attach(context.Background(), r)
 	t.sess.Produce(context.Background(), r, t.promise)
 }
 

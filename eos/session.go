@@ -250,9 +250,10 @@ func (s *Session) needed() []string {
 //
 // When ctx is cancelled or Close is called, Run stops at the next record:
 // the handler call in progress finishes (its ctx is not cancelled, unless
-// Close's ctx ends first), the records handled so far are committed, and Run
-// returns nil; what was polled but not handled is read again by whoever owns
-// the partitions next.
+// Close's ctx ends first), the records handled so far are committed, the
+// session leaves the group (whenever Run returns, so that its partitions
+// move at once), and Run returns nil; what was polled but not handled is
+// read again by whoever owns the partitions next.
 //
 // Faults are handled, not returned:
 //   - a rebalance or an abortable commit error aborts the transaction and
@@ -295,6 +296,7 @@ func (s *Session) Run(ctx context.Context, h Handler) error {
 	s.mu.Unlock()
 	defer func() {
 		cancel()
+		s.leave(hctx)
 		hard()
 		s.mu.Lock()
 		s.running = false
@@ -379,6 +381,28 @@ func (c *client) close(ctx context.Context) error {
 	}
 	c.cancel()
 	return err
+}
+
+// leave closes the session's client when Run returns, so that its
+// partitions move to the other members at once rather than when the session
+// times out: within closeTimeout, or at once when ctx (the handler's ctx,
+// cancelled when Close's ctx ends) is done. The next Run builds a new client
+// and joins again.
+func (s *Session) leave(ctx context.Context) {
+	s.mu.Lock()
+	c := s.cl
+	s.mu.Unlock()
+	if c == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, closeTimeout)
+	defer cancel()
+	_ = c.close(ctx)
+	s.mu.Lock()
+	if s.cl == c {
+		s.cl = nil
+	}
+	s.mu.Unlock()
 }
 
 // dropClient closes c (if it is still the session's client) within

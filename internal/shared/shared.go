@@ -27,7 +27,16 @@ type Handling struct {
 	RetrySet                   bool          // WithBackoff or WithMaxAttempts was given
 	StartTimeout               time.Duration // 0: the default
 	DeadLetterTopic            string
+	// Concurrency is how many handlers run at once (0: one, the
+	// sequential loop); Order is the root's Ordering (0: by partition);
+	// MaxInFlight bounds the records polled and not yet done (0: the
+	// default for Concurrency).
+	Concurrency, Order, MaxInFlight int
 }
+
+// DefaultMaxInFlight is the bound on records in flight for a concurrency
+// of n: enough queued behind each handler to keep it busy.
+func DefaultMaxInFlight(n int) int { return max(64, 8*n) }
 
 // Defaults of Handling, mirrored by the root package's constants (the root
 // package imports this one).
