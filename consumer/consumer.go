@@ -77,6 +77,7 @@ type Consumer struct {
 	done    chan struct{}
 
 	revokeCommits atomic.Int64 // commits made in OnPartitionsRevoked (tests)
+	deadLettered  atomic.Int64 // records written to the dead-letter topic (tests)
 	commitsTried  atomic.Int64 // commits of pending offsets sent (tests)
 }
 
@@ -132,6 +133,20 @@ func newConsumer(what string, brokers []string, group string, topics []string, s
 	ps.Add(refusal != "", refusal)
 	hd := cfg.t.Handling
 	ps.Add(sem == kdeliver.AtMostOnce && hd.RetrySet, "AtMostOnce never retries a handler (a retry can repeat a partial effect): remove kdeliver.WithBackoff and kdeliver.WithMaxAttempts, or choose AtLeastOnce")
+	if dlq := cfg.deadLetter; dlq != "" {
+		switch {
+		case sem == kdeliver.AtMostOnce:
+			ps.Add(true, "AtMostOnce never retries a handler, so no record reaches a last attempt to dead-letter (its failures are skipped, already committed): remove WithDeadLetterTopic, or choose AtLeastOnce")
+		case sink != nil:
+			ps.Add(true, "a sink consumer has no handler whose record could be dead-lettered (a failing sink write is retried, never skipped): remove WithDeadLetterTopic")
+		case hd.MaxAttempts == 0:
+			ps.Add(true, "WithDeadLetterTopic needs kdeliver.WithMaxAttempts(n): after how many attempts a record goes to the dead-letter topic")
+		}
+		for _, t := range topics {
+			ps.Add(t == dlq, fmt.Sprintf("the dead-letter topic %q is also an input topic: a failing record would loop", t))
+		}
+	}
+	ps.Add(sink != nil && (hd.Concurrency > 0 || hd.MaxInFlight > 0), "a sink consumer stays sequential (its offsets live in the sink, one sink transaction per partition batch, in order): remove kdeliver.WithConcurrency and kdeliver.WithMaxInFlight")
 	for _, p := range cfg.t.Problems {
 		ps.Add(true, p)
 	}
@@ -157,6 +172,13 @@ func newConsumer(what string, brokers []string, group string, topics []string, s
 	// processed and committed (AtLeastOnce): no partition changes owner
 	// with records in hand.
 	c.kopts = append(c.kopts, kgo.BlockRebalanceOnPoll())
+	if cfg.deadLetter != "" {
+		// Dead letters are produced by the consumer's client: acks=all
+		// and idempotent (kgo's defaults, set again), and cancellable so
+		// that their delivery timeout (counted from the hand-over, not
+		// from the record's old timestamp) holds.
+		c.kopts = append(c.kopts, kgo.RequiredAcks(kgo.AllISRAcks()), kgo.AllowIdempotentProduceCancellation())
+	}
 
 	// Check the options on a client that connects to nothing, with the
 	// callbacks of a run that never starts.
@@ -172,6 +194,12 @@ func newConsumer(what string, brokers []string, group string, topics []string, s
 	ps.Add(!revokedOK, "a raw option set OnPartitionsRevoked, which kdeliver uses to commit processed offsets on revoke: remove it")
 	ps.Add(!lostOK, "a raw option set OnPartitionsLost, which kdeliver uses to forget offsets it may no longer commit: remove it")
 	ps.Add(sink != nil && !adjustOK, "a raw option set AdjustFetchOffsetsFn, which a sink consumer uses to start each partition at the sink's offset: remove it")
+	if cfg.deadLetter != "" {
+		f := preset.FactsOf(cl)
+		ps.Add(f.Acks != kgo.AllISRAcks(), "a raw option changed acks, but dead letters must be acknowledged by all in-sync replicas before the offset moves past the record: remove the kgo.RequiredAcks option")
+		ps.Add(f.NoIdempotence, "a raw option disabled idempotence, which dead letters need against duplicates on retry: remove kgo.DisableIdempotentWrite")
+		ps.Add(f.DeliveryTimeout != 0, "a raw option set kgo.RecordDeliveryTimeout, which franz-go counts from each record's Timestamp, so a dead letter of an old record fails at once: remove it")
+	}
 	ps.Add(cl.OptValue(kgo.WithContext) != context.Context(root),
 		"a raw option set kgo.WithContext, which Close needs to stop the client within its ctx: remove it (cancel Run's ctx, or call Close, to stop)")
 	if err := ps.Err(what, sem); err != nil {
@@ -230,10 +258,10 @@ func (c *Consumer) Run(ctx context.Context, h Handler) error {
 	if c.guard != nil {
 		h = c.guard.Handler(h)
 	}
-	return c.run(ctx, h)
+	return c.run(ctx, h, nil)
 }
 
-func (c *Consumer) run(ctx context.Context, h Handler) error {
+func (c *Consumer) run(ctx context.Context, h Handler, bh BatchHandler) error {
 	c.mu.Lock()
 	switch {
 	case c.closed:
@@ -259,6 +287,9 @@ func (c *Consumer) run(ctx context.Context, h Handler) error {
 	}()
 
 	r := &run{c: c, h: h, kill: kill, pending: map[string]map[int32]kgo.EpochOffset{}}
+	if bh != nil || c.concurrent() {
+		r.eng = newEngine(r, h, bh)
+	}
 	cl, err := kgo.NewClient(append(append(c.runOpts(r), c.cfg.kgoOpts...), kgo.WithContext(root))...)
 	if err != nil { // New built the same options
 		return fmt.Errorf("consumer: building the client: %w", err)
@@ -274,7 +305,11 @@ func (c *Consumer) run(ctx context.Context, h Handler) error {
 		}
 		return fmt.Errorf("consumer: %w", err)
 	}
-	err = r.loop(runCtx, hardCtx)
+	if r.eng != nil {
+		err = r.eng.loop(runCtx, hardCtx)
+	} else {
+		err = r.loop(runCtx, hardCtx)
+	}
 	if r.crashed.Load() {
 		// A simulated SIGKILL: no commit, no graceful shutdown.
 		c.log.Warn("simulated crash: closing without committing", "err", err)
@@ -285,7 +320,11 @@ func (c *Consumer) run(ctx context.Context, h Handler) error {
 	}
 	sctx, cancel := context.WithTimeout(hardCtx, shutdownTimeout)
 	defer cancel()
-	if cerr := r.commitPending(sctx); cerr != nil {
+	commitFinal := r.commitPending
+	if r.eng != nil {
+		commitFinal = r.eng.commit
+	}
+	if cerr := commitFinal(sctx); cerr != nil {
 		c.log.Warn("final commit failed: records after the last commit will be delivered again", "err", cerr)
 	}
 	lctx, lcancel := context.WithTimeout(hardCtx, leaveTimeout)

@@ -34,6 +34,8 @@ type run struct {
 	pending map[string]map[int32]kgo.EpochOffset
 
 	crashed atomic.Bool
+
+	eng *engine // the concurrent engine, nil for the sequential loop
 }
 
 // loop polls and processes until runCtx ends or a handler stops it.

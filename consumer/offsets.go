@@ -117,6 +117,10 @@ func (r *run) onRevoked(ctx context.Context, _ *kgo.Client, revoked map[string][
 		r.revokeSink(revoked)
 		return
 	}
+	if r.eng != nil {
+		r.eng.revoke(ctx, revoked, false)
+		return
+	}
 	r.pmu.Lock()
 	n := 0
 	for _, ps := range r.pending {
@@ -147,6 +151,10 @@ func (r *run) onLost(ctx context.Context, _ *kgo.Client, lost map[string][]int32
 		return
 	}
 	r.c.log.Warn("partitions lost: their uncommitted progress will be repeated", "partitions", lost)
+	if r.eng != nil {
+		r.eng.revoke(ctx, lost, true)
+		return
+	}
 	r.forget(lost)
 }
 

@@ -2,14 +2,25 @@ package consumer
 
 import (
 	"fmt"
+	"time"
 
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/kdeliver/kdeliver/internal/shared"
 )
 
-// DefaultMaxPollRecords is how many records one poll hands over at most.
-const DefaultMaxPollRecords = 500
+// Defaults of the consumer's options.
+const (
+	// DefaultMaxPollRecords is how many records one poll hands over at
+	// most.
+	DefaultMaxPollRecords = 500
+	// DefaultCommitInterval is how often a concurrent consumer commits
+	// the offsets its handlers finished ([WithCommitInterval]).
+	DefaultCommitInterval = time.Second
+	// DefaultRevokeTimeout is how long a concurrent consumer lets the
+	// records in flight of a revoked partition finish ([WithRevokeTimeout]).
+	DefaultRevokeTimeout = 10 * time.Second
+)
 
 // Option configures a [Consumer] or a [SinkConsumer]. The root package's
 // options are Options too: [kdeliver.Option] (logger, client ID, tracing)
@@ -31,6 +42,10 @@ type config struct {
 	kgoOpts       []kgo.Opt
 	readCommitted bool // WithReadCommitted
 	startLatest   bool // WithStartAtLatest
+
+	commitInterval time.Duration // WithCommitInterval
+	revokeTimeout  time.Duration // WithRevokeTimeout
+	deadLetter     string        // WithDeadLetterTopic
 }
 
 func (c *config) reject(p string) { c.t.Reject(p) }
@@ -38,7 +53,7 @@ func (c *config) reject(p string) { c.t.Reject(p) }
 // apply applies opts to a new configuration.
 func apply(opts []Option) *config {
 	t := &shared.Target{}
-	c := &config{t: t, maxPoll: DefaultMaxPollRecords}
+	c := &config{t: t, maxPoll: DefaultMaxPollRecords, commitInterval: DefaultCommitInterval, revokeTimeout: DefaultRevokeTimeout}
 	t.Pkg = c
 	for i, o := range opts {
 		if o == nil {
@@ -94,4 +109,60 @@ func WithStartAtLatest() Option {
 // makes the constructor fail, naming it.
 func WithKgoOpts(opts ...kgo.Opt) Option {
 	return option(func(c *config) { c.kgoOpts = append(c.kgoOpts, opts...) })
+}
+
+// WithCommitInterval sets how often a concurrent consumer
+// ([kdeliver.WithConcurrency], a dead-letter topic, or [Consumer.RunBatch])
+// commits the offsets its handlers finished, overriding
+// [DefaultCommitInterval]. It also commits on revoke and on shutdown. A
+// crash repeats up to an interval's worth of finished records, plus those in
+// flight. The sequential consumer commits after each poll and ignores it.
+func WithCommitInterval(d time.Duration) Option {
+	return option(func(c *config) {
+		if d <= 0 {
+			c.reject(fmt.Sprintf("WithCommitInterval(%v): pass a positive duration", d))
+			return
+		}
+		c.commitInterval = d
+	})
+}
+
+// WithRevokeTimeout sets how long a concurrent consumer lets the handlers
+// in flight on a revoked partition finish before it commits the partition's
+// finished prefix and lets the rebalance go on, overriding
+// [DefaultRevokeTimeout]. It is the bound a stuck handler can hold the
+// group's rebalance; keep it below the rebalance timeout
+// (kgo.RebalanceTimeout, 60 s by default). A handler still running after it
+// keeps running, but its offset is never committed by this consumer: the
+// partition's new owner handles the record again.
+func WithRevokeTimeout(d time.Duration) Option {
+	return option(func(c *config) {
+		if d <= 0 {
+			c.reject(fmt.Sprintf("WithRevokeTimeout(%v): pass a positive duration", d))
+			return
+		}
+		c.revokeTimeout = d
+	})
+}
+
+// WithDeadLetterTopic changes what happens to a record whose handler failed
+// its last attempt ([kdeliver.WithMaxAttempts], which it requires) from
+// stopping Run to producing a copy of it to topic (key, value, headers and
+// timestamp kept, plus [kdeliver.HeaderDLQTopic] and the other dead-letter
+// headers) and going on. The copy is acknowledged by all in-sync replicas
+// (acks=all, idempotent) before the record counts as done, so its offset
+// never commits before the dead letter is durable; a failing dead-letter
+// write is retried with the backoff and holds back the commit of the
+// record's partition, not of the others. It runs the concurrent engine
+// (with a concurrency of one unless [kdeliver.WithConcurrency] says more).
+// An at-most-once consumer (which never retries) and a sink consumer (which
+// has no handler) refuse it; topic must not be an input topic.
+func WithDeadLetterTopic(topic string) Option {
+	return option(func(c *config) {
+		if topic == "" {
+			c.reject("WithDeadLetterTopic(\"\"): name the topic")
+			return
+		}
+		c.deadLetter = topic
+	})
 }

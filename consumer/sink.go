@@ -202,7 +202,7 @@ func nilPointer(s Sink) bool {
 // finishes). A failing Write is retried with backoff like a handler
 // ([kdeliver.WithBackoff], [kdeliver.WithMaxAttempts]); there is no [Skip],
 // since skipping a batch would lose it.
-func (s *SinkConsumer) Run(ctx context.Context) error { return s.c.run(ctx, nil) }
+func (s *SinkConsumer) Run(ctx context.Context) error { return s.c.run(ctx, nil, nil) }
 
 // Ping is [Consumer.Ping].
 func (s *SinkConsumer) Ping(ctx context.Context) error { return s.c.Ping(ctx) }

@@ -1,0 +1,755 @@
+package consumer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"runtime/debug"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/cenkalti/backoff/v4"
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/kdeliver/kdeliver"
+	"github.com/kdeliver/kdeliver/dedup"
+	"github.com/kdeliver/kdeliver/internal/crash"
+	"github.com/kdeliver/kdeliver/internal/deadline"
+	"github.com/kdeliver/kdeliver/internal/inflight"
+	"github.com/kdeliver/kdeliver/internal/shared"
+)
+
+// BatchHandler processes the records of one partition from one poll, in
+// offset order ([Consumer.RunBatch]). Its return value drives the commit of
+// the whole batch: nil marks every record done; an error retries the whole
+// batch with the backoff ([kdeliver.WithBackoff]) until it succeeds or
+// fails [kdeliver.WithMaxAttempts] times (then the batch goes to the
+// dead-letter topic, record by record, or Run stops); [Skip](err) gives up
+// on the batch and commits past it. A panic is an error matching
+// [kdeliver.ErrPanic]. Batches of one partition are handed over one at a
+// time in offset order; batches of different partitions run concurrently,
+// up to [kdeliver.WithConcurrency]'s n. ctx is as for a [Handler]. The
+// slice and its records must not be kept after the handler returns.
+type BatchHandler func(ctx context.Context, records []*kgo.Record) error
+
+// deadLetterTimeout bounds one attempt to write a dead letter (counted from
+// the hand-over); a failed attempt is retried with the backoff.
+const deadLetterTimeout = 30 * time.Second
+
+// concurrent reports whether Run uses the concurrent engine.
+func (c *Consumer) concurrent() bool {
+	return c.hd.Concurrency > 0 || c.cfg.deadLetter != ""
+}
+
+// RunBatch is [Consumer.Run] with a [BatchHandler]: each call gets the
+// records of one partition from one poll, in offset order. The lifecycle,
+// the commit rules and the errors are Run's (on a stop, the batch in hand
+// finishes; a batch not done is read again by the partition's next owner).
+// It runs the concurrent engine, with a concurrency of one (one batch at a
+// time) unless [kdeliver.WithConcurrency] says more, and commits on the
+// commit interval ([WithCommitInterval]), on revoke and on shutdown. A
+// consumer built with [NewWithGuard] refuses it: the guard works record by
+// record.
+func (c *Consumer) RunBatch(ctx context.Context, h BatchHandler) error {
+	if h == nil {
+		return fmt.Errorf("%w: consumer: RunBatch needs a handler", kdeliver.ErrInvalidConfig)
+	}
+	if c.guard != nil {
+		return fmt.Errorf("%w: consumer: RunBatch of a consumer with a dedup guard: the guard reserves and marks record by record; use Run", kdeliver.ErrInvalidConfig)
+	}
+	return c.run(ctx, nil, h)
+}
+
+// topicPart is a topic partition.
+type topicPart struct {
+	topic string
+	part  int32
+}
+
+// laneKey names a lane: a partition, or a key of a partition.
+type laneKey struct {
+	tp  topicPart
+	key string
+}
+
+// item is what one handler call gets: a record, or a batch of one
+// partition.
+type item struct {
+	rec   *kgo.Record   // the record handler's record
+	recs  []*kgo.Record // the batch handler's records
+	ps    *partState
+	key   laneKey
+	laned bool // runs in a lane (else unordered)
+}
+
+func (it *item) first() *kgo.Record {
+	if it.rec != nil {
+		return it.rec
+	}
+	return it.recs[0]
+}
+
+func (it *item) size() int {
+	if it.rec != nil {
+		return 1
+	}
+	return len(it.recs)
+}
+
+// partState is the engine's state of a partition it was handed records of.
+// A revoked or lost partition is gone: its records in flight may finish,
+// but their offsets are never committed from this state (a new assignment
+// of the partition gets a new state).
+type partState struct {
+	tp        topicPart
+	offs      *inflight.Offsets
+	committed int64 // the offset last committed; -1 before any
+	inflight  int   // records handed over and not finished
+	paused    bool
+	revoking  bool        // revoked: nothing more is dispatched
+	gone      atomic.Bool // revoked or lost: never committed again
+}
+
+// engine runs handlers concurrently: a poll loop dispatches records to
+// lanes, n workers run the lanes' items, and a committer commits each
+// partition's finished prefix on an interval.
+type engine struct {
+	r       *run
+	c       *Consumer
+	h       Handler
+	bh      BatchHandler
+	n       int
+	order   kdeliver.Ordering
+	maxIn   int
+	pauseAt int // a partition with this many records in flight is paused
+	amo     bool
+	dlq     string
+	timeout *deadline.Timeouts // dead letters' delivery timeout
+
+	mu       sync.Mutex
+	work     *sync.Cond // an item is ready, or the workers must exit
+	space    *sync.Cond // records finished, or the engine stops
+	ready    []*item
+	head     int
+	lanes    *inflight.Lanes[laneKey, *item]
+	parts    map[topicPart]*partState
+	total    int  // records in flight, all partitions
+	stopping bool // no more polls
+	exiting  bool // workers exit once ready is empty
+	fatal    error
+
+	cmu sync.Mutex // serializes commits
+}
+
+func newEngine(r *run, h Handler, bh BatchHandler) *engine {
+	hd := r.c.hd
+	n := max(hd.Concurrency, 1)
+	maxIn := hd.MaxInFlight
+	if maxIn == 0 {
+		maxIn = shared.DefaultMaxInFlight(n)
+	}
+	e := &engine{
+		r: r, c: r.c, h: h, bh: bh, n: n,
+		order:   kdeliver.Ordering(hd.Order),
+		maxIn:   maxIn,
+		pauseAt: max(1, (maxIn+1)/2),
+		amo:     r.c.sem == kdeliver.AtMostOnce,
+		dlq:     r.c.cfg.deadLetter,
+		lanes:   inflight.NewLanes[laneKey, *item](),
+		parts:   map[topicPart]*partState{},
+	}
+	if e.dlq != "" {
+		e.timeout = deadline.New(deadLetterTimeout)
+	}
+	e.work = sync.NewCond(&e.mu)
+	e.space = sync.NewCond(&e.mu)
+	return e
+}
+
+// loop polls and dispatches until runCtx ends, the client closes or a
+// record stops Run; then it stops the workers (the items in hand finish)
+// and returns. The caller makes the final commit.
+func (e *engine) loop(runCtx, hardCtx context.Context) error {
+	pollCtx, cancelPoll := context.WithCancel(runCtx)
+	defer cancelPoll()
+	stopWake := context.AfterFunc(pollCtx, func() {
+		e.mu.Lock()
+		e.space.Broadcast()
+		e.mu.Unlock()
+	})
+	defer stopWake()
+	var workers sync.WaitGroup
+	for range e.n {
+		workers.Add(1)
+		go func() {
+			defer workers.Done()
+			e.worker(runCtx, hardCtx, cancelPoll)
+		}()
+	}
+	commitDone := make(chan struct{})
+	stopCommits := make(chan struct{})
+	if e.amo {
+		close(commitDone)
+	} else {
+		go e.committer(hardCtx, stopCommits, commitDone)
+	}
+
+	var err error
+	for err == nil {
+		e.mu.Lock()
+		for e.total >= e.maxIn && !e.stopping && pollCtx.Err() == nil {
+			e.space.Wait()
+		}
+		budget, stopped := e.maxIn-e.total, e.stopping
+		e.mu.Unlock()
+		if stopped || pollCtx.Err() != nil {
+			break
+		}
+		fetches := e.r.cl.PollRecords(pollCtx, min(e.c.cfg.maxPoll, budget))
+		if pollCtx.Err() != nil {
+			// Records polled now are neither committed nor handled:
+			// the group delivers them again.
+			break
+		}
+		if fetches.IsClientClosed() {
+			err = kdeliver.ErrClosed
+			break
+		}
+		fetches.EachError(func(t string, p int32, ferr error) {
+			e.c.log.Warn("fetch error", "topic", t, "partition", p, "err", ferr)
+		})
+		if e.amo {
+			recs := fetches.Records()
+			if len(recs) == 0 {
+				e.r.cl.AllowRebalance()
+				continue
+			}
+			if cerr := e.r.cl.CommitRecords(hardCtx, recs...); cerr != nil {
+				e.c.log.Warn("commit before processing failed: dropping the batch unprocessed (at-most-once loses, never repeats)", "records", len(recs), "err", cerr)
+				e.r.cl.AllowRebalance()
+				continue
+			}
+		}
+		e.dispatch(fetches)
+		// The records are registered: a revoke now sees them in flight.
+		e.r.cl.AllowRebalance()
+	}
+
+	e.mu.Lock()
+	e.stopping = true
+	if !e.amo || e.r.crashed.Load() {
+		// Records not started are read again by the partitions' next
+		// owner. Under AtMostOnce they are committed already: they are
+		// handled, unless the process "crashed".
+		e.dropAll()
+	}
+	e.exiting = true
+	e.work.Broadcast()
+	e.mu.Unlock()
+	workers.Wait()
+	close(stopCommits)
+	<-commitDone
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if err == nil {
+		err = e.fatal
+	}
+	return err
+}
+
+// dispatch registers the polled records and hands the runnable ones to
+// the workers.
+func (e *engine) dispatch(fetches kgo.Fetches) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	var pause map[string][]int32
+	fetches.EachPartition(func(p kgo.FetchTopicPartition) {
+		if len(p.Records) == 0 {
+			return
+		}
+		k := topicPart{p.Topic, p.Partition}
+		ps := e.parts[k]
+		if ps == nil || ps.gone.Load() || ps.revoking {
+			ps = &partState{tp: k, offs: inflight.NewOffsets(), committed: -1}
+			e.parts[k] = ps
+		}
+		if e.bh != nil {
+			recs := make([]*kgo.Record, 0, len(p.Records))
+			for _, rec := range p.Records {
+				if e.amo || ps.offs.Add(rec.Offset, rec.LeaderEpoch) {
+					recs = append(recs, rec)
+				}
+			}
+			if len(recs) > 0 {
+				ps.inflight += len(recs)
+				e.total += len(recs)
+				e.push(&item{recs: recs, ps: ps, key: laneKey{tp: k}, laned: true})
+			}
+		} else {
+			for _, rec := range p.Records {
+				if !e.amo && !ps.offs.Add(rec.Offset, rec.LeaderEpoch) {
+					continue // a redelivery of a record in flight
+				}
+				it := &item{rec: rec, ps: ps}
+				switch {
+				case e.order == kdeliver.ByPartition:
+					it.key, it.laned = laneKey{tp: k}, true
+				case e.order == kdeliver.ByKey && rec.Key != nil:
+					it.key, it.laned = laneKey{tp: k, key: string(rec.Key)}, true
+				}
+				ps.inflight++
+				e.total++
+				e.push(it)
+			}
+		}
+		if ps.inflight >= e.pauseAt && !ps.paused {
+			ps.paused = true
+			if pause == nil {
+				pause = map[string][]int32{}
+			}
+			pause[k.topic] = append(pause[k.topic], k.part)
+		}
+	})
+	if pause != nil {
+		e.r.cl.PauseFetchPartitions(pause)
+	}
+}
+
+// push queues it in its lane, or hands it to a worker if it may run now.
+func (e *engine) push(it *item) {
+	if it.laned && !e.lanes.Push(it.key, it) {
+		return
+	}
+	e.ready = append(e.ready, it)
+	e.work.Signal()
+}
+
+// worker runs ready items until the engine exits.
+func (e *engine) worker(runCtx, hardCtx context.Context, stopPoll context.CancelFunc) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	for {
+		for e.head == len(e.ready) && !e.exiting {
+			e.work.Wait()
+		}
+		if e.head == len(e.ready) {
+			return
+		}
+		it := e.ready[e.head]
+		e.ready[e.head] = nil
+		e.head++
+		if e.head == len(e.ready) {
+			e.ready, e.head = e.ready[:0], 0
+		}
+		if it.ps.revoking || it.ps.gone.Load() || (e.stopping && (!e.amo || e.r.crashed.Load())) {
+			e.finish(it, false)
+			continue
+		}
+		e.mu.Unlock()
+		done, stop := e.handle(runCtx, hardCtx, it)
+		e.mu.Lock()
+		if stop != nil {
+			if e.fatal == nil {
+				e.fatal = stop
+			}
+			e.stopping = true
+			stopPoll()
+		}
+		e.finish(it, done)
+	}
+}
+
+// finish ends it: its records are no longer in flight, done ones count
+// for the commit, and its lane's next item may run. e.mu is held.
+func (e *engine) finish(it *item, done bool) {
+	ps := it.ps
+	n := it.size()
+	ps.inflight -= n
+	e.total -= n
+	if done && !e.amo && !ps.gone.Load() {
+		if it.rec != nil {
+			ps.offs.Done(it.rec.Offset)
+		} else {
+			for _, rec := range it.recs {
+				ps.offs.Done(rec.Offset)
+			}
+		}
+	}
+	if it.laned {
+		if next, ok := e.lanes.Next(it.key); ok {
+			e.ready = append(e.ready, next)
+			e.work.Signal()
+		}
+	}
+	if ps.paused && ps.inflight < max(1, e.pauseAt/2) {
+		ps.paused = false
+		e.r.cl.ResumeFetchPartitions(map[string][]int32{ps.tp.topic: {ps.tp.part}})
+	}
+	e.space.Broadcast()
+}
+
+// dropAll drops every item not started. e.mu is held.
+func (e *engine) dropAll() {
+	for _, it := range e.lanes.Drop(func(laneKey) bool { return true }) {
+		e.release(it)
+	}
+	for _, it := range e.ready[e.head:] {
+		// The lane of a ready item is running it: free the lane (its
+		// queue was just dropped).
+		e.finish(it, false)
+	}
+	clear(e.ready)
+	e.ready, e.head = e.ready[:0], 0
+}
+
+// release forgets an item dropped from its lane's queue. e.mu is held.
+func (e *engine) release(it *item) {
+	n := it.size()
+	it.ps.inflight -= n
+	e.total -= n
+}
+
+// handle runs it until it is done (it succeeded, was skipped or
+// dead-lettered), it must stop Run (stop is the error), or it is given up
+// without being done (Run or its partition stopped while it waited).
+func (e *engine) handle(runCtx, hardCtx context.Context, it *item) (done bool, stop error) {
+	rec := it.first()
+	var bo backoff.BackOff // made at the first failure: none on the success path
+	var firstFailure time.Time
+	for attempt := 1; ; attempt++ {
+		var err error
+		if e.bh != nil {
+			err = e.callBatch(hardCtx, it.recs)
+		} else {
+			err = e.r.call(hardCtx, e.h, rec, attempt)
+		}
+		if err == nil {
+			return true, nil
+		}
+		if firstFailure.IsZero() {
+			firstFailure = time.Now()
+		}
+		switch {
+		case errors.Is(err, crash.ErrCrash):
+			e.r.crashed.Store(true)
+			return false, &kdeliver.HandlerError{Record: rec, Attempts: attempt, Err: err}
+		case e.amo:
+			e.c.log.Warn("handler failed: record skipped (at-most-once)", "topic", rec.Topic, "partition", rec.Partition, "offset", rec.Offset, "err", err)
+			return true, nil
+		case isSkip(err):
+			e.c.log.Warn("handler skipped the record: committing past it", "topic", rec.Topic, "partition", rec.Partition, "offset", rec.Offset, "records", it.size(), "err", err)
+			return true, nil
+		case e.c.guard != nil && errors.Is(err, dedup.ErrNoKey):
+			return false, &kdeliver.HandlerError{Record: rec, Attempts: attempt, Err: err}
+		case e.c.hd.MaxAttempts > 0 && attempt >= e.c.hd.MaxAttempts:
+			if e.dlq == "" {
+				return false, &kdeliver.HandlerError{Record: rec, Attempts: attempt, Err: err}
+			}
+			return e.deadLetter(runCtx, hardCtx, it, attempt, firstFailure, err), nil
+		}
+		if it.ps.gone.Load() {
+			return false, nil // the partition's new owner retries it
+		}
+		if bo == nil {
+			bo = e.backoff()
+		}
+		wait := bo.NextBackOff()
+		e.c.log.Warn("handler failed: retrying", "topic", rec.Topic, "partition", rec.Partition, "offset", rec.Offset, "attempt", attempt, "wait", wait, "err", err)
+		if !sleep(runCtx, hardCtx, wait) {
+			return false, nil
+		}
+	}
+}
+
+func (e *engine) backoff() backoff.BackOff {
+	initial, limit := e.c.hd.Backoff()
+	return backoff.NewExponentialBackOff(
+		backoff.WithInitialInterval(initial),
+		backoff.WithMaxInterval(limit),
+		backoff.WithMaxElapsedTime(0),
+	)
+}
+
+// sleep waits d, and reports false if a ctx ended first.
+func sleep(runCtx, hardCtx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-runCtx.Done():
+	case <-hardCtx.Done():
+	}
+	return false
+}
+
+// callBatch runs the batch handler once, turning a panic into an error.
+func (e *engine) callBatch(ctx context.Context, recs []*kgo.Record) (err error) {
+	defer func() {
+		if v := recover(); v != nil {
+			e.c.log.Error("batch handler panicked", "topic", recs[0].Topic, "partition", recs[0].Partition, "offset", recs[0].Offset, "panic", fmt.Sprint(v), "stack", string(debug.Stack()))
+			err = fmt.Errorf("%w: %v", kdeliver.ErrPanic, v)
+		}
+	}()
+	return e.bh(ctx, recs)
+}
+
+// deadLetter writes the records of it to the dead-letter topic, retrying
+// with the backoff until all in-sync replicas acknowledged them; only then
+// is it done. It gives up (not done) when Run or the partition stops.
+func (e *engine) deadLetter(runCtx, hardCtx context.Context, it *item, attempts int, first time.Time, herr error) bool {
+	src := it.recs
+	if it.rec != nil {
+		src = []*kgo.Record{it.rec}
+	}
+	letters := make([]*kgo.Record, len(src))
+	for i, r := range src {
+		letters[i] = deadLetterOf(e.dlq, r, attempts, first, herr)
+	}
+	var bo backoff.BackOff
+	for try := 1; ; try++ {
+		for _, l := range letters {
+			e.timeout.Attach(context.Background(), l)
+		}
+		var err error
+		for i, res := range e.r.cl.ProduceSync(hardCtx, letters...) {
+			if res.Err != nil && err == nil {
+				err = deadline.Err(letters[i], res.Err)
+			}
+			deadline.Detach(letters[i])
+		}
+		if err == nil {
+			e.c.deadLettered.Add(int64(len(letters)))
+			e.c.log.Warn("handler failed for the last time: record dead-lettered", "topic", src[0].Topic, "partition", src[0].Partition, "offset", src[0].Offset, "records", len(src), "attempts", attempts, "dead_letter_topic", e.dlq, "err", herr)
+			return true
+		}
+		if it.ps.gone.Load() {
+			return false
+		}
+		if bo == nil {
+			bo = e.backoff()
+		}
+		wait := bo.NextBackOff()
+		e.c.log.Warn("dead-letter write failed: retrying; the partition's commit waits for it", "topic", src[0].Topic, "partition", src[0].Partition, "offset", src[0].Offset, "dead_letter_topic", e.dlq, "try", try, "wait", wait, "err", err)
+		if !sleep(runCtx, hardCtx, wait) {
+			return false
+		}
+	}
+}
+
+// deadLetterOf is the copy of r for the dead-letter topic, with the headers
+// eos's dead letters carry: where it came from, how often and why it
+// failed, and when it first did.
+func deadLetterOf(topic string, r *kgo.Record, attempts int, first time.Time, err error) *kgo.Record {
+	hs := make([]kgo.RecordHeader, 0, len(r.Headers)+6)
+	hs = append(hs, r.Headers...)
+	hs = append(hs,
+		kgo.RecordHeader{Key: kdeliver.HeaderDLQTopic, Value: []byte(r.Topic)},
+		kgo.RecordHeader{Key: kdeliver.HeaderDLQPartition, Value: []byte(strconv.Itoa(int(r.Partition)))},
+		kgo.RecordHeader{Key: kdeliver.HeaderDLQOffset, Value: []byte(strconv.FormatInt(r.Offset, 10))},
+		kgo.RecordHeader{Key: kdeliver.HeaderDLQAttempts, Value: []byte(strconv.Itoa(attempts))},
+		kgo.RecordHeader{Key: kdeliver.HeaderDLQError, Value: []byte(err.Error())},
+		kgo.RecordHeader{Key: kdeliver.HeaderDLQFirstFailure, Value: []byte(first.UTC().Format(time.RFC3339Nano))},
+	)
+	return &kgo.Record{Topic: topic, Key: r.Key, Value: r.Value, Headers: hs, Timestamp: r.Timestamp}
+}
+
+// committer commits the finished prefixes every commit interval until stop
+// is closed.
+func (e *engine) committer(ctx context.Context, stop <-chan struct{}, done chan<- struct{}) {
+	defer close(done)
+	t := time.NewTicker(e.c.cfg.commitInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-stop:
+			return
+		case <-t.C:
+		}
+		if e.r.crashed.Load() {
+			return
+		}
+		if err := e.commit(ctx); err != nil && ctx.Err() == nil {
+			e.c.log.Warn("commit failed: will retry at the next interval; a crash now repeats the records finished since the last commit", "err", err)
+		}
+	}
+}
+
+// commit commits each partition's finished prefix that moved since its
+// last commit.
+func (e *engine) commit(ctx context.Context) error {
+	if e.amo {
+		return nil // committed before handling
+	}
+	e.cmu.Lock()
+	defer e.cmu.Unlock()
+	e.mu.Lock()
+	offsets := e.committable(func(*partState) bool { return true })
+	e.mu.Unlock()
+	return e.commitOffsets(ctx, offsets)
+}
+
+// committable returns the finished prefixes of the partitions match
+// selects that moved since their last commit. e.mu is held.
+func (e *engine) committable(match func(*partState) bool) map[string]map[int32]kgo.EpochOffset {
+	var offsets map[string]map[int32]kgo.EpochOffset
+	for _, ps := range e.parts {
+		if ps.gone.Load() || !match(ps) {
+			continue
+		}
+		off, epoch, ok := ps.offs.Committable()
+		if !ok || off <= ps.committed {
+			continue
+		}
+		if offsets == nil {
+			offsets = map[string]map[int32]kgo.EpochOffset{}
+		}
+		if offsets[ps.tp.topic] == nil {
+			offsets[ps.tp.topic] = map[int32]kgo.EpochOffset{}
+		}
+		offsets[ps.tp.topic][ps.tp.part] = kgo.EpochOffset{Epoch: epoch, Offset: off}
+	}
+	return offsets
+}
+
+// commitOffsets commits offsets and notes them committed. e.cmu is held.
+func (e *engine) commitOffsets(ctx context.Context, offsets map[string]map[int32]kgo.EpochOffset) error {
+	if len(offsets) == 0 {
+		return nil
+	}
+	err := commit(ctx, e.r.cl, offsets)
+	e.c.commitsTried.Add(1)
+	if err != nil {
+		return err
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	for t, ps := range offsets {
+		for p, o := range ps {
+			if st := e.parts[topicPart{t, p}]; st != nil && o.Offset > st.committed {
+				st.committed = o.Offset
+			}
+		}
+	}
+	return nil
+}
+
+// revoke stops dispatching the partitions, drops their records not
+// started, and, unless they were lost, lets their records in flight finish
+// for up to the revoke timeout and commits their finished prefix. It runs
+// on kgo's group goroutine (with polling blocked).
+func (e *engine) revoke(ctx context.Context, parts map[string][]int32, lost bool) {
+	if e.amo {
+		return // committed before handling; what was polled is handled
+	}
+	set := map[topicPart]*partState{}
+	e.mu.Lock()
+	for t, ps := range parts {
+		for _, p := range ps {
+			if st := e.parts[topicPart{t, p}]; st != nil {
+				set[st.tp] = st
+				st.revoking = true
+				if lost {
+					st.gone.Store(true)
+				}
+			}
+		}
+	}
+	if len(set) == 0 {
+		e.mu.Unlock()
+		return
+	}
+	var resume map[string][]int32
+	for k, st := range set {
+		if st.paused {
+			// kgo keeps a pause across assignments: a partition
+			// assigned here again must be fetched.
+			st.paused = false
+			if resume == nil {
+				resume = map[string][]int32{}
+			}
+			resume[k.topic] = append(resume[k.topic], k.part)
+		}
+	}
+	if resume != nil {
+		e.r.cl.ResumeFetchPartitions(resume)
+	}
+	for _, it := range e.lanes.Drop(func(k laneKey) bool { _, ok := set[k.tp]; return ok }) {
+		e.release(it)
+	}
+	keep := e.ready[e.head:e.head]
+	var dropped []*item
+	for _, it := range e.ready[e.head:] {
+		if it.ps.revoking {
+			dropped = append(dropped, it)
+			continue
+		}
+		keep = append(keep, it)
+	}
+	clear(e.ready[e.head+len(keep):])
+	e.ready = e.ready[:e.head+len(keep)]
+	for _, it := range dropped {
+		e.finish(it, false)
+	}
+	if lost {
+		for k, st := range set {
+			if e.parts[k] == st {
+				delete(e.parts, k)
+			}
+		}
+		e.mu.Unlock()
+		return
+	}
+	// Let the records in flight finish, for up to the revoke timeout.
+	timer := time.AfterFunc(e.c.cfg.revokeTimeout, func() {
+		e.mu.Lock()
+		e.space.Broadcast()
+		e.mu.Unlock()
+	})
+	end := time.Now().Add(e.c.cfg.revokeTimeout)
+	for busy(set) && time.Now().Before(end) && ctx.Err() == nil && !e.r.crashed.Load() {
+		e.space.Wait()
+	}
+	timer.Stop()
+	stuck := busy(set)
+	e.mu.Unlock()
+	if e.r.crashed.Load() {
+		return
+	}
+
+	e.cmu.Lock()
+	defer e.cmu.Unlock()
+	e.mu.Lock()
+	offsets := e.committable(func(ps *partState) bool { return set[ps.tp] == ps })
+	for k, st := range set {
+		st.gone.Store(true)
+		if e.parts[k] == st {
+			delete(e.parts, k)
+		}
+	}
+	e.mu.Unlock()
+	if stuck {
+		e.c.log.Warn("revoke timeout passed with handlers still running: their records are not committed and the new owner handles them again", "timeout", e.c.cfg.revokeTimeout, "partitions", parts)
+	}
+	cctx, cancel := context.WithTimeout(ctx, shutdownTimeout)
+	defer cancel()
+	if err := e.commitOffsets(cctx, offsets); err != nil {
+		e.c.log.Warn("commit on revoke failed: the new owner repeats records after the last commit", "err", err)
+	} else if len(offsets) > 0 {
+		e.c.revokeCommits.Add(1)
+		e.c.log.Info("committed on revoke", "partitions", len(offsets))
+	}
+}
+
+// busy reports whether any of the partitions has records in flight. e.mu is
+// held.
+func busy(set map[topicPart]*partState) bool {
+	for _, st := range set {
+		if st.inflight > 0 {
+			return true
+		}
+	}
+	return false
+}
