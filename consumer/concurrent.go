@@ -314,6 +314,10 @@ func (e *engine) dispatch(fetches kgo.Fetches) {
 	})
 	if pause != nil {
 		e.r.cl.PauseFetchPartitions(pause)
+		e.c.pauses.Add(1)
+	}
+	if int64(e.total) > e.c.inFlightPeak.Load() {
+		e.c.inFlightPeak.Store(int64(e.total))
 	}
 }
 
@@ -703,6 +707,9 @@ func (e *engine) revoke(ctx context.Context, parts map[string][]int32, lost bool
 		return
 	}
 	// Let the records in flight finish, for up to the revoke timeout.
+	for _, st := range set {
+		e.c.revokeInFlight.Add(int64(st.inflight))
+	}
 	timer := time.AfterFunc(e.c.cfg.revokeTimeout, func() {
 		e.mu.Lock()
 		e.space.Broadcast()

@@ -42,8 +42,10 @@ const (
 // For a consumer built with [NewWithGuard] the handler runs inside the
 // guard, which skips records already done.
 //
-// The handler runs on Run's goroutine, one record at a time, in offset order
-// within a partition. ctx carries the record's "process" span (joined to the
+// Without [kdeliver.WithConcurrency] the handler runs on Run's goroutine,
+// one record at a time, in offset order within a partition; with it, up to
+// n calls run at once, in the order's lanes (see Concurrency in the package
+// doc), so the handler must be safe for concurrent use. ctx carries the record's "process" span (joined to the
 // producer's trace) and Run's values; it is not cancelled when Run's ctx is,
 // so the record in hand can finish, but it is cancelled when
 // [Consumer.Close] gives up waiting. The record and its slices must not be
@@ -76,9 +78,12 @@ type Consumer struct {
 	kill    context.CancelFunc // the running client's root context
 	done    chan struct{}
 
-	revokeCommits atomic.Int64 // commits made in OnPartitionsRevoked (tests)
-	deadLettered  atomic.Int64 // records written to the dead-letter topic (tests)
-	commitsTried  atomic.Int64 // commits of pending offsets sent (tests)
+	revokeCommits  atomic.Int64 // commits made in OnPartitionsRevoked (tests)
+	deadLettered   atomic.Int64 // records written to the dead-letter topic (tests)
+	inFlightPeak   atomic.Int64 // most records in flight at once, concurrent engine (tests)
+	pauses         atomic.Int64 // partitions paused, concurrent engine (tests)
+	revokeInFlight atomic.Int64 // records in flight that revokes waited for (tests)
+	commitsTried   atomic.Int64 // commits of pending offsets sent (tests)
 }
 
 // New builds a consumer of topics for group with the preset of sem,

@@ -82,12 +82,14 @@
 //     returned "") stops Run with a [*kdeliver.HandlerError] wrapping
 //     [dedup.ErrNoKey].
 //
-// Offsets are never committed on a timer (no auto-commit), and rebalances
-// wait until the records in hand are committed (AtMostOnce), processed and
-// committed (AtLeastOnce, a guard) or written to the sink, so no partition
-// changes owner with records in hand. Long retries therefore delay
-// rebalances: keep the backoff maximum well below the group's rebalance
-// timeout, or use [kdeliver.WithMaxAttempts].
+// The sequential consumer never commits on a timer (no auto-commit), and
+// its rebalances wait until the records in hand are committed (AtMostOnce),
+// processed and committed (AtLeastOnce, a guard) or written to the sink, so
+// no partition changes owner with records in hand. Long retries therefore
+// delay its rebalances: keep the backoff maximum well below the group's
+// rebalance timeout, or use [kdeliver.WithMaxAttempts]. A concurrent
+// consumer commits on an interval and bounds the wait of a rebalance (see
+// Concurrency).
 //
 // # Lifecycle
 //
@@ -123,14 +125,79 @@
 //
 // # Concurrency
 //
-// The handler runs on Run's goroutine, one record at a time: records of a
-// partition in offset order, partitions of a batch one after another. A
-// slow or retried record holds up the whole batch. A [SinkConsumer] calls
-// the sink's Write once per partition of a batch, one after another, and
-// its Assign (from kgo's group goroutine) and Revoke between batches. The
-// methods of [Consumer] and [SinkConsumer] are safe for concurrent use; the
-// handler must not call Close and wait for it (Close waits for Run, which
-// waits for the handler).
+// Without [kdeliver.WithConcurrency] (and without a dead-letter topic or
+// [Consumer.RunBatch]) the handler runs on Run's goroutine, one record at a
+// time: records of a partition in offset order, partitions of a batch one
+// after another, and the offsets are committed after each poll. A slow or
+// retried record holds up the whole batch.
+//
+// kdeliver.WithConcurrency(n, order) runs up to n handlers at once in the
+// order's lanes; each lane runs one record at a time, in offset order:
+//
+//	| order                | lane                      | kept in order                         |
+//	|----------------------|---------------------------|---------------------------------------|
+//	| kdeliver.ByPartition | a partition               | each partition's records               |
+//	| kdeliver.ByKey       | a key of a partition      | each key's records (a nil key: none)  |
+//	| kdeliver.Unordered   | none                      | nothing                               |
+//
+// Whatever the order, a partition's committed offset never passes a record
+// whose handler has not succeeded (or been skipped or dead-lettered),
+// however many records after it finished: commits are gap-free. They are
+// made every commit interval ([WithCommitInterval], 1 s), when partitions
+// are revoked and when Run stops, not after each poll. After a crash the
+// group therefore delivers again the records finished since the last
+// commit (up to an interval's worth) plus those that were in flight; under
+// ByKey and Unordered that includes records that finished after a slow one
+// and before the crash. Under AtMostOnce each poll's records are committed
+// before they are handed over, as without concurrency: a crash loses the
+// records in flight and repeats none.
+//
+// The records polled and not yet done are bounded ([kdeliver.WithMaxInFlight],
+// by default max(64, 8n)): a poll takes only what fits, and a partition that
+// holds half the bound is paused (kgo.Client.PauseFetchPartitions) until
+// its handlers bring it below a quarter, so one slow partition or key does
+// not fill the bound for the others.
+//
+// Rebalances use kgo's cooperative-sticky balancer: only the partitions
+// that move are revoked. Their records not started are dropped, their
+// handlers in flight get up to the revoke timeout ([WithRevokeTimeout],
+// 10 s) to finish, and their finished prefix is committed before the
+// rebalance goes on; the rest is delivered to the new owner. The other
+// partitions' handlers keep running, though no new records are polled
+// until the rebalance is done. The revoke timeout is the longest a stuck
+// handler holds the group's rebalance; a handler still running after it is
+// not waited for, and its record's offset is never committed by this
+// consumer (the new owner handles it again).
+//
+// A failing record is retried with the backoff in its own lane (its
+// handler's worker waits; the other lanes go on), and the later records of
+// its lane wait behind it. After [kdeliver.WithMaxAttempts] attempts, with
+// [WithDeadLetterTopic], it is produced to the dead-letter topic with the
+// headers eos uses ([kdeliver.HeaderDLQTopic], partition, offset, attempts,
+// error, first failure) and its own key, value, headers and timestamp,
+// acknowledged by all in-sync replicas before the record counts as done: its
+// offset never commits before the dead letter is durable. A dead-letter
+// write that fails is retried with the backoff and holds back the commit of
+// that partition only. Without a dead-letter topic Run stops with a
+// [*kdeliver.HandlerError] once the records in flight finished, committing
+// the finished prefix, which ends before the failing record.
+//
+// [Consumer.RunBatch] hands a [BatchHandler] the records of one partition
+// from one poll, in offset order; batches of one partition run one at a
+// time, batches of different partitions concurrently, up to n. A batch is
+// done (and its offsets committable) when the handler returns nil, or
+// [Skip]; an error retries the whole batch with the backoff.
+//
+// A [SinkConsumer] stays sequential: its offsets live in the sink, written
+// in one sink transaction per partition batch, in offset order, so it
+// refuses WithConcurrency. It calls the sink's Write once per partition of a
+// batch, one after another, and its Assign (from kgo's group goroutine) and
+// Revoke between batches.
+//
+// The methods of [Consumer] and [SinkConsumer] are safe for concurrent use.
+// A handler given to a concurrent consumer must be safe for concurrent use
+// (a guard's is); it must not call Close and wait for it (Close waits for
+// Run, which waits for the handler).
 //
 // # Tracing
 //
