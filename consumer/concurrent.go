@@ -105,16 +105,20 @@ func (it *item) size() int {
 type partState struct {
 	tp        topicPart
 	offs      *inflight.Offsets
-	committed int64 // the offset last committed; -1 before any
-	inflight  int   // records handed over and not finished
+	committed int64         // the offset last committed; -1 before any
+	backlog   []*kgo.Record // polled, not yet handed to a lane
+	inflight  int           // records handed to lanes and not finished
+	hungry    bool          // in the engine's hungry queue
 	paused    bool
 	revoking  bool        // revoked: nothing more is dispatched
 	gone      atomic.Bool // revoked or lost: never committed again
 }
 
-// engine runs handlers concurrently: a poll loop dispatches records to
-// lanes, n workers run the lanes' items, and a committer commits each
-// partition's finished prefix on an interval.
+// engine runs handlers concurrently: a poll loop puts each partition's
+// records in its backlog and pauses the partition, the backlogs feed the
+// lanes (within the in-flight bound and each partition's share of it), n
+// workers run the lanes' items, and a committer commits each partition's
+// finished prefix on an interval.
 type engine struct {
 	r       *run
 	c       *Consumer
@@ -122,8 +126,8 @@ type engine struct {
 	bh      BatchHandler
 	n       int
 	order   kdeliver.Ordering
-	maxIn   int
-	pauseAt int // a partition with this many records in flight is paused
+	maxIn   int // records in lanes, all partitions
+	share   int // records in lanes, one partition
 	amo     bool
 	dlq     string
 	timeout *deadline.Timeouts // dead letters' delivery timeout
@@ -135,9 +139,10 @@ type engine struct {
 	head     int
 	lanes    *inflight.Lanes[laneKey, *item]
 	parts    map[topicPart]*partState
-	total    int  // records in flight, all partitions
-	stopping bool // no more polls
-	exiting  bool // workers exit once ready is empty
+	hungry   []*partState // partitions with a backlog, in turn
+	total    int          // records in lanes, all partitions
+	stopping bool         // no more polls
+	exiting  bool         // workers exit once nothing is left to run
 	fatal    error
 
 	cmu sync.Mutex // serializes commits
@@ -152,13 +157,19 @@ func newEngine(r *run, h Handler, bh BatchHandler) *engine {
 	}
 	e := &engine{
 		r: r, c: r.c, h: h, bh: bh, n: n,
-		order:   kdeliver.Ordering(hd.Order),
-		maxIn:   maxIn,
-		pauseAt: max(1, (maxIn+1)/2),
-		amo:     r.c.sem == kdeliver.AtMostOnce,
-		dlq:     r.c.cfg.deadLetter,
-		lanes:   inflight.NewLanes[laneKey, *item](),
-		parts:   map[topicPart]*partState{},
+		order: kdeliver.Ordering(hd.Order),
+		maxIn: maxIn,
+		share: maxIn,
+		amo:   r.c.sem == kdeliver.AtMostOnce,
+		dlq:   r.c.cfg.deadLetter,
+		lanes: inflight.NewLanes[laneKey, *item](),
+		parts: map[topicPart]*partState{},
+	}
+	if e.order == kdeliver.ByPartition || bh != nil {
+		// A partition runs one item at a time: more queued behind it
+		// than its share of the bound only keeps the bound from the
+		// other partitions.
+		e.share = max(1, maxIn/n)
 	}
 	if e.dlq != "" {
 		e.timeout = deadline.New(deadLetterTimeout)
@@ -174,12 +185,6 @@ func newEngine(r *run, h Handler, bh BatchHandler) *engine {
 func (e *engine) loop(runCtx, hardCtx context.Context) error {
 	pollCtx, cancelPoll := context.WithCancel(runCtx)
 	defer cancelPoll()
-	stopWake := context.AfterFunc(pollCtx, func() {
-		e.mu.Lock()
-		e.space.Broadcast()
-		e.mu.Unlock()
-	})
-	defer stopWake()
 	var workers sync.WaitGroup
 	for range e.n {
 		workers.Add(1)
@@ -199,15 +204,15 @@ func (e *engine) loop(runCtx, hardCtx context.Context) error {
 	var err error
 	for err == nil {
 		e.mu.Lock()
-		for e.total >= e.maxIn && !e.stopping && pollCtx.Err() == nil {
-			e.space.Wait()
-		}
-		budget, stopped := e.maxIn-e.total, e.stopping
+		stopped := e.stopping
 		e.mu.Unlock()
 		if stopped || pollCtx.Err() != nil {
 			break
 		}
-		fetches := e.r.cl.PollRecords(pollCtx, min(e.c.cfg.maxPoll, budget))
+		// Partitions with a backlog are paused, so a poll returns only
+		// records of partitions that need them (and of those paused
+		// while their records were already buffered, which kgo drops).
+		fetches := e.r.cl.PollRecords(pollCtx, e.c.cfg.maxPoll)
 		if pollCtx.Err() != nil {
 			// Records polled now are neither committed nor handled:
 			// the group delivers them again.
@@ -233,7 +238,7 @@ func (e *engine) loop(runCtx, hardCtx context.Context) error {
 			}
 		}
 		e.dispatch(fetches)
-		// The records are registered: a revoke now sees them in flight.
+		// The records are registered: a revoke now sees them.
 		e.r.cl.AllowRebalance()
 	}
 
@@ -259,8 +264,8 @@ func (e *engine) loop(runCtx, hardCtx context.Context) error {
 	return err
 }
 
-// dispatch registers the polled records and hands the runnable ones to
-// the workers.
+// dispatch puts the polled records in their partitions' backlogs, pauses
+// those partitions, and feeds the lanes.
 func (e *engine) dispatch(fetches kgo.Fetches) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
@@ -275,36 +280,19 @@ func (e *engine) dispatch(fetches kgo.Fetches) {
 			ps = &partState{tp: k, offs: inflight.NewOffsets(), committed: -1}
 			e.parts[k] = ps
 		}
-		if e.bh != nil {
-			recs := make([]*kgo.Record, 0, len(p.Records))
-			for _, rec := range p.Records {
-				if e.amo || ps.offs.Add(rec.Offset, rec.LeaderEpoch) {
-					recs = append(recs, rec)
-				}
-			}
-			if len(recs) > 0 {
-				ps.inflight += len(recs)
-				e.total += len(recs)
-				e.push(&item{recs: recs, ps: ps, key: laneKey{tp: k}, laned: true})
-			}
-		} else {
-			for _, rec := range p.Records {
-				if !e.amo && !ps.offs.Add(rec.Offset, rec.LeaderEpoch) {
-					continue // a redelivery of a record in flight
-				}
-				it := &item{rec: rec, ps: ps}
-				switch {
-				case e.order == kdeliver.ByPartition:
-					it.key, it.laned = laneKey{tp: k}, true
-				case e.order == kdeliver.ByKey && rec.Key != nil:
-					it.key, it.laned = laneKey{tp: k, key: string(rec.Key)}, true
-				}
-				ps.inflight++
-				e.total++
-				e.push(it)
-			}
+		for _, rec := range p.Records {
+			if e.amo || ps.offs.Add(rec.Offset, rec.LeaderEpoch) {
+				ps.backlog = append(ps.backlog, rec)
+			} // else a redelivery of a record in flight
 		}
-		if ps.inflight >= e.pauseAt && !ps.paused {
+		if len(ps.backlog) == 0 {
+			return
+		}
+		if !ps.hungry {
+			ps.hungry = true
+			e.hungry = append(e.hungry, ps)
+		}
+		if !ps.paused {
 			ps.paused = true
 			if pause == nil {
 				pause = map[string][]int32{}
@@ -316,8 +304,68 @@ func (e *engine) dispatch(fetches kgo.Fetches) {
 		e.r.cl.PauseFetchPartitions(pause)
 		e.c.pauses.Add(1)
 	}
+	e.feed()
+}
+
+// feed moves records from the backlogs to the lanes, partition after
+// partition, while the bound and each partition's share allow, and resumes
+// fetching a partition whose backlog runs low. e.mu is held.
+func (e *engine) feed() {
+	var resume map[string][]int32
+	for turns := len(e.hungry); turns > 0 && e.total < e.maxIn && len(e.hungry) > 0; turns-- {
+		ps := e.hungry[0]
+		e.hungry[0] = nil
+		e.hungry = e.hungry[1:]
+		if ps.revoking || ps.gone.Load() || len(ps.backlog) == 0 {
+			ps.hungry, ps.backlog = false, nil
+			continue
+		}
+		room := min(e.share-ps.inflight, e.maxIn-e.total, len(ps.backlog))
+		if room > 0 {
+			e.hand(ps, ps.backlog[:room:room])
+			clear(ps.backlog[:room])
+			ps.backlog = ps.backlog[room:]
+			turns = len(e.hungry) + 1 // progress: another round
+		}
+		if len(ps.backlog) == 0 {
+			ps.hungry, ps.backlog = false, nil
+		} else {
+			e.hungry = append(e.hungry, ps)
+		}
+		if ps.paused && len(ps.backlog) < e.share {
+			// Fetch more while the lanes still hold records.
+			ps.paused = false
+			if resume == nil {
+				resume = map[string][]int32{}
+			}
+			resume[ps.tp.topic] = append(resume[ps.tp.topic], ps.tp.part)
+		}
+	}
+	if resume != nil {
+		e.r.cl.ResumeFetchPartitions(resume)
+	}
 	if int64(e.total) > e.c.inFlightPeak.Load() {
 		e.c.inFlightPeak.Store(int64(e.total))
+	}
+}
+
+// hand puts recs (of ps, in offset order) in their lanes. e.mu is held.
+func (e *engine) hand(ps *partState, recs []*kgo.Record) {
+	ps.inflight += len(recs)
+	e.total += len(recs)
+	if e.bh != nil {
+		e.push(&item{recs: append([]*kgo.Record(nil), recs...), ps: ps, key: laneKey{tp: ps.tp}, laned: true})
+		return
+	}
+	for _, rec := range recs {
+		it := &item{rec: rec, ps: ps}
+		switch {
+		case e.order == kdeliver.ByPartition:
+			it.key, it.laned = laneKey{tp: ps.tp}, true
+		case e.order == kdeliver.ByKey && rec.Key != nil:
+			it.key, it.laned = laneKey{tp: ps.tp, key: string(rec.Key)}, true
+		}
+		e.push(it)
 	}
 }
 
@@ -330,12 +378,15 @@ func (e *engine) push(it *item) {
 	e.work.Signal()
 }
 
+// drained reports whether nothing is left to run. e.mu is held.
+func (e *engine) drained() bool { return e.total == 0 && len(e.hungry) == 0 }
+
 // worker runs ready items until the engine exits.
 func (e *engine) worker(runCtx, hardCtx context.Context, stopPoll context.CancelFunc) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	for {
-		for e.head == len(e.ready) && !e.exiting {
+		for e.head == len(e.ready) && !(e.exiting && e.drained()) {
 			e.work.Wait()
 		}
 		if e.head == len(e.ready) {
@@ -366,7 +417,8 @@ func (e *engine) worker(runCtx, hardCtx context.Context, stopPoll context.Cancel
 }
 
 // finish ends it: its records are no longer in flight, done ones count
-// for the commit, and its lane's next item may run. e.mu is held.
+// for the commit, its lane's next item may run, and the backlogs feed the
+// room it leaves. e.mu is held.
 func (e *engine) finish(it *item, done bool) {
 	ps := it.ps
 	n := it.size()
@@ -387,25 +439,32 @@ func (e *engine) finish(it *item, done bool) {
 			e.work.Signal()
 		}
 	}
-	if ps.paused && ps.inflight < max(1, e.pauseAt/2) {
-		ps.paused = false
-		e.r.cl.ResumeFetchPartitions(map[string][]int32{ps.tp.topic: {ps.tp.part}})
+	if !e.stopping || (e.amo && !e.r.crashed.Load()) {
+		e.feed()
+	}
+	if e.exiting && e.drained() {
+		e.work.Broadcast()
 	}
 	e.space.Broadcast()
 }
 
-// dropAll drops every item not started. e.mu is held.
+// dropAll drops every record not started. e.mu is held.
 func (e *engine) dropAll() {
+	for _, ps := range e.hungry {
+		ps.hungry, ps.backlog = false, nil
+	}
+	clear(e.hungry)
+	e.hungry = e.hungry[:0]
 	for _, it := range e.lanes.Drop(func(laneKey) bool { return true }) {
 		e.release(it)
 	}
-	for _, it := range e.ready[e.head:] {
+	ready := e.ready[e.head:]
+	e.ready, e.head = nil, 0
+	for _, it := range ready {
 		// The lane of a ready item is running it: free the lane (its
 		// queue was just dropped).
 		e.finish(it, false)
 	}
-	clear(e.ready)
-	e.ready, e.head = e.ready[:0], 0
 }
 
 // release forgets an item dropped from its lane's queue. e.mu is held.
@@ -679,6 +738,9 @@ func (e *engine) revoke(ctx context.Context, parts map[string][]int32, lost bool
 	}
 	if resume != nil {
 		e.r.cl.ResumeFetchPartitions(resume)
+	}
+	for _, st := range set {
+		st.backlog = nil // feed drops it from the hungry queue
 	}
 	for _, it := range e.lanes.Drop(func(k laneKey) bool { _, ok := set[k.tp]; return ok }) {
 		e.release(it)

@@ -134,11 +134,11 @@
 // kdeliver.WithConcurrency(n, order) runs up to n handlers at once in the
 // order's lanes; each lane runs one record at a time, in offset order:
 //
-//	| order                | lane                      | kept in order                         |
-//	|----------------------|---------------------------|---------------------------------------|
-//	| kdeliver.ByPartition | a partition               | each partition's records               |
-//	| kdeliver.ByKey       | a key of a partition      | each key's records (a nil key: none)  |
-//	| kdeliver.Unordered   | none                      | nothing                               |
+//	| order                | lane                      | kept in order                        |
+//	|----------------------|---------------------------|--------------------------------------|
+//	| kdeliver.ByPartition | a partition               | each partition's records             |
+//	| kdeliver.ByKey       | a key of a partition      | each key's records (a nil key: none) |
+//	| kdeliver.Unordered   | none                      | nothing                              |
 //
 // Whatever the order, a partition's committed offset never passes a record
 // whose handler has not succeeded (or been skipped or dead-lettered),
@@ -152,11 +152,15 @@
 // before they are handed over, as without concurrency: a crash loses the
 // records in flight and repeats none.
 //
-// The records polled and not yet done are bounded ([kdeliver.WithMaxInFlight],
-// by default max(64, 8n)): a poll takes only what fits, and a partition that
-// holds half the bound is paused (kgo.Client.PauseFetchPartitions) until
-// its handlers bring it below a quarter, so one slow partition or key does
-// not fill the bound for the others.
+// The records in the lanes (running or queued behind a running one) are
+// bounded ([kdeliver.WithMaxInFlight], by default max(64, 8n)); under
+// ByPartition (and for batches) each partition gets at most its share of
+// the bound, bound/n, so one slow partition cannot hold the bound from the
+// others. A poll's records of a partition wait in that partition's backlog
+// until the lanes have room, and a partition with a backlog is paused
+// (kgo.Client.PauseFetchPartitions) until its backlog is below its share:
+// what is held in memory is at most, per partition, its share plus one
+// poll ([WithMaxPollRecords]), never an unbounded buffer.
 //
 // Rebalances use kgo's cooperative-sticky balancer: only the partitions
 // that move are revoked. Their records not started are dropped, their
