@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kgo"
@@ -25,18 +26,34 @@ func (l *loop) handle(ctx context.Context, t *txn, r *kgo.Record) {
 		t.replace = true
 		return
 	}
+	pctx, span := l.processSpan(t, r)
+	defer span.End()
+	began := time.Now()
+	out, err := l.seq.call(pctx, r)
+	l.settle(ctx, t, r, pctx, span, time.Since(began), out, err)
+}
+
+// processSpan returns the handler's ctx for r and its process span (a no-op
+// span when tracing is off). It is safe for concurrent use.
+func (l *loop) processSpan(t *txn, r *kgo.Record) (context.Context, trace.Span) {
 	pctx, span := l.hctx, trace.SpanFromContext(context.Background()) // a no-op span
 	if t.span.IsRecording() {                                         // tracing is on: skip the per-record work otherwise
 		if sc := trace.SpanContextFromContext(r.Context); sc.IsValid() {
 			t.span.AddLink(trace.Link{SpanContext: sc})
 		}
-		_, span = s.kotel.WithProcessSpan(r)
-		defer span.End()
+		_, span = l.s.kotel.WithProcessSpan(r)
 		pctx = trace.ContextWithSpan(l.hctx, span)
 	}
-	began := time.Now()
-	out, err := l.call(pctx, r)
-	if took := time.Since(began); took > t.slowestTook {
+	return pctx, span
+}
+
+// settle acts on the outcome of r's handler call, which took took: it
+// produces r's outputs, or counts the failure and aborts, dead-letters or
+// stops. It reports whether r is done (its outputs, or its dead letter, are
+// in t). Concurrent handlers call it one at a time.
+func (l *loop) settle(ctx context.Context, t *txn, r *kgo.Record, pctx context.Context, span trace.Span, took time.Duration, out []*kgo.Record, err error) bool {
+	s := l.s
+	if took > t.slowestTook {
 		t.slowest, t.slowestTook = recordKey{r.Topic, r.Partition, r.Offset}, took
 	}
 	if err == nil {
@@ -51,7 +68,7 @@ func (l *loop) handle(ctx context.Context, t *txn, r *kgo.Record) {
 			}
 			l.produce(t, o)
 		}
-		return
+		return true
 	}
 	span.RecordError(err)
 	span.SetStatus(codes.Error, "handler failed")
@@ -59,20 +76,25 @@ func (l *loop) handle(ctx context.Context, t *txn, r *kgo.Record) {
 		// A simulated crash is a crash even while Run stops: taken for
 		// the stop, the crash a test planned would not happen.
 		t.crashed = err
-		return
+		return false
 	}
 	if ctx.Err() != nil {
 		// Run is stopping: no attempt counted; the record is handled
 		// again by whoever reads the partition next.
 		t.cutAt(r)
-		return
+		return false
 	}
 	k := recordKey{r.Topic, r.Partition, r.Offset}
 	a := l.attempts[k]
 	if a.n == 0 {
 		a.first = time.Now()
 	}
-	a.n++
+	if s.hd.MaxAttempts == 0 || a.n < s.hd.MaxAttempts {
+		// Concurrently, a record already dead-lettered in a transaction
+		// that another record's failure aborted keeps its count (see
+		// below): it is not retried again.
+		a.n++
+	}
 	l.attempts[k] = a
 	n := a.n
 	switch {
@@ -81,40 +103,72 @@ func (l *loop) handle(ctx context.Context, t *txn, r *kgo.Record) {
 		t.abort(reasonHandler)
 	case s.cfg.deadLetter != "":
 		s.log.Warn("eos: handler failed for the last time; dead-lettering the record", "topic", r.Topic, "partition", r.Partition, "offset", r.Offset, "attempts", n, "err", err)
-		delete(l.attempts, k)
+		if l.seq != nil {
+			delete(l.attempts, k)
+		}
+		// Concurrently the count stays until the transaction commits
+		// (end clears it): another record's failure may abort this
+		// transaction, and two records forgetting their counts in turn
+		// would abort every transaction for ever.
 		t.records++
 		t.dlq++
 		l.produce(t, deadLetter(pctx, s.cfg.deadLetter, r, a, err))
+		return true
 	default:
 		t.abort(reasonStop)
-		t.fatal = &kdeliver.HandlerError{Record: r, Attempts: n, Err: err}
+		if t.fatal == nil {
+			t.fatal = &kdeliver.HandlerError{Record: r, Attempts: n, Err: err}
+		}
 	}
+	return false
+}
+
+// caller calls the handler on one goroutine, collecting what it emits:
+// the sequential loop has one, each concurrent handler goroutine its own.
+type caller struct {
+	l        *loop
+	mu       sync.Mutex // emit may be called from goroutines the handler starts
+	out      []*kgo.Record
+	emit     func(*kgo.Record)
+	handling bool
+}
+
+func newCaller(l *loop) *caller {
+	c := &caller{l: l}
+	c.emit = func(o *kgo.Record) {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		if !c.handling {
+			panic("eos: emit called after the handler returned")
+		}
+		c.out = append(c.out, o)
+	}
+	return c
 }
 
 // call runs the handler, turning a panic into an error and checking the
-// emitted records.
-func (l *loop) call(ctx context.Context, r *kgo.Record) (out []*kgo.Record, err error) {
-	if l.emit == nil {
-		l.emit = func(o *kgo.Record) {
-			if !l.handling {
-				panic("eos: emit called after the handler returned")
-			}
-			l.out = append(l.out, o)
-		}
-	}
-	clear(l.out)
-	l.out = l.out[:0]
-	l.handling = true
+// emitted records. The records returned are valid until the next call.
+func (c *caller) call(ctx context.Context, r *kgo.Record) (out []*kgo.Record, err error) {
+	l := c.l
+	c.mu.Lock()
+	clear(c.out)
+	c.out = c.out[:0]
+	c.handling = true
+	c.mu.Unlock()
 	defer func() {
-		l.handling = false
+		c.mu.Lock()
+		c.handling = false
+		c.mu.Unlock()
 		if v := recover(); v != nil {
 			out, err = nil, fmt.Errorf("%w: %v", kdeliver.ErrPanic, v)
 		}
 	}()
-	if err = l.h(ctx, r, l.emit); err != nil {
+	if err = l.h(ctx, r, c.emit); err != nil {
 		return nil, err
 	}
-	for _, o := range l.out {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, o := range c.out {
 		if o == nil {
 			return nil, errors.New("emitted a nil record")
 		}
@@ -125,7 +179,7 @@ func (l *loop) call(ctx context.Context, r *kgo.Record) (out []*kgo.Record, err 
 			o.Topic = l.s.cfg.outputTopic
 		}
 	}
-	return l.out, nil
+	return c.out, nil
 }
 
 // outputContext is the context of the records emitted for in: the trace,
@@ -147,23 +201,28 @@ func (l *loop) outputContext(t *txn, pctx context.Context, in *kgo.Record) conte
 // Timestamp (which an output or dead letter may copy from an old input).
 func (l *loop) produce(t *txn, r *kgo.Record) {
 	if t.promise == nil {
-		t.promise = func(r *kgo.Record, err error) {
-			if err != nil {
-				err = deadline.Err(r, err)
-				t.prodMu.Lock()
-				if t.prodErr == nil {
-					t.prodErr, t.prodTopic = err, r.Topic
-				}
-				t.prodMu.Unlock()
-			}
-			deadline.Detach(r)
-		}
+		t.makePromise()
 	}
 	if t.firstOut.IsZero() {
 		t.firstOut = time.Now()
 	}
 	l.s.timeouts.Attach(context.Background(), r)
 	t.sess.Produce(context.Background(), r, t.promise)
+}
+
+// makePromise makes t's promise: the first failure of an output is kept.
+func (t *txn) makePromise() {
+	t.promise = func(r *kgo.Record, err error) {
+		if err != nil {
+			err = deadline.Err(r, err)
+			t.prodMu.Lock()
+			if t.prodErr == nil {
+				t.prodErr, t.prodTopic = err, r.Topic
+			}
+			t.prodMu.Unlock()
+		}
+		deadline.Detach(r)
+	}
 }
 
 // deadLetter is the copy of r for the dead-letter topic, with where it came

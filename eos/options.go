@@ -147,5 +147,6 @@ func (c *config) validate(ps interface{ Add(bool, string) }) {
 	ps.Add(c.txnTimeout < time.Second, fmt.Sprintf("transaction timeout %v is below Kafka's 1s minimum", c.txnTimeout))
 	ps.Add(c.txnTimeout >= c.sessionTimeout, fmt.Sprintf("transaction timeout %v must be below the session timeout %v, or a member the group dropped could still commit: lower WithTransactionTimeout or raise WithSessionTimeout", c.txnTimeout, c.sessionTimeout))
 	ps.Add(c.commitInterval > 0 && c.txnTimeout > 0 && c.commitInterval*2 > c.txnTimeout, fmt.Sprintf("commit interval %v leaves no margin below the transaction timeout %v: keep it under half", c.commitInterval, c.txnTimeout))
+	ps.Add(c.t.Handling.MaxInFlight > 0 && c.t.Handling.Concurrency <= 1, "kdeliver.WithMaxInFlight bounds the records of concurrent handlers, and this session handles one record at a time: add kdeliver.WithConcurrency(n > 1, order) or remove it")
 	ps.Add(c.deadLetter != "" && c.t.Handling.MaxAttempts == 0, "WithDeadLetterTopic needs kdeliver.WithMaxAttempts(n): after how many attempts a record goes to the dead-letter topic")
 }

@@ -305,6 +305,9 @@ func (s *Session) Run(ctx context.Context, h Handler) error {
 	}()
 	l := &loop{s: s, h: h, hctx: hctx, attempts: map[recordKey]attempts{}, bo: s.newBackoff(), recreateBo: s.newBackoff(),
 		missing: map[string]time.Time{}}
+	if s.hd.Concurrency <= 1 {
+		l.seq = newCaller(l)
+	}
 	return l.run(ctx)
 }
 

@@ -61,11 +61,9 @@ type loop struct {
 	// missing holds output topics that produces found unknown, since when.
 	missing map[string]time.Time
 	checked bool // the brokers and topics were found ready in this Run
-	// out collects what the handler emits; emit appends to it while
-	// handling is set. Both are reused for every record.
-	out      []*kgo.Record
-	emit     func(*kgo.Record)
-	handling bool
+	// seq calls the handler of the sequential loop; nil when handlers run
+	// concurrently (kdeliver.WithConcurrency, see concurrent.go).
+	seq *caller
 	// runTrace is Run's ctx without its cancellation when it carries a
 	// span, else nil: the context of output records when tracing is off
 	// and the input record carries no trace of its own.
@@ -140,7 +138,11 @@ func (l *loop) run(ctx context.Context) error {
 func (l *loop) transaction(ctx context.Context, c *client) error {
 	s := l.s
 	sess := c.gts
-	fs := sess.PollRecords(ctx, s.cfg.commitRecords)
+	limit := s.cfg.commitRecords
+	if l.seq == nil {
+		limit = -1 // every buffered record: see concurrent.go
+	}
+	fs := sess.PollRecords(ctx, limit)
 	if fs.IsClientClosed() {
 		return nil
 	}
@@ -172,7 +174,10 @@ func (l *loop) transaction(ctx context.Context, c *client) error {
 		trace.WithAttributes(attribute.String("messaging.system", "kafka"), attribute.String("eos.transactional_id", s.txnID)))
 
 	deadline := t.begun.Add(s.cfg.commitInterval)
-	for {
+	if l.seq == nil {
+		l.handleConcurrently(ctx, t, fs, deadline)
+	}
+	for l.seq != nil {
 		l.handleAll(ctx, t, fs, deadline)
 		if t.reason != "" || t.crashed != nil || t.cut != nil || t.records >= s.cfg.commitRecords || !time.Now().Before(deadline) {
 			break
@@ -230,7 +235,7 @@ func (l *loop) handleAll(ctx context.Context, t *txn, fs kgo.Fetches, deadline t
 }
 
 // cutAt notes that r and the records after it in its partition are not
-// handled in this transaction.
+// handled in this transaction (the lowest such record of a partition wins).
 func (t *txn) cutAt(r *kgo.Record) {
 	if t.cut == nil {
 		t.cut = map[string]map[int32]kgo.EpochOffset{}
@@ -240,7 +245,7 @@ func (t *txn) cutAt(r *kgo.Record) {
 		ps = map[int32]kgo.EpochOffset{}
 		t.cut[r.Topic] = ps
 	}
-	if _, ok := ps[r.Partition]; !ok {
+	if eo, ok := ps[r.Partition]; !ok || r.Offset < eo.Offset {
 		ps[r.Partition] = kgo.EpochOffset{Epoch: r.LeaderEpoch, Offset: r.Offset}
 	}
 }
