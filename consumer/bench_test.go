@@ -35,6 +35,14 @@ func BenchmarkRun(b *testing.B) {
 			c := mustNew(b, cl, "g", kdeliver.AtLeastOnce)
 			return func(ctx context.Context) error { return c.Run(ctx, countHandler(done)) }
 		}},
+		{"at-least-once by-key 8", func(b *testing.B, cl *kdelivertest.Cluster, done func(int)) func(context.Context) error {
+			c := mustNew(b, cl, "g", kdeliver.AtLeastOnce, kdeliver.WithConcurrency(8, kdeliver.ByKey))
+			return func(ctx context.Context) error { return c.Run(ctx, countHandler(done)) }
+		}},
+		{"at-least-once by-partition 3", func(b *testing.B, cl *kdelivertest.Cluster, done func(int)) func(context.Context) error {
+			c := mustNew(b, cl, "g", kdeliver.AtLeastOnce, kdeliver.WithConcurrency(3, kdeliver.ByPartition))
+			return func(ctx context.Context) error { return c.Run(ctx, countHandler(done)) }
+		}},
 		{"exactly-once guard memory", func(b *testing.B, cl *kdelivertest.Cluster, done func(int)) func(context.Context) error {
 			c := mustNewWithGuard(b, cl, "g", newGuard(b, dedup.NewMemory(1<<21)))
 			return func(ctx context.Context) error { return c.Run(ctx, countHandler(done)) }

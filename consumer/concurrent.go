@@ -209,9 +209,9 @@ func (e *engine) loop(runCtx, hardCtx context.Context) error {
 		if stopped || pollCtx.Err() != nil {
 			break
 		}
-		// Partitions with a backlog are paused, so a poll returns only
-		// records of partitions that need them (and of those paused
-		// while their records were already buffered, which kgo drops).
+		// Partitions with a deep backlog are paused, so a poll returns
+		// records of the partitions that need them.
+		e.pauseFull(pollCtx)
 		fetches := e.r.cl.PollRecords(pollCtx, e.c.cfg.maxPoll)
 		if pollCtx.Err() != nil {
 			// Records polled now are neither committed nor handled:
@@ -269,7 +269,6 @@ func (e *engine) loop(runCtx, hardCtx context.Context) error {
 func (e *engine) dispatch(fetches kgo.Fetches) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	var pause map[string][]int32
 	fetches.EachPartition(func(p kgo.FetchTopicPartition) {
 		if len(p.Records) == 0 {
 			return
@@ -292,19 +291,64 @@ func (e *engine) dispatch(fetches kgo.Fetches) {
 			ps.hungry = true
 			e.hungry = append(e.hungry, ps)
 		}
-		if !ps.paused {
-			ps.paused = true
-			if pause == nil {
-				pause = map[string][]int32{}
-			}
-			pause[k.topic] = append(pause[k.topic], k.part)
-		}
 	})
+	e.feed()
+}
+
+// pauseFull pauses the partitions whose backlog is still a share deep when
+// the next poll is made (after up to pauseDelay for the lanes to take it):
+// kgo would hand out more of their records before any other partition's.
+// It is done before a poll, not when records arrive, because kgo drops what
+// it buffered for a paused partition (and fetches it again on resume): a
+// partition whose lanes take its backlog quickly is never paused.
+// Partitions are resumed by feed, once their backlog runs low.
+func (e *engine) pauseFull(ctx context.Context) {
+	e.mu.Lock()
+	if e.deep() {
+		// Give the lanes a moment to take the backlogs: pausing costs a
+		// refetch, and fast handlers drain a poll's records at once.
+		wake := time.AfterFunc(pauseDelay, func() {
+			e.mu.Lock()
+			e.space.Broadcast()
+			e.mu.Unlock()
+		})
+		end := time.Now().Add(pauseDelay)
+		for e.deep() && !e.stopping && ctx.Err() == nil && time.Now().Before(end) {
+			e.space.Wait()
+		}
+		wake.Stop()
+	}
+	var pause map[string][]int32
+	for _, ps := range e.hungry {
+		if ps.paused || ps.revoking || ps.gone.Load() || len(ps.backlog) < e.share {
+			continue
+		}
+		ps.paused = true
+		if pause == nil {
+			pause = map[string][]int32{}
+		}
+		pause[ps.tp.topic] = append(pause[ps.tp.topic], ps.tp.part)
+	}
+	e.mu.Unlock()
 	if pause != nil {
 		e.r.cl.PauseFetchPartitions(pause)
 		e.c.pauses.Add(1)
 	}
-	e.feed()
+}
+
+// pauseDelay is how long a poll waits for the lanes to take a backlog a
+// share deep before it pauses the partition.
+const pauseDelay = 5 * time.Millisecond
+
+// deep reports whether a partition not paused has a backlog a share deep.
+// e.mu is held.
+func (e *engine) deep() bool {
+	for _, ps := range e.hungry {
+		if !ps.paused && !ps.revoking && !ps.gone.Load() && len(ps.backlog) >= e.share {
+			return true
+		}
+	}
+	return false
 }
 
 // feed moves records from the backlogs to the lanes, partition after

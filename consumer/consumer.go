@@ -11,6 +11,7 @@ import (
 
 	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/plugin/kotel"
+	"go.opentelemetry.io/otel"
 
 	"github.com/kdeliver/kdeliver"
 	"github.com/kdeliver/kdeliver/dedup"
@@ -66,6 +67,7 @@ type Consumer struct {
 	hd      shared.Handling
 	kopts   []kgo.Opt // the client's options, but for the per-Run callbacks and root context
 	tracer  *kotel.Tracer
+	spans   *spanGate // whether a record's process span can be seen
 	log     *slog.Logger
 	guard   *dedup.Guard // NewWithGuard
 	sink    Sink         // NewWithSink
@@ -171,6 +173,11 @@ func newConsumer(what string, brokers []string, group string, topics []string, s
 	}
 	base, tracer := preset.Base(&cfg.t.Shared, group)
 	c.tracer = tracer
+	if tp := cfg.t.Shared.TracerProvider; tp != nil {
+		c.spans = newSpanGate(tp, false)
+	} else {
+		c.spans = newSpanGate(otel.GetTracerProvider(), true)
+	}
 	c.kopts = append(base, kgo.SeedBrokers(brokers...))
 	c.kopts = append(c.kopts, pc.Opts()...)
 	// Rebalances wait until a polled batch is committed (AtMostOnce) or
@@ -251,11 +258,14 @@ func (c *Consumer) Semantics() kdeliver.Semantics { return c.sem }
 // exist, and returns an error matching [kdeliver.ErrUnreachable] or
 // [kdeliver.ErrTopicNotFound] that names what is missing.
 //
-// When ctx is cancelled Run finishes the record in hand (AtMostOnce: the rest
-// of the batch too, since its offsets are committed already), commits what
+// When ctx is cancelled Run finishes the record in hand (with
+// [kdeliver.WithConcurrency]: the records in hand; AtMostOnce: the rest of
+// the batch too, since its offsets are committed already), commits what
 // the semantics allows, leaves the group, closes its client and returns
 // nil. It returns a [*kdeliver.HandlerError] when a record failed
-// [kdeliver.WithMaxAttempts] times.
+// [kdeliver.WithMaxAttempts] times (and no dead-letter topic was set).
+// With a dead-letter topic ([WithDeadLetterTopic]) Run also waits for that
+// topic to exist before reading.
 func (c *Consumer) Run(ctx context.Context, h Handler) error {
 	if h == nil {
 		return fmt.Errorf("%w: consumer: Run needs a handler", kdeliver.ErrInvalidConfig)
@@ -302,7 +312,13 @@ func (c *Consumer) run(ctx context.Context, h Handler, bh BatchHandler) error {
 	r.cl = cl
 	r.clp.Store(cl)
 	c.log.Info("consumer running")
-	if err := ready.Wait(runCtx, cl, c.brokers, c.topics, c.hd.Start(), c.log); err != nil {
+	topics := c.topics
+	if c.cfg.deadLetter != "" {
+		// A dead letter to a missing topic would hold its partition's
+		// commit back for ever: fail at the start instead.
+		topics = append(topics[:len(topics):len(topics)], c.cfg.deadLetter)
+	}
+	if err := ready.Wait(runCtx, cl, c.brokers, topics, c.hd.Start(), c.log); err != nil {
 		kill()
 		cl.Close()
 		if runCtx.Err() != nil {

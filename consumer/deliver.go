@@ -11,6 +11,7 @@ import (
 
 	"github.com/cenkalti/backoff/v4"
 	"github.com/twmb/franz-go/pkg/kgo"
+	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/trace"
 
@@ -189,6 +190,15 @@ func (r *run) retry(runCtx, hardCtx context.Context, rec *kgo.Record, what strin
 
 // call runs h once in a process span, turning a panic into an error.
 func (r *run) call(ctx context.Context, h Handler, rec *kgo.Record, attempt int) (err error) {
+	if !r.c.spans.needed(rec) {
+		defer func() {
+			if v := recover(); v != nil {
+				r.c.log.Error("handler panicked", "topic", rec.Topic, "partition", rec.Partition, "offset", rec.Offset, "panic", fmt.Sprint(v), "stack", string(debug.Stack()))
+				err = fmt.Errorf("%w: %v", kdeliver.ErrPanic, v)
+			}
+		}()
+		return h(ctx, rec)
+	}
 	_, span := r.c.tracer.WithProcessSpan(rec)
 	defer func() {
 		if v := recover(); v != nil {
@@ -205,4 +215,30 @@ func (r *run) call(ctx context.Context, h Handler, rec *kgo.Record, attempt int)
 		span.AddEvent("retry")
 	}
 	return h(trace.ContextWithSpan(ctx, span), rec)
+}
+
+// spanGate says whether a record's "process" span can be seen by anyone:
+// kotel makes one (and a context for it) for every record, which costs a
+// good part of a cheap handler's time when no OpenTelemetry SDK is set up
+// (the provider's spans are not valid) and the record carries no trace to
+// pass on. A global provider set after the consumer was built is noticed.
+type spanGate struct {
+	recording bool                 // the provider makes valid spans
+	global    trace.TracerProvider // the unset global provider, nil if not global
+}
+
+func newSpanGate(tp trace.TracerProvider, global bool) *spanGate {
+	// An SDK's span is valid even when not sampled; the probe span is not
+	// ended, so it is never exported.
+	_, probe := tp.Tracer("github.com/kdeliver/kdeliver").Start(context.Background(), "kdeliver probe")
+	g := &spanGate{recording: probe.SpanContext().IsValid()}
+	if global && !g.recording {
+		g.global = tp
+	}
+	return g
+}
+
+func (g *spanGate) needed(rec *kgo.Record) bool {
+	return g == nil || g.recording || (g.global != nil && otel.GetTracerProvider() != g.global) ||
+		trace.SpanContextFromContext(rec.Context).IsValid()
 }
