@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -645,5 +646,58 @@ func TestRunBatch(t *testing.T) {
 	}
 	if d := l2.distinct(); d != 30 {
 		t.Fatalf("the second RunBatch handled %d records, want the 30 new ones", d)
+	}
+}
+
+// TestConcurrentDeadLetterTopicMissing: Run waits for the dead-letter topic
+// as for its input topics, and fails naming it.
+func TestConcurrentDeadLetterTopicMissing(t *testing.T) {
+	cl := newCluster(t, 1)
+	c := mustNew(t, cl, "g", kdeliver.AtLeastOnce, kdeliver.WithMaxAttempts(2), WithDeadLetterTopic("no-such-dlq"), kdeliver.WithStartTimeout(500*time.Millisecond))
+	err := start(c, recordAll(newLedger())).wait(t)
+	if !errors.Is(err, kdeliver.ErrTopicNotFound) || !strings.Contains(err.Error(), "no-such-dlq") {
+		t.Fatalf("Run = %v, want ErrTopicNotFound naming no-such-dlq", err)
+	}
+}
+
+// TestConcurrentGuardCrash: a guarded exactly-once consumer with eight
+// handlers by key crashes with many records handled and not committed (no
+// commit on the interval); a second one gets them again and the guard
+// skips them: each side effect once.
+func TestConcurrentGuardCrash(t *testing.T) {
+	cl := newCluster(t, 3)
+	const n, at = 300, 150
+	produce(t, cl, 0, n)
+	guard := newGuard(t, dedup.NewMemory(10_000))
+	effects := newLedger()
+	var calls atomic.Int64
+	c1 := mustNewWithGuard(t, cl, "g", guard, kdeliver.WithConcurrency(8, kdeliver.ByKey), WithCommitInterval(time.Hour))
+	err := start(c1, func(_ context.Context, rec *kgo.Record) error {
+		if calls.Add(1) == at {
+			return crash.ErrCrash // before the side effect
+		}
+		effects.add(rec)
+		return nil
+	}).wait(t)
+	if !errors.Is(err, crash.ErrCrash) {
+		t.Fatalf("Run = %v, want the crash", err)
+	}
+	if got := sumCommitted(cl, "g"); got != 0 {
+		t.Fatalf("committed %d records before the crash, want none (no interval commit)", got)
+	}
+	before := effects.distinct()
+	c2 := mustNewWithGuard(t, cl, "g", guard, kdeliver.WithConcurrency(8, kdeliver.ByKey), fastCommits())
+	r := start(c2, func(_ context.Context, rec *kgo.Record) error { effects.add(rec); return nil })
+	waitFor(t, "commit to the end", func() bool { return sumCommitted(cl, "g") == n })
+	if err := r.stop(t); err != nil {
+		t.Fatal(err)
+	}
+	lost, dups := effects.count(n)
+	t.Logf("%d side effects before the crash; lost %d, duplicated %d", before, lost, dups)
+	if before < at-1 {
+		t.Fatalf("%d side effects before the crash, want at least %d", before, at-1)
+	}
+	if lost != 0 || dups != 0 {
+		t.Fatalf("lost %d, duplicated %d", lost, dups)
 	}
 }
