@@ -21,8 +21,11 @@ import (
 	"github.com/kdeliver/kdeliver/internal/shared"
 )
 
-// BatchHandler processes the records of one partition from one poll, in
-// offset order ([Consumer.RunBatch]). Its return value drives the commit of
+// BatchHandler processes consecutive records of one partition, in offset
+// order ([Consumer.RunBatch]): what the partition's backlog holds (one or
+// more polls' records), up to the partition's share of the in-flight bound
+// ([kdeliver.WithMaxInFlight] divided by [kdeliver.WithConcurrency]'s n; 64
+// records by default for n = 1): raise the bound for larger batches. Its return value drives the commit of
 // the whole batch: nil marks every record done; an error retries the whole
 // batch with the backoff ([kdeliver.WithBackoff]) until it succeeds or
 // fails [kdeliver.WithMaxAttempts] times (then the batch goes to the
@@ -30,8 +33,9 @@ import (
 // on the batch and commits past it. A panic is an error matching
 // [kdeliver.ErrPanic]. Batches of one partition are handed over one at a
 // time in offset order; batches of different partitions run concurrently,
-// up to [kdeliver.WithConcurrency]'s n. ctx is as for a [Handler]. The
-// slice and its records must not be kept after the handler returns.
+// up to [kdeliver.WithConcurrency]'s n. ctx is as for a [Handler] (no
+// "process" span is made for a batch). The slice and its records must not
+// be kept after the handler returns.
 type BatchHandler func(ctx context.Context, records []*kgo.Record) error
 
 // deadLetterTimeout bounds one attempt to write a dead letter (counted from
@@ -43,8 +47,8 @@ func (c *Consumer) concurrent() bool {
 	return c.hd.Concurrency > 0 || c.cfg.deadLetter != ""
 }
 
-// RunBatch is [Consumer.Run] with a [BatchHandler]: each call gets the
-// records of one partition from one poll, in offset order. The lifecycle,
+// RunBatch is [Consumer.Run] with a [BatchHandler]: each call gets
+// consecutive records of one partition, in offset order. The lifecycle,
 // the commit rules and the errors are Run's (on a stop, the batch in hand
 // finishes; a batch not done is read again by the partition's next owner).
 // It runs the concurrent engine, with a concurrency of one (one batch at a

@@ -186,8 +186,9 @@
 // [*kdeliver.HandlerError] once the records in flight finished, committing
 // the finished prefix, which ends before the failing record.
 //
-// [Consumer.RunBatch] hands a [BatchHandler] the records of one partition
-// from one poll, in offset order; batches of one partition run one at a
+// [Consumer.RunBatch] hands a [BatchHandler] consecutive records of one
+// partition, in offset order, up to the partition's share of the in-flight
+// bound; batches of one partition run one at a
 // time, batches of different partitions concurrently, up to n. A batch is
 // done (and its offsets committable) when the handler returns nil, or
 // [Skip]; an error retries the whole batch with the backoff.
