@@ -268,8 +268,8 @@ func (e *engine) loop(runCtx, hardCtx context.Context) error {
 	return err
 }
 
-// dispatch puts the polled records in their partitions' backlogs, pauses
-// those partitions, and feeds the lanes.
+// dispatch puts the polled records in their partitions' backlogs and feeds
+// the lanes.
 func (e *engine) dispatch(fetches kgo.Fetches) {
 	e.mu.Lock()
 	defer e.mu.Unlock()

@@ -150,7 +150,8 @@
 // ByKey and Unordered that includes records that finished after a slow one
 // and before the crash. Under AtMostOnce each poll's records are committed
 // before they are handed over, as without concurrency: a crash loses the
-// records in flight and repeats none.
+// records polled and not yet handled (in flight or waiting in a backlog,
+// see below) and repeats none.
 //
 // The records in the lanes (running or queued behind a running one) are
 // bounded ([kdeliver.WithMaxInFlight], by default max(64, 8n)); under
