@@ -75,6 +75,7 @@ type topicPart struct {
 // laneKey names a lane: a partition, or a key of a partition.
 type laneKey struct {
 	tp  topicPart
+	gen uint64 // the partition state's: a new assignment gets new lanes
 	key string
 }
 
@@ -108,6 +109,7 @@ func (it *item) size() int {
 // of the partition gets a new state).
 type partState struct {
 	tp        topicPart
+	gen       uint64 // unique per state, for its lanes
 	offs      *inflight.Offsets
 	committed int64         // the offset last committed; -1 before any
 	backlog   []*kgo.Record // polled, not yet handed to a lane
@@ -144,6 +146,7 @@ type engine struct {
 	lanes    *inflight.Lanes[laneKey, *item]
 	parts    map[topicPart]*partState
 	hungry   []*partState // partitions with a backlog, in turn
+	gens     uint64       // partition states made
 	total    int          // records in lanes, all partitions
 	stopping bool         // no more polls
 	exiting  bool         // workers exit once nothing is left to run
@@ -280,7 +283,11 @@ func (e *engine) dispatch(fetches kgo.Fetches) {
 		k := topicPart{p.Topic, p.Partition}
 		ps := e.parts[k]
 		if ps == nil || ps.gone.Load() || ps.revoking {
-			ps = &partState{tp: k, offs: inflight.NewOffsets(), committed: -1}
+			// A new state (a new assignment) gets lanes of its own: a
+			// handler of the old one still running after its revoke
+			// must not hold up the new one's records.
+			e.gens++
+			ps = &partState{tp: k, gen: e.gens, offs: inflight.NewOffsets(), committed: -1}
 			e.parts[k] = ps
 		}
 		for _, rec := range p.Records {
@@ -402,16 +409,16 @@ func (e *engine) hand(ps *partState, recs []*kgo.Record) {
 	ps.inflight += len(recs)
 	e.total += len(recs)
 	if e.bh != nil {
-		e.push(&item{recs: append([]*kgo.Record(nil), recs...), ps: ps, key: laneKey{tp: ps.tp}, laned: true})
+		e.push(&item{recs: append([]*kgo.Record(nil), recs...), ps: ps, key: laneKey{tp: ps.tp, gen: ps.gen}, laned: true})
 		return
 	}
 	for _, rec := range recs {
 		it := &item{rec: rec, ps: ps}
 		switch {
 		case e.order == kdeliver.ByPartition:
-			it.key, it.laned = laneKey{tp: ps.tp}, true
+			it.key, it.laned = laneKey{tp: ps.tp, gen: ps.gen}, true
 		case e.order == kdeliver.ByKey && rec.Key != nil:
-			it.key, it.laned = laneKey{tp: ps.tp, key: string(rec.Key)}, true
+			it.key, it.laned = laneKey{tp: ps.tp, gen: ps.gen, key: string(rec.Key)}, true
 		}
 		e.push(it)
 	}

@@ -701,3 +701,51 @@ func TestConcurrentGuardCrash(t *testing.T) {
 		t.Fatalf("lost %d, duplicated %d", lost, dups)
 	}
 }
+
+// TestConcurrentAtMostOnceCrash: an at-most-once consumer with eight
+// handlers commits each poll before handing it over; it crashes mid-way,
+// and a second one never handles a record again: the records polled and
+// not handled are lost, none is repeated.
+func TestConcurrentAtMostOnceCrash(t *testing.T) {
+	cl := newCluster(t, 3)
+	const n = 300
+	produce(t, cl, 0, n)
+	l1 := newLedger()
+	c1 := mustNew(t, cl, "g", kdeliver.AtMostOnce, kdeliver.WithConcurrency(8, kdeliver.ByKey), WithMaxPollRecords(40))
+	if err := start(c1, crashAfter(l1, 100)).wait(t); !errors.Is(err, crash.ErrCrash) {
+		t.Fatalf("Run = %v, want the crash", err)
+	}
+	commits := committed(cl, "g")
+	for seq, p := range l1.pos {
+		if p.offset >= commits[p.part] {
+			t.Fatalf("record %d (p%d@%d) was handled but not committed (committed %d)", seq, p.part, p.offset, commits[p.part])
+		}
+	}
+	all := newLedger()
+	for seq, c := range l1.seen {
+		all.seen[seq] = c
+	}
+	c2 := mustNew(t, cl, "g", kdeliver.AtMostOnce, kdeliver.WithConcurrency(8, kdeliver.ByKey))
+	r := start(c2, recordAll(all))
+	waitFor(t, "commit to the end", func() bool { return sumCommitted(cl, "g") == n })
+	waitFor(t, "the uncommitted records", func() bool { return all.distinct() >= n-int(sumCommittedAt(commits))+len(l1.seen) })
+	if err := r.stop(t); err != nil {
+		t.Fatal(err)
+	}
+	lost, dups := all.count(n)
+	t.Logf("committed %v at the crash; lost %d, duplicated %d", commits, lost, dups)
+	if dups != 0 {
+		t.Fatalf("duplicated %d records", dups)
+	}
+	if want := int(sumCommittedAt(commits)) - len(l1.seen); lost != want {
+		t.Fatalf("lost %d, want %d (committed before the crash, not handled)", lost, want)
+	}
+}
+
+func sumCommittedAt(offsets map[int32]int64) int64 {
+	var s int64
+	for _, o := range offsets {
+		s += o
+	}
+	return s
+}
