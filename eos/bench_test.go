@@ -9,6 +9,7 @@ import (
 
 	"github.com/twmb/franz-go/pkg/kgo"
 
+	"github.com/kdeliver/kdeliver"
 	"github.com/kdeliver/kdeliver/kdelivertest"
 )
 
@@ -179,4 +180,103 @@ func rawCopy(b *testing.B, sess *kgo.GroupTransactSession, n int) {
 			committed += copied
 		}
 	}
+}
+
+// benchSleepChunk is the records one side of BenchmarkConcurrent copies per
+// chunk: 300 a partition.
+const benchSleepChunk = 3600
+
+// BenchmarkConcurrent compares a session with kdeliver.WithConcurrency(12,
+// kdeliver.ByPartition) with a sequential one, both copying 12 partitions
+// to 12 with a handler that sleeps 1 ms a record, with the default batching
+// (1000 records or 100 ms a transaction), on one kfake broker. The sides
+// copy chunks of 3,600 records in turn, alternating which goes first; each
+// chunk pair gives one ratio (sequential time / concurrent time), and
+// speedup is their median. A chunk's time includes its last transaction's
+// wait for more input until the commit interval ends (up to 100 ms, which
+// only the concurrent side, done early, pays), so the speedup is a little
+// below that of a steady stream.
+//
+//	go test -run '^$' -bench Concurrent -benchtime 3x -count 3 ./eos/
+func BenchmarkConcurrent(b *testing.B) {
+	const parts = 12
+	c := kdelivertest.Start(b, kdelivertest.WithBrokers(1), kdelivertest.WithTopic("seq-in", parts), kdelivertest.WithTopic("seq-out", parts),
+		kdelivertest.WithTopic("conc-in", parts), kdelivertest.WithTopic("conc-out", parts))
+	addrs := c.Brokers()
+	seeder, err := kgo.NewClient(kgo.SeedBrokers(addrs...), kgo.DisableClientMetrics(), kgo.RecordPartitioner(kgo.RoundRobinPartitioner()))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer seeder.Close()
+	val := make([]byte, 100)
+	h := func(_ context.Context, in *kgo.Record, emit func(*kgo.Record)) error {
+		time.Sleep(time.Millisecond)
+		emit(&kgo.Record{Key: in.Key, Value: in.Value})
+		return nil
+	}
+	side := func(name string, opts ...Option) func() time.Duration {
+		s, err := New(addrs, name+"-g", []string{name + "-in"}, name+"-bench", append([]Option{WithOutputTopic(name + "-out"),
+			WithKgoOpts(kgo.DisableClientMetrics(), kgo.MetadataMinAge(100*time.Millisecond))}, opts...)...)
+		if err != nil {
+			b.Fatal(err)
+		}
+		commits := make(chan struct{}, 1)
+		s.committed = func() {
+			select {
+			case commits <- struct{}{}:
+			default:
+			}
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() { done <- s.Run(ctx, h) }()
+		b.Cleanup(func() {
+			cancel()
+			if err := <-done; err != nil {
+				b.Error(err)
+			}
+			s.Close(context.Background())
+		})
+		return func() time.Duration {
+			want := s.Stats().Records + benchSleepChunk
+			rs := make([]*kgo.Record, benchSleepChunk)
+			for i := range rs {
+				rs[i] = &kgo.Record{Topic: name + "-in", Value: val}
+			}
+			if err := seeder.ProduceSync(context.Background(), rs...).FirstErr(); err != nil {
+				b.Fatal(err)
+			}
+			start := time.Now()
+			for s.Stats().Records < want {
+				<-commits
+			}
+			return time.Since(start)
+		}
+	}
+	seq := side("seq")
+	conc := side("conc", kdeliver.WithConcurrency(parts, kdeliver.ByPartition))
+
+	// Warm up: both groups joined, both producers initialized.
+	seq()
+	conc()
+	b.ResetTimer()
+	var ratios []float64
+	var seqTotal, concTotal time.Duration
+	for i := range b.N {
+		var sq, cc time.Duration
+		if i%2 == 0 {
+			sq, cc = seq(), conc()
+		} else {
+			cc, sq = conc(), seq()
+		}
+		seqTotal += sq
+		concTotal += cc
+		ratios = append(ratios, float64(sq)/float64(cc))
+	}
+	b.StopTimer()
+	slices.Sort(ratios)
+	b.ReportMetric(ratios[len(ratios)/2], "speedup")
+	b.ReportMetric(float64(b.N*benchSleepChunk)/concTotal.Seconds(), "conc-records/s")
+	b.ReportMetric(float64(b.N*benchSleepChunk)/seqTotal.Seconds(), "seq-records/s")
+	b.ReportMetric(0, "ns/op")
 }

@@ -62,6 +62,7 @@ type fan struct {
 	ready   []*kgo.Record // records free to start, waiting for a goroutine
 	running int           // handler goroutines
 	taken   int           // records the transaction took from the polls
+	waiting int           // records in the backlogs
 	held    int           // records taken and not finished
 	started int
 	// full: the transaction takes no more records (those taken run);
@@ -161,6 +162,7 @@ func (f *fan) add(fs kgo.Fetches) {
 			f.list = append(f.list, pt)
 		}
 		pt.backlog = append(pt.backlog, p.Records...)
+		f.waiting += len(p.Records)
 	})
 }
 
@@ -170,9 +172,11 @@ func (f *fan) over() bool {
 }
 
 // wantPoll reports that the transaction could take records the backlogs do
-// not have.
+// not have: it has room, and fewer records wait than it may still take
+// (which bounds the backlogs when their partitions hold their share).
 func (f *fan) wantPoll() bool {
-	return !f.solo && f.held < f.max && f.taken < f.l.s.cfg.commitRecords
+	left := f.l.s.cfg.commitRecords - f.taken
+	return !f.solo && f.held < f.max && left > 0 && f.waiting < left
 }
 
 // stop cuts the transaction: no record starts but holes.
@@ -269,6 +273,7 @@ func (f *fan) take(p *part) {
 	l, t, s := f.l, f.t, f.l.s
 	r := p.backlog[0]
 	p.backlog = p.backlog[1:]
+	f.waiting--
 	if l.checkRewind(r) {
 		s.log.Error("eos: polled a record below the committed offset after an abort; replacing the client", "topic", r.Topic, "partition", r.Partition, "offset", r.Offset)
 		s.stats.rewind.Add(1)

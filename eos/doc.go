@@ -123,11 +123,58 @@
 //
 // # Concurrency
 //
-// The handler is called from Run's goroutine, one record at a time, in
-// offset order within each partition; outputs keep the order in which they
-// were emitted for the same output partition. Run one Session per process
-// and transactional ID; scale out with more instances in the same group,
-// each with its own stable transactional ID. The handler must not call the
-// Session's methods. [Session.Close] and [Session.Stats] may be called from
-// any goroutine.
+// By default the handler is called from Run's goroutine, one record at a
+// time, in offset order within each partition.
+//
+// With kdeliver.WithConcurrency(n, order), up to n handler calls run at
+// once on the records of the open transaction, in the order kept by the
+// consumer too:
+//
+//   - kdeliver.ByPartition (the default order): each partition's records
+//     one at a time, in offset order; partitions concurrently.
+//   - kdeliver.ByKey: the records of one key of a partition one at a time,
+//     in offset order; different keys concurrently, even within one
+//     partition. A record without a key is a key of its own.
+//   - kdeliver.Unordered: any records at once.
+//
+// A record's outputs are produced, inside the transaction, when its
+// handler returns and before the next record of its partition (or key)
+// starts, so the outputs of one partition (or key) appear in input order in
+// each output partition; records of different lanes interleave. Every rule
+// of the sequential loop holds, with these precisions:
+//
+//   - The transaction still ends after [WithCommitEvery]'s records or
+//     interval. At the cut no further record starts and the handlers in
+//     flight finish; the offsets committed for each input partition are
+//     those of the records handled, which are a prefix of what was polled:
+//     with kdeliver.ByKey, a record queued behind its key while a later
+//     record of its partition already ran is handled too before the
+//     commit. Records not handled are fetched again by the next
+//     transaction. Run's stop (ctx cancelled, Close) works the same way.
+//   - A handler error, a panic, a crash or an abort stops every start; the
+//     calls in flight finish, their outputs are dropped with the aborted
+//     transaction, and the records are handled again after the backoff.
+//     kdeliver.WithMaxAttempts counts per record, so a record that keeps
+//     failing goes to the dead-letter topic (or stops Run) as without
+//     concurrency, while the others are handled again, each once in the
+//     output.
+//   - The record that made a transaction outlive its timeout is handled
+//     first in the next transaction, alone: nothing else starts before it
+//     returns.
+//   - kdeliver.WithMaxInFlight (default max(64, 8 × n)) bounds the records
+//     handed to handlers and not finished (running or queued behind their
+//     partition or key), each partition its share. A transaction's first
+//     poll takes every buffered record, so that all partitions share its
+//     record count; what the transaction does not take is fetched again
+//     after it commits. WithMaxInFlight without WithConcurrency is refused.
+//
+// Throughput grows with n while handlers wait (I/O, a remote call): see
+// BenchmarkConcurrent in BENCHMARKS.md. With kdeliver.ByPartition it is
+// bounded by the partitions assigned; use kdeliver.ByKey when there are
+// few partitions and many keys.
+//
+// Run one Session per process and transactional ID; scale out with more
+// instances in the same group, each with its own stable transactional ID.
+// The handler must not call the Session's methods. [Session.Close] and
+// [Session.Stats] may be called from any goroutine.
 package eos

@@ -31,11 +31,23 @@ import (
 // ctx carries Run's ctx's values and the record's trace (its process span).
 // It is not cancelled when Run's ctx is (Run then stops at the next record,
 // after the handler returns); it is cancelled when the ctx given to
-// [Session.Close] ends before Run has stopped. The handler is called from
-// one goroutine, one record at a time, in offset order per partition; emit
-// must not be called after the handler returns. The handler must not call the [Session]'s methods. The same input
-// record may be handled several times (after an abort), but its output
-// becomes visible once: keep side effects outside Kafka idempotent.
+// [Session.Close] ends before Run has stopped.
+//
+// Without kdeliver.WithConcurrency the handler is called from one
+// goroutine, one record at a time, in offset order per partition. With
+// kdeliver.WithConcurrency(n, order) it is called from up to n goroutines
+// at once, on records of the same transaction: the records of one
+// partition (kdeliver.ByPartition), or of one key of a partition
+// (kdeliver.ByKey; each record without a key on its own), still one at a
+// time in offset order, and any records at once with kdeliver.Unordered;
+// whatever the handler shares across calls must then be safe for
+// concurrent use. The outputs of each call are produced when it returns,
+// before the next record of its partition or key starts, so they keep
+// input order per partition or key (see "Concurrency" in the package doc).
+// emit may be called from goroutines the handler starts, but not after the
+// handler returns. The handler must not call the [Session]'s methods. The
+// same input record may be handled several times (after an abort), but its
+// output becomes visible once: keep side effects outside Kafka idempotent.
 type Handler func(ctx context.Context, in *kgo.Record, emit func(*kgo.Record)) error
 
 // closeTimeout bounds closing a client that Run replaces or drops (a
@@ -249,8 +261,10 @@ func (s *Session) needed() []string {
 // group.
 //
 // When ctx is cancelled or Close is called, Run stops at the next record:
-// the handler call in progress finishes (its ctx is not cancelled, unless
-// Close's ctx ends first), the records handled so far are committed, the
+// the handler call in progress (with kdeliver.WithConcurrency, every call
+// in progress, see "Concurrency" in the package doc) finishes (its ctx is
+// not cancelled, unless Close's ctx ends first), the records handled so far
+// are committed, the
 // session leaves the group (whenever Run returns, so that its partitions
 // move at once), and Run returns nil; what was polled but not handled is
 // read again by whoever owns the partitions next.
