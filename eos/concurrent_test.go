@@ -538,3 +538,55 @@ func TestConcurrencyValidation(t *testing.T) {
 		}
 	}
 }
+
+// TestConcurrentFenced: another instance taking over the transactional ID
+// while concurrent handlers work stops Run with an error matching
+// kdeliver.ErrFenced, and none of the fenced transaction is visible.
+func TestConcurrentFenced(t *testing.T) {
+	c := kdelivertest.Start(t, kdelivertest.WithTopic("in", 4), kdelivertest.WithTopic("out", 1))
+	kdelivertest.Seed(t, c.Brokers(), "in", 200)
+	s, err := New(c.Brokers(), "g", []string{"in"}, "conc-fenced", fastOpts(WithOutputTopic("out"),
+		WithCommitEvery(1000, time.Second), kdeliver.WithConcurrency(4, kdeliver.ByKey))...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close(context.Background())
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var once sync.Once
+	err = s.Run(ctx, func(_ context.Context, in *kgo.Record, emit func(*kgo.Record)) error {
+		var ferr error
+		once.Do(func() {
+			other, err := kgo.NewClient(kgo.SeedBrokers(c.Brokers()...), kgo.TransactionalID("conc-fenced"), kgo.DisableClientMetrics())
+			if err != nil {
+				ferr = err
+				return
+			}
+			defer other.Close()
+			if err := other.BeginTransaction(); err != nil {
+				ferr = err
+				return
+			}
+			if err := other.ProduceSync(ctx, &kgo.Record{Topic: "out", Value: []byte("other")}).FirstErr(); err != nil {
+				ferr = err
+				return
+			}
+			ferr = other.EndTransaction(ctx, kgo.TryCommit)
+		})
+		if ferr != nil {
+			return ferr
+		}
+		time.Sleep(rand.N(time.Millisecond))
+		emit(&kgo.Record{Value: in.Value})
+		return nil
+	})
+	if !errors.Is(err, kdeliver.ErrFenced) {
+		t.Fatalf("Run = %v, want an error matching kdeliver.ErrFenced", err)
+	}
+	if st := s.Stats(); st.Fenced != 1 || st.Committed != 0 {
+		t.Errorf("stats %+v: want one fenced transaction and no commit", st)
+	}
+	if got := kdelivertest.Values(kdelivertest.ReadCommitted(t, c.Brokers(), "out")); len(got) != 1 || got[0] != "other" {
+		t.Errorf("read_committed output %q, want only the other instance's record", got)
+	}
+}
