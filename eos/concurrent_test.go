@@ -590,3 +590,62 @@ func TestConcurrentFenced(t *testing.T) {
 		t.Errorf("read_committed output %q, want only the other instance's record", got)
 	}
 }
+
+// TestConcurrentHoleAtCut: by key, record 0 (key A) outlives the commit
+// interval while records 2..9 (keys of their own) are done and record 1
+// (key A) waits behind it. At the cut, record 1 is below records already
+// handled of its partition: it runs too, so the transaction commits the
+// whole prefix; cutting before it would have committed the outputs of 2..9
+// with offset 1, and repeated them.
+func TestConcurrentHoleAtCut(t *testing.T) {
+	c := kdelivertest.Start(t, kdelivertest.WithTopic("in", 1), kdelivertest.WithTopic("out", 1))
+	recs := kdelivertest.Records("in", 10)
+	recs[0].Key, recs[1].Key = []byte("A"), []byte("A")
+	cl, err := kgo.NewClient(kgo.SeedBrokers(c.Brokers()...), kgo.DisableClientMetrics())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cl.ProduceSync(context.Background(), recs...).FirstErr(); err != nil {
+		t.Fatal(err)
+	}
+	cl.Close()
+	want := kdelivertest.Values(recs)
+	s, err := New(c.Brokers(), "g", []string{"in"}, "conc-hole", fastOpts(WithOutputTopic("out"),
+		WithCommitEvery(1000, 100*time.Millisecond), kdeliver.WithConcurrency(2, kdeliver.ByKey))...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	var doneOrder []string
+	calls := map[string]int{}
+	holeAfterOthers := false
+	runUntilCommitted(t, c, s, func(_ context.Context, in *kgo.Record, emit func(*kgo.Record)) error {
+		v := string(in.Value)
+		mu.Lock()
+		calls[v]++
+		if v == "1" && len(doneOrder) == 9 && !slices.Contains(doneOrder, "1") {
+			holeAfterOthers = true // 0 and 2..9 done before it started
+		}
+		mu.Unlock()
+		if v == "0" {
+			time.Sleep(400 * time.Millisecond) // beyond the commit interval
+		}
+		emit(&kgo.Record{Key: in.Key, Value: in.Value})
+		mu.Lock()
+		doneOrder = append(doneOrder, v)
+		mu.Unlock()
+		return nil
+	})
+	exactly(t, c, "out", want)
+	if !holeAfterOthers {
+		t.Errorf("record 1 did not start after the records around it were done (order %v): the hole did not happen", doneOrder)
+	}
+	for _, v := range want {
+		if calls[v] != 1 {
+			t.Errorf("record %s handled %d times, want once", v, calls[v])
+		}
+	}
+	if st := s.Stats(); st.Aborted != 0 || st.Committed != 1 {
+		t.Errorf("stats %+v: want one transaction, committed with all 10 records", st)
+	}
+}
