@@ -28,15 +28,21 @@ const benchChunk = 20000
 //     (presets and kotel hooks), so the ratio is the cost of the loop itself;
 //
 //   - raw-bare: the raw loop has no hooks, so the ratio also includes
-//     kotel's per-record hooks.
+//     kotel's per-record hooks;
+//
+//   - concurrent-by-key: raw-same-opts with the session's handler on
+//     kdeliver.WithConcurrency(8, kdeliver.ByKey) (each record its own
+//     key), so the ratio is the cost of the concurrent loop with a no-op
+//     handler.
 //
 //     go test -run '^$' -bench Copy -benchtime 20x -count 5 ./eos/
 func BenchmarkCopy(b *testing.B) {
 	b.Run("raw-same-opts", func(b *testing.B) { benchCopy(b, true) })
 	b.Run("raw-bare", func(b *testing.B) { benchCopy(b, false) })
+	b.Run("concurrent-by-key", func(b *testing.B) { benchCopy(b, true, kdeliver.WithConcurrency(8, kdeliver.ByKey)) })
 }
 
-func benchCopy(b *testing.B, sameOpts bool) {
+func benchCopy(b *testing.B, sameOpts bool, extra ...Option) {
 	c := kdelivertest.Start(b, kdelivertest.WithBrokers(1), kdelivertest.WithTopic("eos-in", 3), kdelivertest.WithTopic("eos-out", 3),
 		kdelivertest.WithTopic("raw-in", 3), kdelivertest.WithTopic("raw-out", 3))
 	addrs := c.Brokers()
@@ -56,8 +62,8 @@ func benchCopy(b *testing.B, sameOpts bool) {
 		}
 	}
 
-	s, err := New(addrs, "eos-g", []string{"eos-in"}, "eos-bench", WithOutputTopic("eos-out"), WithCommitEvery(1000, 100*time.Millisecond),
-		WithKgoOpts(kgo.DisableClientMetrics(), kgo.MetadataMinAge(100*time.Millisecond)))
+	s, err := New(addrs, "eos-g", []string{"eos-in"}, "eos-bench", append([]Option{WithOutputTopic("eos-out"), WithCommitEvery(1000, 100*time.Millisecond),
+		WithKgoOpts(kgo.DisableClientMetrics(), kgo.MetadataMinAge(100*time.Millisecond))}, extra...)...)
 	if err != nil {
 		b.Fatal(err)
 	}
