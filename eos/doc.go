@@ -169,7 +169,9 @@
 //     after it commits. WithMaxInFlight without WithConcurrency is refused.
 //
 // Throughput grows with n while handlers wait (I/O, a remote call): see
-// BenchmarkConcurrent in BENCHMARKS.md. With kdeliver.ByPartition it is
+// BenchmarkConcurrent in BENCHMARKS.md. With a handler that does not wait
+// it costs more than it gains (the records a transaction polled and did
+// not take are fetched and decoded again): stay sequential. With kdeliver.ByPartition it is
 // bounded by the partitions assigned; use kdeliver.ByKey when there are
 // few partitions and many keys.
 //
