@@ -214,10 +214,16 @@ func WithConcurrency(n int, order Ordering) HandlerOption {
 	}}
 }
 
-// WithMaxInFlight bounds the records polled and not yet done (handled,
-// skipped or dead-lettered) under [WithConcurrency], overriding the default
-// of max(64, 8 × concurrency). Polling pauses the partitions that hold
-// records beyond it until their handlers catch up.
+// WithMaxInFlight bounds the records handed to concurrent handlers and not
+// yet done (handled, skipped or dead-lettered) under [WithConcurrency],
+// overriding the default of max(64, 8 × concurrency); without
+// WithConcurrency it is refused. Under ByPartition each partition gets at
+// most its share of the bound (bound/n). A consumer keeps a poll's records
+// of a partition in a backlog until its lanes have room, and pauses the
+// partition while the backlog is deep: what it holds is at most, per
+// partition, its share plus one poll. An exactly-once session takes at most
+// one transaction's records from a poll (eos.WithCommitEvery) into its
+// lanes; what it does not take is fetched again after the commit.
 func WithMaxInFlight(n int) HandlerOption {
 	return HandlerOption{func(t *shared.Target) {
 		if n < 1 {

@@ -54,6 +54,7 @@ func TestConcurrentRefuses(t *testing.T) {
 		{"concurrency zero", alo, []Option{kdeliver.WithConcurrency(0, kdeliver.ByPartition)}, []string{"kdeliver.WithConcurrency(0, by-partition): use at least 1"}},
 		{"bad ordering", alo, []Option{kdeliver.WithConcurrency(4, kdeliver.Ordering(7))}, []string{"kdeliver.WithConcurrency(4, Ordering(7)): use ByPartition, ByKey or Unordered"}},
 		{"max in flight zero", alo, []Option{kdeliver.WithMaxInFlight(0)}, []string{"kdeliver.WithMaxInFlight(0)"}},
+		{"max in flight without concurrency", alo, []Option{kdeliver.WithMaxInFlight(8)}, []string{"kdeliver.WithMaxInFlight bounds concurrent handlers' records: add kdeliver.WithConcurrency"}},
 		{"dead letters without max attempts", alo, []Option{WithDeadLetterTopic("dlq")}, []string{"WithDeadLetterTopic needs kdeliver.WithMaxAttempts(n)"}},
 		{"dead letters at most once", amo, []Option{WithDeadLetterTopic("dlq")}, []string{"AtMostOnce never retries a handler, so no record reaches a last attempt"}},
 		{"dead letters to an input topic", alo, []Option{WithDeadLetterTopic("t"), kdeliver.WithMaxAttempts(2)}, []string{`the dead-letter topic "t" is also an input topic`}},

@@ -153,6 +153,7 @@ func newConsumer(what string, brokers []string, group string, topics []string, s
 			ps.Add(t == dlq, fmt.Sprintf("the dead-letter topic %q is also an input topic: a failing record would loop", t))
 		}
 	}
+	ps.Add(sink == nil && hd.MaxInFlight > 0 && hd.Concurrency == 0, "kdeliver.WithMaxInFlight bounds concurrent handlers' records: add kdeliver.WithConcurrency(n, order), or remove it")
 	ps.Add(sink != nil && (hd.Concurrency > 0 || hd.MaxInFlight > 0), "a sink consumer stays sequential (its offsets live in the sink, one sink transaction per partition batch, in order): remove kdeliver.WithConcurrency and kdeliver.WithMaxInFlight")
 	for _, p := range cfg.t.Problems {
 		ps.Add(true, p)

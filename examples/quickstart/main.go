@@ -35,13 +35,16 @@ func main() {
 	}
 
 	// The handler runs first; its offset is committed only after it returns
-	// nil. A failing handler is retried with backoff, never skipped.
-	c, err := consumer.New(brokers, "billing", []string{"orders"}, kdeliver.AtLeastOnce)
+	// nil. A failing handler is retried with backoff, never skipped. Up to
+	// 16 handlers run at once, each key's records one at a time in order;
+	// a partition's commit never passes a record still being handled.
+	c, err := consumer.New(brokers, "billing", []string{"orders"}, kdeliver.AtLeastOnce,
+		kdeliver.WithConcurrency(16, kdeliver.ByKey))
 	if err != nil {
 		log.Fatal(err)
 	}
 	err = c.Run(ctx, func(ctx context.Context, rec *kgo.Record) error {
-		fmt.Printf("charging %s\n", rec.Value) // may repeat after a crash: keep it idempotent
+		fmt.Printf("charging %s\n", rec.Value) // may repeat after a crash: keep it idempotent; runs concurrently
 		return nil
 	})
 	if err != nil { // nil after Ctrl-C: the last offsets are committed first
