@@ -130,7 +130,14 @@ func checkGoTest(t *testing.T, cmd string, args []string) {
 	for i := 0; i < len(args); i++ {
 		switch {
 		case args[i] == "-run" && i+1 < len(args):
-			names = strings.Split(args[i+1], "|")
+			if args[i+1] != "^$" { // -run '^$' with -bench: no test
+				names = strings.Split(args[i+1], "|")
+			}
+			i++
+		case args[i] == "-bench" && i+1 < len(args):
+			for _, b := range strings.Split(args[i+1], "|") {
+				names = append(names, "Benchmark"+strings.SplitN(b, "/", 2)[0])
+			}
 			i++
 		case args[i] == "." || strings.HasPrefix(args[i], "./"):
 			pkgs = append(pkgs, strings.TrimSuffix(args[i], "..."))
@@ -151,7 +158,7 @@ func checkGoTest(t *testing.T, cmd string, args []string) {
 		}
 	}
 	for _, n := range names {
-		if !strings.Contains(src.String(), "func "+n+"(") {
+		if !strings.Contains(src.String(), "func "+n+"(") && (!strings.HasPrefix(n, "Benchmark") || !strings.Contains(src.String(), "func "+n)) {
 			t.Errorf("%q: no test %s in %v", cmd, n, pkgs)
 		}
 	}

@@ -149,12 +149,7 @@ const whatHandler = "handler"
 // at rec; what names it in logs) until it succeeds, is skipped, or runs out
 // of attempts. done is false if runCtx ended while waiting for a retry.
 func (r *run) retry(runCtx, hardCtx context.Context, rec *kgo.Record, what string, try func(attempt int) error) (done bool, err error) {
-	initial, limit := r.c.hd.Backoff()
-	bo := backoff.NewExponentialBackOff(
-		backoff.WithInitialInterval(initial),
-		backoff.WithMaxInterval(limit),
-		backoff.WithMaxElapsedTime(0),
-	)
+	var bo *backoff.ExponentialBackOff // made at the first failure: most records never fail
 	for attempt := 1; ; attempt++ {
 		herr := try(attempt)
 		switch {
@@ -172,6 +167,14 @@ func (r *run) retry(runCtx, hardCtx context.Context, rec *kgo.Record, what strin
 			r.c.hd.MaxAttempts > 0 && attempt >= r.c.hd.MaxAttempts:
 			// A record without a dedup key fails every retry the same way.
 			return false, &kdeliver.HandlerError{Record: rec, Attempts: attempt, Err: herr}
+		}
+		if bo == nil {
+			initial, limit := r.c.hd.Backoff()
+			bo = backoff.NewExponentialBackOff(
+				backoff.WithInitialInterval(initial),
+				backoff.WithMaxInterval(limit),
+				backoff.WithMaxElapsedTime(0),
+			)
 		}
 		wait := bo.NextBackOff()
 		r.c.log.Warn(what+" failed: retrying", "topic", rec.Topic, "partition", rec.Partition, "offset", rec.Offset, "attempt", attempt, "wait", wait, "err", herr)
