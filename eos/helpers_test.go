@@ -131,3 +131,32 @@ func exactly(t testing.TB, c *kdelivertest.Cluster, topic string, want []string)
 		t.Errorf("read_committed %s: %s, want %d exactly once", topic, a, len(want))
 	}
 }
+
+// checkFaultyCopy checks a copier run of r, whose handler crashed three times
+// and was restarted gracefully once while failing records (see
+// faultyCopier): the read_committed output, read at the end and by tail
+// during the run, holds want exactly once; the planned faults happened; at
+// least minHandlerAborts transactions aborted on a handler error; the
+// rewind guard never tripped.
+func checkFaultyCopy(t *testing.T, c *kdelivertest.Cluster, r *copierRun, tail *tailReader, want []string, minHandlerAborts int64) {
+	t.Helper()
+	final := kdelivertest.Audit(want, kdelivertest.ReadCommitted(t, c.Brokers(), "out"))
+	concurrent := tail.catchUp(t, want, final)
+	st := r.total()
+	t.Logf("crashes=%d graceful=%d stats=%+v final: %s concurrent: %s", r.crashes, r.graceful, st, final, concurrent)
+	if !final.Exact() {
+		t.Errorf("final read_committed reader: %s, want %d exactly once", final, len(want))
+	}
+	if !concurrent.Exact() {
+		t.Errorf("concurrent read_committed reader: %s", concurrent)
+	}
+	if r.crashes != 3 || r.graceful != 1 {
+		t.Errorf("crashes=%d graceful=%d, want 3 and 1: the faults did not happen", r.crashes, r.graceful)
+	}
+	if st.AbortedHandler < minHandlerAborts {
+		t.Errorf("handler aborts = %d, want at least %d (failed records still ahead after the crashes)", st.AbortedHandler, minHandlerAborts)
+	}
+	if st.RewindViolations != 0 {
+		t.Errorf("rewind guard tripped %d times", st.RewindViolations)
+	}
+}

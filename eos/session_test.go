@@ -161,25 +161,7 @@ func TestCopierExactlyOnceUnderAbortsAndCrashes(t *testing.T) {
 	}
 	r.runFor(60 * time.Second)
 
-	final := kdelivertest.Audit(want, kdelivertest.ReadCommitted(t, c.Brokers(), "out"))
-	concurrent := tail.catchUp(t, want, final)
-	st := r.total()
-	t.Logf("crashes=%d graceful=%d stats=%+v final: %s concurrent: %s", r.crashes, r.graceful, st, final, concurrent)
-	if !final.Exact() {
-		t.Errorf("final read_committed reader: %s, want %d exactly once", final, n)
-	}
-	if !concurrent.Exact() {
-		t.Errorf("concurrent read_committed reader: %s", concurrent)
-	}
-	if r.crashes != 3 || r.graceful != 1 {
-		t.Errorf("crashes=%d graceful=%d, want 3 and 1: the faults did not happen", r.crashes, r.graceful)
-	}
-	if st.AbortedHandler < 3 {
-		t.Errorf("handler aborts = %d, want at least 3 (one per failed record still ahead after the crashes)", st.AbortedHandler)
-	}
-	if st.RewindViolations != 0 {
-		t.Errorf("rewind guard tripped %d times", st.RewindViolations)
-	}
+	checkFaultyCopy(t, c, r, tail, want, 3)
 }
 
 // T1 ordered: 1 → 1 partition; the output is the input, in order.
