@@ -8,6 +8,7 @@ import (
 	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/trace"
 
+	"github.com/kdeliver/kdeliver/internal/dlq"
 	"github.com/kdeliver/kdeliver/internal/shared"
 )
 
@@ -247,10 +248,10 @@ const (
 	// The headers of a dead letter, besides the failed record's own: where
 	// it came from, how often and why it failed, and when it first did
 	// (RFC 3339, UTC).
-	HeaderDLQTopic        = "kdeliver-dlq-topic"
-	HeaderDLQPartition    = "kdeliver-dlq-partition"
-	HeaderDLQOffset       = "kdeliver-dlq-offset"
-	HeaderDLQAttempts     = "kdeliver-dlq-attempts"
-	HeaderDLQError        = "kdeliver-dlq-error"
-	HeaderDLQFirstFailure = "kdeliver-dlq-first-failure"
+	HeaderDLQTopic        = dlq.HeaderTopic
+	HeaderDLQPartition    = dlq.HeaderPartition
+	HeaderDLQOffset       = dlq.HeaderOffset
+	HeaderDLQAttempts     = dlq.HeaderAttempts
+	HeaderDLQError        = dlq.HeaderError
+	HeaderDLQFirstFailure = dlq.HeaderFirstFailure
 )

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"runtime/debug"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -17,6 +16,7 @@ import (
 	"github.com/kdeliver/kdeliver/dedup"
 	"github.com/kdeliver/kdeliver/internal/crash"
 	"github.com/kdeliver/kdeliver/internal/deadline"
+	"github.com/kdeliver/kdeliver/internal/dlq"
 	"github.com/kdeliver/kdeliver/internal/inflight"
 	"github.com/kdeliver/kdeliver/internal/shared"
 )
@@ -624,7 +624,7 @@ func (e *engine) deadLetter(runCtx, hardCtx context.Context, it *item, attempts 
 	}
 	letters := make([]*kgo.Record, len(src))
 	for i, r := range src {
-		letters[i] = deadLetterOf(e.dlq, r, attempts, first, herr)
+		letters[i] = dlq.Record(e.dlq, r, attempts, first, herr)
 	}
 	var bo backoff.BackOff
 	for try := 1; ; try++ {
@@ -655,23 +655,6 @@ func (e *engine) deadLetter(runCtx, hardCtx context.Context, it *item, attempts 
 			return false
 		}
 	}
-}
-
-// deadLetterOf is the copy of r for the dead-letter topic, with the headers
-// eos's dead letters carry: where it came from, how often and why it
-// failed, and when it first did.
-func deadLetterOf(topic string, r *kgo.Record, attempts int, first time.Time, err error) *kgo.Record {
-	hs := make([]kgo.RecordHeader, 0, len(r.Headers)+6)
-	hs = append(hs, r.Headers...)
-	hs = append(hs,
-		kgo.RecordHeader{Key: kdeliver.HeaderDLQTopic, Value: []byte(r.Topic)},
-		kgo.RecordHeader{Key: kdeliver.HeaderDLQPartition, Value: []byte(strconv.Itoa(int(r.Partition)))},
-		kgo.RecordHeader{Key: kdeliver.HeaderDLQOffset, Value: []byte(strconv.FormatInt(r.Offset, 10))},
-		kgo.RecordHeader{Key: kdeliver.HeaderDLQAttempts, Value: []byte(strconv.Itoa(attempts))},
-		kgo.RecordHeader{Key: kdeliver.HeaderDLQError, Value: []byte(err.Error())},
-		kgo.RecordHeader{Key: kdeliver.HeaderDLQFirstFailure, Value: []byte(first.UTC().Format(time.RFC3339Nano))},
-	)
-	return &kgo.Record{Topic: topic, Key: r.Key, Value: r.Value, Headers: hs, Timestamp: r.Timestamp}
 }
 
 // committer commits the finished prefixes every commit interval until stop

@@ -268,16 +268,7 @@ func TestConcurrentRebalance(t *testing.T) {
 	produce(t, cl, 0, n)
 	all := newLedger()
 	var byC2 atomic.Int64
-	slow := func(mark *atomic.Int64) Handler {
-		return func(_ context.Context, rec *kgo.Record) error {
-			time.Sleep(time.Millisecond)
-			all.add(rec)
-			if mark != nil {
-				mark.Add(1)
-			}
-			return nil
-		}
-	}
+	slow := func(mark *atomic.Int64) Handler { return slowRecorder(all, mark) }
 	// No commit on the interval: what the revoke does not commit is
 	// handled again by the newcomer.
 	opts := []Option{kdeliver.WithConcurrency(8, kdeliver.ByKey), WithCommitInterval(time.Hour), WithMaxPollRecords(50)}

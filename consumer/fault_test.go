@@ -134,16 +134,7 @@ func TestAtLeastOnceRebalance(t *testing.T) {
 	produce(t, cl, 0, n)
 	all := newLedger()
 	var byC2 atomic.Int64
-	slow := func(mark *atomic.Int64) Handler {
-		return func(_ context.Context, rec *kgo.Record) error {
-			time.Sleep(time.Millisecond)
-			all.add(rec)
-			if mark != nil {
-				mark.Add(1)
-			}
-			return nil
-		}
-	}
+	slow := func(mark *atomic.Int64) Handler { return slowRecorder(all, mark) }
 	c1 := mustNew(t, cl, "g", kdeliver.AtLeastOnce, WithMaxPollRecords(20))
 	r1 := start(c1, slow(nil))
 	waitFor(t, "200 records", func() bool { return all.distinct() >= 200 })

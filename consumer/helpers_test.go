@@ -4,6 +4,7 @@ import (
 	"context"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -193,4 +194,17 @@ func mustNewWithSink(t testing.TB, cl *kdelivertest.Cluster, group string, sink 
 		t.Fatal(err)
 	}
 	return cs
+}
+
+// slowRecorder is a handler that takes a millisecond a record, adds it to
+// all and counts it in mark (if not nil).
+func slowRecorder(all *ledger, mark *atomic.Int64) Handler {
+	return func(_ context.Context, rec *kgo.Record) error {
+		time.Sleep(time.Millisecond)
+		all.add(rec)
+		if mark != nil {
+			mark.Add(1)
+		}
+		return nil
+	}
 }

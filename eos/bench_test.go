@@ -125,23 +125,8 @@ func benchCopy(b *testing.B, sameOpts bool, extra ...Option) {
 	// Warm up: both groups joined, both producers initialized.
 	eosSide()
 	rawSide()
-	b.ResetTimer()
-	var ratios []float64
-	var eosTotal, rawTotal time.Duration
-	for i := range b.N {
-		var e, r time.Duration
-		if i%2 == 0 {
-			e, r = eosSide(), rawSide()
-		} else {
-			r, e = rawSide(), eosSide()
-		}
-		eosTotal += e
-		rawTotal += r
-		ratios = append(ratios, float64(r)/float64(e))
-	}
-	b.StopTimer()
-	slices.Sort(ratios)
-	b.ReportMetric(ratios[len(ratios)/2], "throughput-ratio")
+	ratio, eosTotal, rawTotal := pairedTurns(b, eosSide, rawSide)
+	b.ReportMetric(ratio, "throughput-ratio")
 	b.ReportMetric(float64(eosTotal.Nanoseconds())/float64(b.N*benchChunk), "eos-ns/rec")
 	b.ReportMetric(float64(rawTotal.Nanoseconds())/float64(b.N*benchChunk), "raw-ns/rec")
 	b.ReportMetric(0, "ns/op")
@@ -265,24 +250,31 @@ func BenchmarkConcurrent(b *testing.B) {
 	// Warm up: both groups joined, both producers initialized.
 	seq()
 	conc()
-	b.ResetTimer()
-	var ratios []float64
-	var seqTotal, concTotal time.Duration
-	for i := range b.N {
-		var sq, cc time.Duration
-		if i%2 == 0 {
-			sq, cc = seq(), conc()
-		} else {
-			cc, sq = conc(), seq()
-		}
-		seqTotal += sq
-		concTotal += cc
-		ratios = append(ratios, float64(sq)/float64(cc))
-	}
-	b.StopTimer()
-	slices.Sort(ratios)
-	b.ReportMetric(ratios[len(ratios)/2], "speedup")
+	speedup, concTotal, seqTotal := pairedTurns(b, conc, seq)
+	b.ReportMetric(speedup, "speedup")
 	b.ReportMetric(float64(b.N*benchSleepChunk)/concTotal.Seconds(), "conc-records/s")
 	b.ReportMetric(float64(b.N*benchSleepChunk)/seqTotal.Seconds(), "seq-records/s")
 	b.ReportMetric(0, "ns/op")
+}
+
+// pairedTurns times b.N pairs of turns of a and c with the timer running,
+// alternating which goes first, and returns the median over pairs of c's
+// time / a's time (above 1: a is faster) and each side's total.
+func pairedTurns(b *testing.B, a, c func() time.Duration) (median float64, aTotal, cTotal time.Duration) {
+	b.ResetTimer()
+	ratios := make([]float64, 0, b.N)
+	for i := range b.N {
+		var at, ct time.Duration
+		if i%2 == 0 {
+			at, ct = a(), c()
+		} else {
+			ct, at = c(), a()
+		}
+		aTotal += at
+		cTotal += ct
+		ratios = append(ratios, float64(ct)/float64(at))
+	}
+	b.StopTimer()
+	slices.Sort(ratios)
+	return ratios[len(ratios)/2], aTotal, cTotal
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strconv"
 	"sync"
 	"time"
 
@@ -15,6 +14,7 @@ import (
 	"github.com/kdeliver/kdeliver"
 	"github.com/kdeliver/kdeliver/internal/crash"
 	"github.com/kdeliver/kdeliver/internal/deadline"
+	"github.com/kdeliver/kdeliver/internal/dlq"
 )
 
 func (l *loop) handle(ctx context.Context, t *txn, r *kgo.Record) {
@@ -112,7 +112,9 @@ func (l *loop) settle(ctx context.Context, t *txn, r *kgo.Record, pctx context.C
 		// would abort every transaction for ever.
 		t.records++
 		t.dlq++
-		l.produce(t, deadLetter(pctx, s.cfg.deadLetter, r, a, err))
+		dl := dlq.Record(s.cfg.deadLetter, r, a.n, a.first, err)
+		dl.Context = context.WithoutCancel(pctx)
+		l.produce(t, dl)
 		return true
 	default:
 		t.abort(reasonStop)
@@ -223,19 +225,4 @@ func (t *txn) makePromise() {
 		}
 		deadline.Detach(r)
 	}
-}
-
-// deadLetter is the copy of r for the dead-letter topic, with where it came
-// from, how often and why it failed, and when it first did.
-func deadLetter(ctx context.Context, topic string, r *kgo.Record, a attempts, err error) *kgo.Record {
-	hs := append([]kgo.RecordHeader(nil), r.Headers...)
-	hs = append(hs,
-		kgo.RecordHeader{Key: kdeliver.HeaderDLQTopic, Value: []byte(r.Topic)},
-		kgo.RecordHeader{Key: kdeliver.HeaderDLQPartition, Value: []byte(strconv.Itoa(int(r.Partition)))},
-		kgo.RecordHeader{Key: kdeliver.HeaderDLQOffset, Value: []byte(strconv.FormatInt(r.Offset, 10))},
-		kgo.RecordHeader{Key: kdeliver.HeaderDLQAttempts, Value: []byte(strconv.Itoa(a.n))},
-		kgo.RecordHeader{Key: kdeliver.HeaderDLQError, Value: []byte(err.Error())},
-		kgo.RecordHeader{Key: kdeliver.HeaderDLQFirstFailure, Value: []byte(a.first.UTC().Format(time.RFC3339Nano))},
-	)
-	return &kgo.Record{Topic: topic, Key: r.Key, Value: r.Value, Headers: hs, Timestamp: r.Timestamp, Context: context.WithoutCancel(ctx)}
 }
