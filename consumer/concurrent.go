@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/maphash"
 	"runtime/debug"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -74,26 +76,41 @@ type topicPart struct {
 
 // laneKey names a lane: a partition, or a key of a partition.
 type laneKey struct {
-	tp  topicPart
 	gen uint64 // the partition state's: a new assignment gets new lanes
-	key string
+	key uint64 // a hash of the record key (ByKey), else 0
 }
 
-// item is what one handler call gets: a record, or a batch of one
-// partition.
+// keySeed seeds the hash of record keys for their lanes. Two keys whose
+// hashes collide share a lane, which only keeps more in order than asked.
+var keySeed = maphash.MakeSeed()
+
+// item is what a worker runs: a record, a batch of one partition for the
+// batch handler, or (ByPartition) consecutive records of one partition for
+// the record handler, one after another: a partition's lane runs one record
+// at a time anyway, and handing its records over in runs costs a lane
+// hand-off per run instead of per record.
 type item struct {
 	rec   *kgo.Record   // the record handler's record
-	recs  []*kgo.Record // the batch handler's records
+	recs  []*kgo.Record // the batch handler's records, or a run's
+	each  bool          // recs is a run: the record handler gets each
 	ps    *partState
 	key   laneKey
 	laned bool // runs in a lane (else unordered)
+
+	// A run's records done so far (set by its worker) and how many of
+	// them count for the commit (e.mu): a commit while the run is still
+	// going takes its done prefix, so a slow record holds back only
+	// itself and what follows it.
+	progress atomic.Int32
+	applied  int
 }
 
-func (it *item) first() *kgo.Record {
-	if it.rec != nil {
-		return it.rec
+// apply counts the first done records of the run it for the commit. e.mu is
+// held.
+func (it *item) apply(done int) {
+	for ; it.applied < done; it.applied++ {
+		it.ps.offs.Done(it.recs[it.applied].Offset)
 	}
-	return it.recs[0]
 }
 
 func (it *item) size() int {
@@ -114,9 +131,10 @@ type partState struct {
 	committed int64         // the offset last committed; -1 before any
 	backlog   []*kgo.Record // polled, not yet handed to a lane
 	inflight  int           // records handed to lanes and not finished
+	running   *item         // the run being handled (ByPartition)
 	hungry    bool          // in the engine's hungry queue
 	paused    bool
-	revoking  bool        // revoked: nothing more is dispatched
+	revoking  atomic.Bool // revoked: nothing more is dispatched (set under the engine's mu)
 	gone      atomic.Bool // revoked or lost: never committed again
 }
 
@@ -134,6 +152,7 @@ type engine struct {
 	order   kdeliver.Ordering
 	maxIn   int // records in lanes, all partitions
 	share   int // records in lanes, one partition
+	step    int // free room in lanes that makes a finish feed them
 	amo     bool
 	dlq     string
 	timeout *deadline.Timeouts // dead letters' delivery timeout
@@ -148,7 +167,7 @@ type engine struct {
 	hungry   []*partState // partitions with a backlog, in turn
 	gens     uint64       // partition states made
 	total    int          // records in lanes, all partitions
-	stopping bool         // no more polls
+	stopping atomic.Bool  // no more polls (set under mu)
 	exiting  bool         // workers exit once nothing is left to run
 	fatal    error
 
@@ -178,6 +197,7 @@ func newEngine(r *run, h Handler, bh BatchHandler) *engine {
 		// other partitions.
 		e.share = max(1, maxIn/n)
 	}
+	e.step = max(1, e.maxIn/4)
 	if e.dlq != "" {
 		e.timeout = deadline.New(deadLetterTimeout)
 	}
@@ -211,7 +231,7 @@ func (e *engine) loop(runCtx, hardCtx context.Context) error {
 	var err error
 	for err == nil {
 		e.mu.Lock()
-		stopped := e.stopping
+		stopped := e.stopping.Load()
 		e.mu.Unlock()
 		if stopped || pollCtx.Err() != nil {
 			break
@@ -250,7 +270,7 @@ func (e *engine) loop(runCtx, hardCtx context.Context) error {
 	}
 
 	e.mu.Lock()
-	e.stopping = true
+	e.stopping.Store(true)
 	if !e.amo || e.r.crashed.Load() {
 		// Records not started are read again by the partitions' next
 		// owner. Under AtMostOnce they are committed already: they are
@@ -282,7 +302,7 @@ func (e *engine) dispatch(fetches kgo.Fetches) {
 		}
 		k := topicPart{p.Topic, p.Partition}
 		ps := e.parts[k]
-		if ps == nil || ps.gone.Load() || ps.revoking {
+		if ps == nil || ps.gone.Load() || ps.revoking.Load() {
 			// A new state (a new assignment) gets lanes of its own: a
 			// handler of the old one still running after its revoke
 			// must not hold up the new one's records.
@@ -324,14 +344,14 @@ func (e *engine) pauseFull(ctx context.Context) {
 			e.mu.Unlock()
 		})
 		end := time.Now().Add(pauseDelay)
-		for e.deep() && !e.stopping && ctx.Err() == nil && time.Now().Before(end) {
+		for e.deep() && !e.stopping.Load() && ctx.Err() == nil && time.Now().Before(end) {
 			e.space.Wait()
 		}
 		wake.Stop()
 	}
 	var pause map[string][]int32
 	for _, ps := range e.hungry {
-		if ps.paused || ps.revoking || ps.gone.Load() || len(ps.backlog) < e.share {
+		if ps.paused || ps.revoking.Load() || ps.gone.Load() || len(ps.backlog) < e.share {
 			continue
 		}
 		ps.paused = true
@@ -355,7 +375,7 @@ const pauseDelay = 5 * time.Millisecond
 // e.mu is held.
 func (e *engine) deep() bool {
 	for _, ps := range e.hungry {
-		if !ps.paused && !ps.revoking && !ps.gone.Load() && len(ps.backlog) >= e.share {
+		if !ps.paused && !ps.revoking.Load() && !ps.gone.Load() && len(ps.backlog) >= e.share {
 			return true
 		}
 	}
@@ -371,7 +391,7 @@ func (e *engine) feed() {
 		ps := e.hungry[0]
 		e.hungry[0] = nil
 		e.hungry = e.hungry[1:]
-		if ps.revoking || ps.gone.Load() || len(ps.backlog) == 0 {
+		if ps.revoking.Load() || ps.gone.Load() || len(ps.backlog) == 0 {
 			ps.hungry, ps.backlog = false, nil
 			continue
 		}
@@ -408,17 +428,16 @@ func (e *engine) feed() {
 func (e *engine) hand(ps *partState, recs []*kgo.Record) {
 	ps.inflight += len(recs)
 	e.total += len(recs)
-	if e.bh != nil {
-		e.push(&item{recs: append([]*kgo.Record(nil), recs...), ps: ps, key: laneKey{tp: ps.tp, gen: ps.gen}, laned: true})
+	if e.bh != nil || e.order == kdeliver.ByPartition {
+		e.push(&item{recs: slices.Clone(recs), each: e.bh == nil, ps: ps, key: laneKey{gen: ps.gen}, laned: true})
 		return
 	}
-	for _, rec := range recs {
-		it := &item{rec: rec, ps: ps}
-		switch {
-		case e.order == kdeliver.ByPartition:
-			it.key, it.laned = laneKey{tp: ps.tp, gen: ps.gen}, true
-		case e.order == kdeliver.ByKey && rec.Key != nil:
-			it.key, it.laned = laneKey{tp: ps.tp, gen: ps.gen, key: string(rec.Key)}, true
+	items := make([]item, len(recs)) // one allocation for the hand-over
+	for i, rec := range recs {
+		it := &items[i]
+		it.rec, it.ps = rec, ps
+		if e.order == kdeliver.ByKey && rec.Key != nil {
+			it.key, it.laned = laneKey{gen: ps.gen, key: maphash.Bytes(keySeed, rec.Key)}, true
 		}
 		e.push(it)
 	}
@@ -440,6 +459,7 @@ func (e *engine) drained() bool { return e.total == 0 && len(e.hungry) == 0 }
 func (e *engine) worker(runCtx, hardCtx context.Context, stopPoll context.CancelFunc) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
+	var grabbed []*item
 	for {
 		for e.head == len(e.ready) && !(e.exiting && e.drained()) {
 			e.work.Wait()
@@ -447,60 +467,214 @@ func (e *engine) worker(runCtx, hardCtx context.Context, stopPoll context.Cancel
 		if e.head == len(e.ready) {
 			return
 		}
-		it := e.ready[e.head]
-		e.ready[e.head] = nil
-		e.head++
-		if e.head == len(e.ready) {
-			e.ready, e.head = e.ready[:0], 0
-		}
-		if it.ps.revoking || it.ps.gone.Load() || (e.stopping && (!e.amo || e.r.crashed.Load())) {
-			e.finish(it, false)
+		if waiting := len(e.ready) - e.head; waiting > e.n && !e.ready[e.head].each {
+			// More records wait than there are workers: take a few
+			// at once, so the hand-over costs one lock, not one each.
+			grabbed = e.runGrabbed(runCtx, hardCtx, stopPoll, grabbed[:0], min(waiting/e.n, maxGrab))
 			continue
 		}
-		e.mu.Unlock()
-		done, stop := e.handle(runCtx, hardCtx, it)
-		e.mu.Lock()
-		if stop != nil {
-			if e.fatal == nil {
-				e.fatal = stop
+		it := e.pop()
+		for it != nil {
+			if e.dropping(it.ps) {
+				e.finish(it, 0, false)
+				break
 			}
-			e.stopping = true
-			stopPoll()
+			if it.each {
+				it.ps.running = it
+			}
+			e.mu.Unlock()
+			done, stop := e.run(runCtx, hardCtx, it)
+			e.mu.Lock()
+			if stop != nil {
+				if e.fatal == nil {
+					e.fatal = stop
+				}
+				e.stopping.Store(true)
+				stopPoll()
+			}
+			// The lane's next item stays with this worker while no other
+			// waits: no hand-off to another goroutine.
+			it = e.finish(it, done, true)
 		}
-		e.finish(it, done)
 	}
 }
 
-// finish ends it: its records are no longer in flight, done ones count
-// for the commit, its lane's next item may run, and the backlogs feed the
-// room it leaves. e.mu is held.
-func (e *engine) finish(it *item, done bool) {
+// pop takes the first ready item. e.mu is held.
+func (e *engine) pop() *item {
+	it := e.ready[e.head]
+	e.ready[e.head] = nil
+	e.head++
+	if e.head == len(e.ready) {
+		e.ready, e.head = e.ready[:0], 0
+	}
+	return it
+}
+
+// maxGrab bounds the items a worker takes from the ready queue at once.
+const maxGrab = 8
+
+// runGrabbed takes up to k ready single-record items (not runs), runs them
+// one after another without the lock, and finishes them together. It is
+// used only while more items wait than there are workers, so the ones it
+// holds would wait anyway; a record that fails gives the ones not started
+// back to the ready queue before it waits to retry or writes a dead
+// letter, so that they do not wait for it. e.mu is held on entry and on
+// return; it returns buf for reuse.
+func (e *engine) runGrabbed(runCtx, hardCtx context.Context, stopPoll context.CancelFunc, buf []*item, k int) []*item {
+	for len(buf) < k && e.head < len(e.ready) && !e.ready[e.head].each {
+		buf = append(buf, e.pop())
+	}
+	var doneBuf [maxGrab]int
+	done := doneBuf[:0]
+	var stop error
+	started := 0 // items run (or given back): the others are ours to give back
+	gaveBack := false
+	yield := func() {
+		if gaveBack || started >= len(buf) {
+			return
+		}
+		gaveBack = true
+		e.mu.Lock()
+		for _, it := range buf[started:] {
+			e.ready = append(e.ready, it)
+			e.work.Signal()
+		}
+		e.mu.Unlock()
+	}
+	e.mu.Unlock()
+	for _, it := range buf {
+		if gaveBack || stop != nil {
+			break
+		}
+		started++
+		// A revoke waits for the records in hand, these included (they
+		// left the ready queue, where it drops records): dropping one
+		// would leave a gap in its partition before records of other
+		// lanes that ran, which the new owner would repeat.
+		if it.ps.gone.Load() || (e.stopping.Load() && (!e.amo || e.r.crashed.Load())) {
+			done = append(done, 0)
+			continue
+		}
+		ok, st := e.handle(runCtx, hardCtx, it.ps, it.rec, nil, yield)
+		stop = st
+		done = append(done, b2i(ok))
+	}
+	e.mu.Lock()
+	if stop != nil {
+		if e.fatal == nil {
+			e.fatal = stop
+		}
+		e.stopping.Store(true)
+		stopPoll()
+	}
+	for i, it := range buf {
+		switch {
+		case i < len(done):
+			e.finish(it, done[i], false)
+		case !gaveBack:
+			// Not started after a stop: dropped, or (AtMostOnce)
+			// handled by another worker.
+			if e.dropping(it.ps) {
+				e.finish(it, 0, false)
+			} else {
+				e.ready = append(e.ready, it)
+				e.work.Signal()
+			}
+		}
+	}
+	clear(buf)
+	return buf[:0]
+}
+
+func b2i(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// dropping reports whether records of ps must not be started: the
+// partition is revoked or lost, or Run stops (and its records are not
+// committed already). It needs no lock.
+func (e *engine) dropping(ps *partState) bool {
+	return ps.revoking.Load() || ps.gone.Load() || (e.stopping.Load() && (!e.amo || e.r.crashed.Load()))
+}
+
+// run handles it and returns how many of its records, from the first, are
+// done; stop is the error that must stop Run.
+func (e *engine) run(runCtx, hardCtx context.Context, it *item) (done int, stop error) {
+	switch {
+	case it.rec != nil:
+		ok, stop := e.handle(runCtx, hardCtx, it.ps, it.rec, nil, nil)
+		return b2i(ok), stop
+	case it.each:
+		for i, rec := range it.recs {
+			if i > 0 && e.dropping(it.ps) {
+				return i, nil
+			}
+			ok, stop := e.handle(runCtx, hardCtx, it.ps, rec, nil, nil)
+			if !ok || stop != nil {
+				return i, stop
+			}
+			it.progress.Store(int32(i + 1))
+		}
+		return len(it.recs), nil
+	default:
+		ok, stop := e.handle(runCtx, hardCtx, it.ps, it.recs[0], it.recs, nil)
+		if ok {
+			return len(it.recs), stop
+		}
+		return 0, stop
+	}
+}
+
+// finish ends it: its records are no longer in flight, the first done
+// ones count for the commit (the others are read again by the partition's
+// next owner), its lane's next item may run, and the backlogs feed the
+// room it leaves. With keep, the lane's next item is returned to the
+// caller to run when no other item waits; else it is queued for any
+// worker. e.mu is held.
+func (e *engine) finish(it *item, done int, keep bool) (next *item) {
 	ps := it.ps
 	n := it.size()
 	ps.inflight -= n
 	e.total -= n
-	if done && !e.amo && !ps.gone.Load() {
-		if it.rec != nil {
+	if done > 0 && !e.amo && !ps.gone.Load() {
+		switch {
+		case it.rec != nil:
 			ps.offs.Done(it.rec.Offset)
-		} else {
+		case it.each:
+			it.apply(done)
+		default:
 			for _, rec := range it.recs {
 				ps.offs.Done(rec.Offset)
 			}
 		}
 	}
+	if ps.running == it {
+		ps.running = nil
+	}
 	if it.laned {
-		if next, ok := e.lanes.Next(it.key); ok {
-			e.ready = append(e.ready, next)
-			e.work.Signal()
+		if nx, ok := e.lanes.Next(it.key); ok {
+			if keep && e.head == len(e.ready) {
+				next = nx
+			} else {
+				e.ready = append(e.ready, nx)
+				e.work.Signal()
+			}
 		}
 	}
-	if !e.stopping || (e.amo && !e.r.crashed.Load()) {
+	// Feeding a record at a time as each finishes would cost a hand-over
+	// per record: the backlogs feed once a step of the bound is free, or
+	// when no item is ready (a worker would wait).
+	if (!e.stopping.Load() || (e.amo && !e.r.crashed.Load())) && (e.maxIn-e.total >= e.step || e.head == len(e.ready)) {
 		e.feed()
 	}
 	if e.exiting && e.drained() {
 		e.work.Broadcast()
 	}
 	e.space.Broadcast()
+	return next
 }
 
 // dropAll drops every record not started. e.mu is held.
@@ -518,7 +692,7 @@ func (e *engine) dropAll() {
 	for _, it := range ready {
 		// The lane of a ready item is running it: free the lane (its
 		// queue was just dropped).
-		e.finish(it, false)
+		e.finish(it, 0, false)
 	}
 }
 
@@ -532,14 +706,15 @@ func (e *engine) release(it *item) {
 // handle runs it until it is done (it succeeded, was skipped or
 // dead-lettered), it must stop Run (stop is the error), or it is given up
 // without being done (Run or its partition stopped while it waited).
-func (e *engine) handle(runCtx, hardCtx context.Context, it *item) (done bool, stop error) {
-	rec := it.first()
+//
+// yield, if not nil, is called before the first wait for a retry.
+func (e *engine) handle(runCtx, hardCtx context.Context, ps *partState, rec *kgo.Record, batch []*kgo.Record, yield func()) (done bool, stop error) {
 	var bo backoff.BackOff // made at the first failure: none on the success path
 	var firstFailure time.Time
 	for attempt := 1; ; attempt++ {
 		var err error
-		if e.bh != nil {
-			err = e.callBatch(hardCtx, it.recs)
+		if batch != nil {
+			err = e.callBatch(hardCtx, batch)
 		} else {
 			err = e.r.call(hardCtx, e.h, rec, attempt)
 		}
@@ -557,7 +732,7 @@ func (e *engine) handle(runCtx, hardCtx context.Context, it *item) (done bool, s
 			e.c.log.Warn("handler failed: record skipped (at-most-once)", "topic", rec.Topic, "partition", rec.Partition, "offset", rec.Offset, "err", err)
 			return true, nil
 		case isSkip(err):
-			e.c.log.Warn("handler skipped the record: committing past it", "topic", rec.Topic, "partition", rec.Partition, "offset", rec.Offset, "records", it.size(), "err", err)
+			e.c.log.Warn("handler skipped the record: committing past it", "topic", rec.Topic, "partition", rec.Partition, "offset", rec.Offset, "records", max(1, len(batch)), "err", err)
 			return true, nil
 		case e.c.guard != nil && errors.Is(err, dedup.ErrNoKey):
 			return false, &kdeliver.HandlerError{Record: rec, Attempts: attempt, Err: err}
@@ -565,13 +740,19 @@ func (e *engine) handle(runCtx, hardCtx context.Context, it *item) (done bool, s
 			if e.dlq == "" {
 				return false, &kdeliver.HandlerError{Record: rec, Attempts: attempt, Err: err}
 			}
-			return e.deadLetter(runCtx, hardCtx, it, attempt, firstFailure, err), nil
+			if yield != nil {
+				yield() // a dead letter may take retries too
+			}
+			return e.deadLetter(runCtx, hardCtx, ps, rec, batch, attempt, firstFailure, err), nil
 		}
-		if it.ps.gone.Load() {
+		if ps.gone.Load() {
 			return false, nil // the partition's new owner retries it
 		}
 		if bo == nil {
 			bo = e.backoff()
+			if yield != nil {
+				yield()
+			}
 		}
 		wait := bo.NextBackOff()
 		e.c.log.Warn("handler failed: retrying", "topic", rec.Topic, "partition", rec.Partition, "offset", rec.Offset, "attempt", attempt, "wait", wait, "err", err)
@@ -617,10 +798,10 @@ func (e *engine) callBatch(ctx context.Context, recs []*kgo.Record) (err error) 
 // deadLetter writes the records of it to the dead-letter topic, retrying
 // with the backoff until all in-sync replicas acknowledged them; only then
 // is it done. It gives up (not done) when Run or the partition stops.
-func (e *engine) deadLetter(runCtx, hardCtx context.Context, it *item, attempts int, first time.Time, herr error) bool {
-	src := it.recs
-	if it.rec != nil {
-		src = []*kgo.Record{it.rec}
+func (e *engine) deadLetter(runCtx, hardCtx context.Context, ps *partState, rec *kgo.Record, batch []*kgo.Record, attempts int, first time.Time, herr error) bool {
+	src := batch
+	if src == nil {
+		src = []*kgo.Record{rec}
 	}
 	letters := make([]*kgo.Record, len(src))
 	for i, r := range src {
@@ -643,7 +824,7 @@ func (e *engine) deadLetter(runCtx, hardCtx context.Context, it *item, attempts 
 			e.c.log.Warn("handler failed for the last time: record dead-lettered", "topic", src[0].Topic, "partition", src[0].Partition, "offset", src[0].Offset, "records", len(src), "attempts", attempts, "dead_letter_topic", e.dlq, "err", herr)
 			return true
 		}
-		if it.ps.gone.Load() {
+		if ps.gone.Load() {
 			return false
 		}
 		if bo == nil {
@@ -700,6 +881,9 @@ func (e *engine) committable(match func(*partState) bool) map[string]map[int32]k
 		if ps.gone.Load() || !match(ps) {
 			continue
 		}
+		if ps.running != nil && !e.amo {
+			ps.running.apply(int(ps.running.progress.Load()))
+		}
 		off, epoch, ok := ps.offs.Committable()
 		if !ok || off <= ps.committed {
 			continue
@@ -751,7 +935,7 @@ func (e *engine) revoke(ctx context.Context, parts map[string][]int32, lost bool
 		for _, p := range ps {
 			if st := e.parts[topicPart{t, p}]; st != nil {
 				set[st.tp] = st
-				st.revoking = true
+				st.revoking.Store(true)
 				if lost {
 					st.gone.Store(true)
 				}
@@ -780,13 +964,17 @@ func (e *engine) revoke(ctx context.Context, parts map[string][]int32, lost bool
 	for _, st := range set {
 		st.backlog = nil // feed drops it from the hungry queue
 	}
-	for _, it := range e.lanes.Drop(func(k laneKey) bool { _, ok := set[k.tp]; return ok }) {
+	gens := make(map[uint64]bool, len(set))
+	for _, st := range set {
+		gens[st.gen] = true
+	}
+	for _, it := range e.lanes.Drop(func(k laneKey) bool { return gens[k.gen] }) {
 		e.release(it)
 	}
 	keep := e.ready[e.head:e.head]
 	var dropped []*item
 	for _, it := range e.ready[e.head:] {
-		if it.ps.revoking {
+		if it.ps.revoking.Load() {
 			dropped = append(dropped, it)
 			continue
 		}
@@ -795,7 +983,7 @@ func (e *engine) revoke(ctx context.Context, parts map[string][]int32, lost bool
 	clear(e.ready[e.head+len(keep):])
 	e.ready = e.ready[:e.head+len(keep)]
 	for _, it := range dropped {
-		e.finish(it, false)
+		e.finish(it, 0, false)
 	}
 	if lost {
 		for k, st := range set {

@@ -36,6 +36,10 @@ type run struct {
 
 	crashed atomic.Bool
 
+	// When the sequential loop last committed (or tried to); only the
+	// loop's goroutine reads and writes it.
+	lastCommit time.Time
+
 	eng *engine // the concurrent engine, nil for the sequential loop
 }
 
@@ -106,11 +110,20 @@ func (r *run) atMostOnce(hardCtx context.Context, fetches kgo.Fetches, h Handler
 }
 
 // atLeastOnce processes the batch partition by partition in offset order,
-// then commits what succeeded.
+// then commits what succeeded once a commit is due ([run.commitDue]).
 func (r *run) atLeastOnce(runCtx, hardCtx context.Context, fetches kgo.Fetches, h Handler) error {
 	var stopErr error
 	stopped, progressed := false, false
 	fetches.EachPartition(func(p kgo.FetchTopicPartition) {
+		// The partition's records run in offset order, so the last one
+		// done is the partition's progress: marked once, not per record.
+		var last *kgo.Record
+		defer func() {
+			if last != nil {
+				r.markDone(last)
+				progressed = true
+			}
+		}()
 		for _, rec := range p.Records {
 			if stopped {
 				return
@@ -128,8 +141,7 @@ func (r *run) atLeastOnce(runCtx, hardCtx context.Context, fetches kgo.Fetches, 
 				stopped = true // cancelled while waiting to retry
 				return
 			}
-			r.markDone(rec)
-			progressed = true
+			last = rec
 		}
 	})
 	if r.crashed.Load() || !progressed {
@@ -137,10 +149,25 @@ func (r *run) atLeastOnce(runCtx, hardCtx context.Context, fetches kgo.Fetches, 
 		// on revoke or on shutdown.
 		return stopErr
 	}
+	if !r.commitDue() {
+		return stopErr
+	}
+	r.lastCommit = time.Now()
 	if err := r.commitPending(hardCtx); err != nil {
 		r.c.log.Warn("commit after processing failed: will retry with the next commit; a crash now repeats these records", "err", err)
 	}
 	return stopErr
+}
+
+// commitDue says whether the sequential loop commits after this batch: once
+// a commit interval ([WithCommitInterval]) has passed since the last, or
+// when the client holds no more fetched records (the consumer has caught up,
+// or is about to wait for the next fetch), so that an idle consumer's
+// offsets are never left uncommitted. Records finished since the last
+// commit are also committed on revoke and on shutdown, so only a crash
+// repeats them: up to an interval's worth.
+func (r *run) commitDue() bool {
+	return time.Since(r.lastCommit) >= r.c.cfg.commitInterval || r.cl.BufferedFetchRecords() == 0
 }
 
 const whatHandler = "handler"
@@ -243,5 +270,5 @@ func newSpanGate(tp trace.TracerProvider, global bool) *spanGate {
 
 func (g *spanGate) needed(rec *kgo.Record) bool {
 	return g == nil || g.recording || (g.global != nil && otel.GetTracerProvider() != g.global) ||
-		trace.SpanContextFromContext(rec.Context).IsValid()
+		(rec.Context != nil && trace.SpanContextFromContext(rec.Context).IsValid())
 }

@@ -22,12 +22,13 @@
 //     At-most-once means never twice: only committed records are processed.
 //
 //   - AtLeastOnce ([New]): the handler runs first; the offsets of records
-//     whose handler returned nil are committed after each batch, on revoke
-//     and on shutdown. A failing handler is retried with exponential backoff
+//     whose handler returned nil are committed every commit interval
+//     ([WithCommitInterval], 1 s; and once the consumer has caught up), on
+//     revoke and on shutdown. A failing handler is retried with exponential backoff
 //     ([kdeliver.WithBackoff], [kdeliver.WithMaxAttempts]) and its offset is
 //     never committed while it fails, nor any later offset of its partition.
-//     A crash repeats the records processed since the last commit, never
-//     loses one. Return [Skip](err) to give up on a record that can never
+//     A crash repeats the records processed since the last commit (up to
+//     an interval's worth and the poll in hand), never loses one. Return [Skip](err) to give up on a record that can never
 //     succeed: it is logged and committed past.
 //
 //   - ExactlyOnce: the effect of each record happens once. What ties the
@@ -82,7 +83,7 @@
 //     returned "") stops Run with a [*kdeliver.HandlerError] wrapping
 //     [dedup.ErrNoKey].
 //
-// The sequential consumer never commits on a timer (no auto-commit), and
+// The sequential consumer commits only between polls (no auto-commit), and
 // its rebalances wait until the records in hand are committed (AtMostOnce),
 // processed and committed (AtLeastOnce, a guard) or written to the sink, so
 // no partition changes owner with records in hand. Long retries therefore
@@ -128,7 +129,8 @@
 // Without [kdeliver.WithConcurrency] (and without a dead-letter topic or
 // [Consumer.RunBatch]) the handler runs on Run's goroutine, one record at a
 // time: records of a partition in offset order, partitions of a batch one
-// after another, and the offsets are committed after each poll. A slow or
+// after another, and the offsets are committed between polls once a commit
+// interval has passed (or the consumer has caught up). A slow or
 // retried record holds up the whole batch.
 //
 // kdeliver.WithConcurrency(n, order) runs up to n handlers at once in the

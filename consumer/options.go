@@ -14,7 +14,7 @@ const (
 	// DefaultMaxPollRecords is how many records one poll hands over at
 	// most.
 	DefaultMaxPollRecords = 500
-	// DefaultCommitInterval is how often a concurrent consumer commits
+	// DefaultCommitInterval is how often an AtLeastOnce consumer commits
 	// the offsets its handlers finished ([WithCommitInterval]).
 	DefaultCommitInterval = time.Second
 	// DefaultRevokeTimeout is how long a concurrent consumer lets the
@@ -111,12 +111,15 @@ func WithKgoOpts(opts ...kgo.Opt) Option {
 	return option(func(c *config) { c.kgoOpts = append(c.kgoOpts, opts...) })
 }
 
-// WithCommitInterval sets how often a concurrent consumer
-// ([kdeliver.WithConcurrency], a dead-letter topic, or [Consumer.RunBatch])
-// commits the offsets its handlers finished, overriding
+// WithCommitInterval sets how often an AtLeastOnce consumer (or one with a
+// guard) commits the offsets its handlers finished, overriding
 // [DefaultCommitInterval]. It also commits on revoke and on shutdown. A
 // crash repeats up to an interval's worth of finished records, plus those in
-// flight. The sequential consumer commits after each poll and ignores it.
+// flight (the sequential consumer: the poll in hand). The sequential
+// consumer commits after a poll once the interval has passed since its last
+// commit, and also when it has caught up (kgo holds no more fetched
+// records), so an idle consumer's offsets are never left behind.
+// AtMostOnce commits each poll before handling it and ignores it.
 func WithCommitInterval(d time.Duration) Option {
 	return option(func(c *config) {
 		if d <= 0 {

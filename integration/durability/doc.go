@@ -51,8 +51,9 @@
 // process). It is SIGKILLed at 20 %, 45 % and 70 % of a pre-filled topic and
 // a new process takes over; the last one is stopped with SIGTERM once the
 // group has committed everything. AtLeastOnce: no record lost, duplicates
-// counted (and at most one poll's worth per kill). AtMostOnce: no record
-// handled twice, losses counted (at most one poll's worth per kill).
+// counted (at most a commit interval's worth of records and a poll per
+// kill). AtMostOnce: no record handled twice, losses counted (at most one
+// poll's worth per kill).
 //
 // Not enough replicas: with 2 of 3 nodes SIGKILLed, an AtLeastOnce Produce
 // with a 10 s delivery timeout must return a *kdeliver.DeliveryError (not

@@ -8,6 +8,8 @@ type Lanes[K comparable, T any] struct {
 	queued int
 }
 
+// lane is a lane's queue; a lane running one item with none waiting has a
+// nil lane, so that most lanes (one record per key) cost no allocation.
 type lane[T any] struct {
 	queue []T
 	head  int
@@ -22,8 +24,12 @@ func NewLanes[K comparable, T any]() *Lanes[K, T] { return &Lanes[K, T]{m: map[K
 func (l *Lanes[K, T]) Push(k K, v T) bool {
 	ln, ok := l.m[k]
 	if !ok {
-		l.m[k] = &lane[T]{}
+		l.m[k] = nil
 		return true
+	}
+	if ln == nil {
+		ln = &lane[T]{}
+		l.m[k] = ln
 	}
 	ln.queue = append(ln.queue, v)
 	l.queued++
@@ -39,7 +45,7 @@ func (l *Lanes[K, T]) Next(k K) (T, bool) {
 	if !ok {
 		return zero, false
 	}
-	if ln.head == len(ln.queue) {
+	if ln == nil || ln.head == len(ln.queue) {
 		delete(l.m, k)
 		return zero, false
 	}
@@ -58,7 +64,7 @@ func (l *Lanes[K, T]) Next(k K) (T, bool) {
 func (l *Lanes[K, T]) Drop(match func(K) bool) []T {
 	var out []T
 	for k, ln := range l.m {
-		if !match(k) {
+		if ln == nil || !match(k) {
 			continue
 		}
 		out = append(out, ln.queue[ln.head:]...)

@@ -91,7 +91,7 @@ func newRecordTracer(t *kotel.Tracer, tp trace.TracerProvider, global bool, prop
 
 func (rt *recordTracer) active(r *kgo.Record) bool {
 	return rt.recording || (rt.global != nil && otel.GetTracerProvider() != rt.global) ||
-		trace.SpanContextFromContext(r.Context).IsValid()
+		(r.Context != nil && trace.SpanContextFromContext(r.Context).IsValid())
 }
 
 func (rt *recordTracer) OnProduceRecordBuffered(r *kgo.Record) {
@@ -121,7 +121,9 @@ func (rt *recordTracer) OnFetchRecordBuffered(r *kgo.Record) {
 }
 
 func (rt *recordTracer) OnFetchRecordUnbuffered(r *kgo.Record, polled bool) {
-	if rt.active(r) {
+	// A record whose buffered hook started a span (or passed a trace on)
+	// has a context; most records have none, and nothing to end.
+	if r.Context != nil && rt.active(r) {
 		rt.t.OnFetchRecordUnbuffered(r, polled) // ends the span, a no-op one included
 	}
 }
