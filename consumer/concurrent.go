@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"hash/maphash"
 	"runtime/debug"
 	"slices"
 	"sync"
@@ -77,12 +76,22 @@ type topicPart struct {
 // laneKey names a lane: a partition, or a key of a partition.
 type laneKey struct {
 	gen uint64 // the partition state's: a new assignment gets new lanes
-	key uint64 // a hash of the record key (ByKey), else 0
+	key uint64 // keyHash of the record key (ByKey), else 0
 }
 
-// keySeed seeds the hash of record keys for their lanes. Two keys whose
-// hashes collide share a lane, which only keeps more in order than asked.
-var keySeed = maphash.MakeSeed()
+func (k laneKey) hash() uint64 { return k.gen*0x9e3779b97f4a7c15 ^ k.key }
+
+// keyHash is the 64-bit FNV-1a hash of a record key, which names its lane.
+// Two keys whose hashes collide share a lane, which only keeps more in
+// order than asked.
+func keyHash(key []byte) uint64 {
+	h := uint64(14695981039346656037)
+	for _, b := range key {
+		h ^= uint64(b)
+		h *= 1099511628211
+	}
+	return h
+}
 
 // item is what a worker runs: a record, a batch of one partition for the
 // batch handler, or (ByPartition) consecutive records of one partition for
@@ -169,6 +178,7 @@ type engine struct {
 	total    int          // records in lanes, all partitions
 	stopping atomic.Bool  // no more polls (set under mu)
 	exiting  bool         // workers exit once nothing is left to run
+	looking  atomic.Int32 // workers out of a handler and not waiting
 	fatal    error
 
 	cmu sync.Mutex // serializes commits
@@ -188,7 +198,7 @@ func newEngine(r *run, h Handler, bh BatchHandler) *engine {
 		share: maxIn,
 		amo:   r.c.sem == kdeliver.AtMostOnce,
 		dlq:   r.c.cfg.deadLetter,
-		lanes: inflight.NewLanes[laneKey, *item](),
+		lanes: inflight.NewLanes[laneKey, *item](laneKey.hash),
 		parts: map[topicPart]*partState{},
 	}
 	if e.order == kdeliver.ByPartition || bh != nil {
@@ -437,7 +447,7 @@ func (e *engine) hand(ps *partState, recs []*kgo.Record) {
 		it := &items[i]
 		it.rec, it.ps = rec, ps
 		if e.order == kdeliver.ByKey && rec.Key != nil {
-			it.key, it.laned = laneKey{gen: ps.gen, key: maphash.Bytes(keySeed, rec.Key)}, true
+			it.key, it.laned = laneKey{gen: ps.gen, key: keyHash(rec.Key)}, true
 		}
 		e.push(it)
 	}
@@ -448,8 +458,18 @@ func (e *engine) push(it *item) {
 	if it.laned && !e.lanes.Push(it.key, it) {
 		return
 	}
+	e.enqueue(it)
+}
+
+// enqueue puts it in the ready queue and wakes a waiting worker, unless
+// enough workers are awake to take what is queued: a wake-up costs more
+// than a cheap handler, and a worker out of a handler takes the next ready
+// item itself. e.mu is held.
+func (e *engine) enqueue(it *item) {
 	e.ready = append(e.ready, it)
-	e.work.Signal()
+	if len(e.ready)-e.head > int(e.looking.Load()) {
+		e.work.Signal()
+	}
 }
 
 // drained reports whether nothing is left to run. e.mu is held.
@@ -459,44 +479,59 @@ func (e *engine) drained() bool { return e.total == 0 && len(e.hungry) == 0 }
 func (e *engine) worker(runCtx, hardCtx context.Context, stopPoll context.CancelFunc) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	var grabbed []*item
+	e.looking.Add(1)
+	defer e.looking.Add(-1)
+	g := newGrabber(e)
 	for {
 		for e.head == len(e.ready) && !(e.exiting && e.drained()) {
+			e.looking.Add(-1)
 			e.work.Wait()
+			e.looking.Add(1)
 		}
 		if e.head == len(e.ready) {
 			return
 		}
-		if waiting := len(e.ready) - e.head; waiting > e.n && !e.ready[e.head].each {
-			// More records wait than there are workers: take a few
-			// at once, so the hand-over costs one lock, not one each.
-			grabbed = e.runGrabbed(runCtx, hardCtx, stopPoll, grabbed[:0], min(waiting/e.n, maxGrab))
+		if k := e.grab(); k > 1 {
+			// Take a few records at once, so the hand-over costs one
+			// lock, not one each.
+			e.runGrabbed(runCtx, hardCtx, stopPoll, g, k)
 			continue
 		}
 		it := e.pop()
-		for it != nil {
-			if e.dropping(it.ps) {
-				e.finish(it, 0, false)
-				break
-			}
-			if it.each {
-				it.ps.running = it
-			}
-			e.mu.Unlock()
-			done, stop := e.run(runCtx, hardCtx, it)
-			e.mu.Lock()
-			if stop != nil {
-				if e.fatal == nil {
-					e.fatal = stop
-				}
-				e.stopping.Store(true)
-				stopPoll()
-			}
-			// The lane's next item stays with this worker while no other
-			// waits: no hand-off to another goroutine.
-			it = e.finish(it, done, true)
+		if (it.each && e.dropping(it.ps)) || e.halted(it.ps) {
+			// A run of a revoked partition is dropped whole: it is
+			// the partition's suffix, which the new owner reads.
+			e.finish(it, 0)
+			continue
 		}
+		if it.each {
+			it.ps.running = it
+		}
+		e.looking.Add(-1)
+		e.mu.Unlock()
+		done, stop := e.run(runCtx, hardCtx, it)
+		e.looking.Add(1)
+		e.mu.Lock()
+		if stop != nil {
+			if e.fatal == nil {
+				e.fatal = stop
+			}
+			e.stopping.Store(true)
+			stopPoll()
+		}
+		e.finish(it, done)
 	}
+}
+
+// grab returns how many ready records a worker takes at once: while more
+// wait than there are workers, a few (they would wait anyway); else one. A
+// run (ByPartition) or a batch is taken alone. e.mu is held.
+func (e *engine) grab() int {
+	waiting := len(e.ready) - e.head
+	if it := e.ready[e.head]; it.each || it.rec == nil || waiting <= e.n {
+		return 1
+	}
+	return min(waiting/e.n, maxGrab)
 }
 
 // pop takes the first ready item. e.mu is held.
@@ -515,50 +550,44 @@ const maxGrab = 8
 
 // runGrabbed takes up to k ready single-record items (not runs), runs them
 // one after another without the lock, and finishes them together. It is
-// used only while more items wait than there are workers, so the ones it
-// holds would wait anyway; a record that fails gives the ones not started
-// back to the ready queue before it waits to retry or writes a dead
-// letter, so that they do not wait for it. e.mu is held on entry and on
-// return; it returns buf for reuse.
-func (e *engine) runGrabbed(runCtx, hardCtx context.Context, stopPoll context.CancelFunc, buf []*item, k int) []*item {
+// used while more items wait than there are workers, so the ones it holds
+// would wait anyway. The records not started go back to the ready queue
+// for any worker when one of them fails (before it waits to retry or
+// writes a dead letter) or takes longer than rescueAfter, and those done
+// before it are finished then, so that a slow or stuck record holds up no
+// other's handling or commit for longer than that. e.mu is held on entry
+// and on return.
+func (e *engine) runGrabbed(runCtx, hardCtx context.Context, stopPoll context.CancelFunc, g *grabber, k int) {
+	buf := g.own[:0]
 	for len(buf) < k && e.head < len(e.ready) && !e.ready[e.head].each {
 		buf = append(buf, e.pop())
 	}
-	var doneBuf [maxGrab]int
-	done := doneBuf[:0]
+	g.start(buf)
 	var stop error
-	started := 0 // items run (or given back): the others are ours to give back
-	gaveBack := false
-	yield := func() {
-		if gaveBack || started >= len(buf) {
-			return
-		}
-		gaveBack = true
-		e.mu.Lock()
-		for _, it := range buf[started:] {
-			e.ready = append(e.ready, it)
-			e.work.Signal()
-		}
-		e.mu.Unlock()
-	}
+	ran := 0
+	e.looking.Add(-1)
 	e.mu.Unlock()
-	for _, it := range buf {
-		if gaveBack || stop != nil {
+	g.timer.Reset(rescueAfter)
+	for i, it := range buf {
+		if stop != nil || !g.claim(i) {
 			break
 		}
-		started++
-		// A revoke waits for the records in hand, these included (they
-		// left the ready queue, where it drops records): dropping one
-		// would leave a gap in its partition before records of other
-		// lanes that ran, which the new owner would repeat.
-		if it.ps.gone.Load() || (e.stopping.Load() && (!e.amo || e.r.crashed.Load())) {
-			done = append(done, 0)
+		ran++
+		// A revoke waits for the records in flight, these included:
+		// dropping one would leave a gap in its partition before
+		// records of other lanes that ran, which the new owner would
+		// repeat.
+		if e.halted(it.ps) {
+			g.result(i, false)
 			continue
 		}
-		ok, st := e.handle(runCtx, hardCtx, it.ps, it.rec, nil, yield)
+		ok, st := e.handle(runCtx, hardCtx, it.ps, it.rec, nil, g.giveBack)
 		stop = st
-		done = append(done, b2i(ok))
+		g.result(i, ok)
 	}
+	g.timer.Stop()
+	fin, kept := g.end(ran)
+	e.looking.Add(1)
 	e.mu.Lock()
 	if stop != nil {
 		if e.fatal == nil {
@@ -567,23 +596,120 @@ func (e *engine) runGrabbed(runCtx, hardCtx context.Context, stopPoll context.Ca
 		e.stopping.Store(true)
 		stopPoll()
 	}
-	for i, it := range buf {
+	for i := fin; i < ran+kept; i++ {
+		it := buf[i]
 		switch {
-		case i < len(done):
-			e.finish(it, done[i], false)
-		case !gaveBack:
-			// Not started after a stop: dropped, or (AtMostOnce)
-			// handled by another worker.
-			if e.dropping(it.ps) {
-				e.finish(it, 0, false)
-			} else {
-				e.ready = append(e.ready, it)
-				e.work.Signal()
-			}
+		case i < ran:
+			e.finish(it, int(g.res[i].Load()-1))
+		case e.halted(it.ps):
+			// Not started after a stop.
+			e.finish(it, 0)
+		default:
+			e.enqueue(it) // AtMostOnce: handled by another worker
 		}
 	}
 	clear(buf)
-	return buf[:0]
+}
+
+// rescueAfter is how long a record taken with others may run before the
+// others go back to the ready queue (and those done before it are
+// finished, so that their offsets commit).
+const rescueAfter = 2 * time.Millisecond
+
+// grabber is a worker's records taken at once ([engine.runGrabbed]). The
+// worker claims them one by one and notes each result; a give-back (a
+// failing record's, or the rescue timer's when a record is slow) finishes
+// the records done so far, claims the rest and queues them for any
+// worker.
+type grabber struct {
+	e     *engine
+	own   []*item // the worker's buffer
+	timer *time.Timer
+
+	mu    sync.Mutex    // a grab's start and end against a give-back; never held with e.mu taken after it
+	buf   []*item       // the grab
+	state atomic.Uint64 // the grab's epoch << 32 | the next index to claim
+	res   [maxGrab]atomic.Int32
+	fin   int // records of buf finished by a give-back
+}
+
+// result notes record i's outcome.
+func (g *grabber) result(i int, done bool) { g.res[i].Store(int32(b2i(done)) + 1) }
+
+func newGrabber(e *engine) *grabber {
+	g := &grabber{e: e, own: make([]*item, 0, maxGrab)}
+	g.timer = time.AfterFunc(time.Hour, g.giveBack)
+	g.timer.Stop()
+	return g
+}
+
+// start begins a grab of buf.
+func (g *grabber) start(buf []*item) {
+	g.mu.Lock()
+	g.buf, g.fin = buf, 0
+	for i := range g.res {
+		g.res[i].Store(0)
+	}
+	g.state.Store((g.state.Load()>>32 + 1) << 32)
+	g.mu.Unlock()
+}
+
+// claim takes record i of the grab for the worker; false once the rest was
+// given back.
+func (g *grabber) claim(i int) bool {
+	st := g.state.Load()
+	return int(uint32(st)) == i && g.state.CompareAndSwap(st, st+1)
+}
+
+// end closes the grab after the worker claimed n records. The worker
+// finishes buf[fin:n] and owns the kept records after them (not given
+// back).
+func (g *grabber) end(n int) (fin, kept int) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	st := g.state.Load()
+	if int(uint32(st)) == n {
+		kept = len(g.buf) - n
+	}
+	g.state.Store((st>>32 + 1) << 32) // a late give-back finds nothing
+	g.buf = nil
+	return g.fin, kept
+}
+
+// giveBack queues the records of the grab not claimed yet, and wakes
+// workers for them.
+func (g *grabber) giveBack() {
+	var rest, ended [maxGrab]*item
+	var results [maxGrab]int
+	n, m := 0, 0
+	g.mu.Lock()
+	for st := g.state.Load(); int(uint32(st)) < len(g.buf); st = g.state.Load() {
+		i := int(uint32(st))
+		if g.state.CompareAndSwap(st, st&^0xffffffff|uint64(len(g.buf))) {
+			n = copy(rest[:], g.buf[i:])
+			break
+		}
+	}
+	for g.buf != nil && g.fin < len(g.buf) {
+		r := g.res[g.fin].Load()
+		if r == 0 {
+			break // running, or given back
+		}
+		ended[m], results[m] = g.buf[g.fin], int(r-1)
+		m++
+		g.fin++
+	}
+	g.mu.Unlock()
+	e := g.e
+	e.mu.Lock()
+	for i := range m {
+		e.finish(ended[i], results[i])
+	}
+	e.ready = append(e.ready, rest[:n]...)
+	if e.head < len(e.ready) {
+		e.work.Broadcast()
+	}
+	e.mu.Unlock()
 }
 
 func b2i(b bool) int {
@@ -597,7 +723,15 @@ func b2i(b bool) int {
 // partition is revoked or lost, or Run stops (and its records are not
 // committed already). It needs no lock.
 func (e *engine) dropping(ps *partState) bool {
-	return ps.revoking.Load() || ps.gone.Load() || (e.stopping.Load() && (!e.amo || e.r.crashed.Load()))
+	return ps.revoking.Load() || e.halted(ps)
+}
+
+// halted reports whether no record of ps may start any more: the partition
+// is gone (lost, or revoked and its revoke timeout passed), or Run stops
+// (and its records are not committed already). A revoked partition's
+// records in flight still run until then. It needs no lock.
+func (e *engine) halted(ps *partState) bool {
+	return ps.gone.Load() || (e.stopping.Load() && (!e.amo || e.r.crashed.Load()))
 }
 
 // run handles it and returns how many of its records, from the first, are
@@ -631,10 +765,8 @@ func (e *engine) run(runCtx, hardCtx context.Context, it *item) (done int, stop 
 // finish ends it: its records are no longer in flight, the first done
 // ones count for the commit (the others are read again by the partition's
 // next owner), its lane's next item may run, and the backlogs feed the
-// room it leaves. With keep, the lane's next item is returned to the
-// caller to run when no other item waits; else it is queued for any
-// worker. e.mu is held.
-func (e *engine) finish(it *item, done int, keep bool) (next *item) {
+// room it leaves. e.mu is held.
+func (e *engine) finish(it *item, done int) {
 	ps := it.ps
 	n := it.size()
 	ps.inflight -= n
@@ -655,13 +787,8 @@ func (e *engine) finish(it *item, done int, keep bool) (next *item) {
 		ps.running = nil
 	}
 	if it.laned {
-		if nx, ok := e.lanes.Next(it.key); ok {
-			if keep && e.head == len(e.ready) {
-				next = nx
-			} else {
-				e.ready = append(e.ready, nx)
-				e.work.Signal()
-			}
+		if next, ok := e.lanes.Next(it.key); ok {
+			e.enqueue(next)
 		}
 	}
 	// Feeding a record at a time as each finishes would cost a hand-over
@@ -674,7 +801,6 @@ func (e *engine) finish(it *item, done int, keep bool) (next *item) {
 		e.work.Broadcast()
 	}
 	e.space.Broadcast()
-	return next
 }
 
 // dropAll drops every record not started. e.mu is held.
@@ -692,7 +818,7 @@ func (e *engine) dropAll() {
 	for _, it := range ready {
 		// The lane of a ready item is running it: free the lane (its
 		// queue was just dropped).
-		e.finish(it, 0, false)
+		e.finish(it, 0)
 	}
 }
 
@@ -971,20 +1097,10 @@ func (e *engine) revoke(ctx context.Context, parts map[string][]int32, lost bool
 	for _, it := range e.lanes.Drop(func(k laneKey) bool { return gens[k.gen] }) {
 		e.release(it)
 	}
-	keep := e.ready[e.head:e.head]
-	var dropped []*item
-	for _, it := range e.ready[e.head:] {
-		if it.ps.revoking.Load() {
-			dropped = append(dropped, it)
-			continue
-		}
-		keep = append(keep, it)
-	}
-	clear(e.ready[e.head+len(keep):])
-	e.ready = e.ready[:e.head+len(keep)]
-	for _, it := range dropped {
-		e.finish(it, 0, false)
-	}
+	// The ready records (each its lane's next) are in flight: they run,
+	// within the revoke timeout. Dropping them would leave gaps before
+	// records of other lanes that finished, which the new owner would
+	// repeat.
 	if lost {
 		for k, st := range set {
 			if e.parts[k] == st {

@@ -93,6 +93,43 @@ func TestConcurrentRefuses(t *testing.T) {
 	})
 }
 
+// TestConcurrentSlowRecordTakenWithOthers: with 2 handlers and 300
+// records waiting, a worker takes several ready records at once; record 5,
+// one of the first taken, is stuck until every other record was handled
+// and the commit reached it. The records taken with it are handed to the
+// other worker (those after it) and committed (those before it) while it
+// is stuck, instead of waiting for it.
+func TestConcurrentSlowRecordTakenWithOthers(t *testing.T) {
+	for _, order := range []kdeliver.Ordering{kdeliver.ByKey, kdeliver.Unordered} {
+		t.Run(order.String(), func(t *testing.T) {
+			cl := newCluster(t, 1)
+			const n, stuck = 300, 5
+			produce(t, cl, 0, n) // each record keyed by its own value
+			l := newLedger()
+			c := mustNew(t, cl, "g", kdeliver.AtLeastOnce, kdeliver.WithConcurrency(2, order), fastCommits())
+			release := make(chan struct{})
+			r := start(c, func(_ context.Context, rec *kgo.Record) error {
+				if rec.Offset == stuck {
+					<-release
+				}
+				l.add(rec)
+				return nil
+			})
+			waitFor(t, "every record but the stuck one, and the commit up to it", func() bool {
+				return l.distinct() == n-1 && committed(cl, "g")[0] == stuck
+			})
+			close(release)
+			waitFor(t, "the commit of everything", func() bool { return committed(cl, "g")[0] == n })
+			if err := r.stop(t); err != nil {
+				t.Fatal(err)
+			}
+			if lost, dups := l.count(n); lost != 0 || dups != 0 {
+				t.Fatalf("lost %d, duplicated %d", lost, dups)
+			}
+		})
+	}
+}
+
 // TestConcurrentGap: record 50 of one partition is slow while 51..77 finish
 // around it (each its own key); the committed offset waits at 50. Then the
 // consumer crashes. A second consumer gets 50..77 again, and nothing else:

@@ -2,6 +2,7 @@ package eos
 
 import (
 	"context"
+	"hash/maphash"
 	"sync"
 	"time"
 
@@ -85,6 +86,10 @@ type lane struct {
 	key string
 }
 
+var laneSeed = maphash.MakeSeed()
+
+func (l lane) hash() uint64 { return maphash.Comparable(laneSeed, l) }
+
 // part is one input partition in a transaction.
 type part struct {
 	tp
@@ -102,7 +107,7 @@ type part struct {
 func (l *loop) handleConcurrently(ctx context.Context, t *txn, fs kgo.Fetches, deadline time.Time) {
 	s := l.s
 	f := &fan{l: l, t: t, ctx: ctx, deadline: deadline, n: s.hd.Concurrency, order: kdeliver.Ordering(s.hd.Order),
-		max: s.hd.MaxInFlight, parts: map[tp]*part{}, lanes: inflight.NewLanes[lane, *kgo.Record]()}
+		max: s.hd.MaxInFlight, parts: map[tp]*part{}, lanes: inflight.NewLanes[lane, *kgo.Record](lane.hash)}
 	if f.max == 0 {
 		f.max = shared.DefaultMaxInFlight(f.n)
 	}

@@ -25,13 +25,13 @@ import (
 
 // Shape of BenchmarkConsumerVsRawLoop.
 const (
-	benchRecords    = 300000 // records each turn reads
-	benchRecordSize = 1024   // bytes of each record's value, random
-	benchParts      = 6      // partitions of the input topic
+	benchRecords    = 1000000 // records each turn reads: turns of a few seconds, long enough to settle
+	benchRecordSize = 1024    // bytes of each record's value, random
+	benchParts      = 6       // partitions of the input topic
 	benchTurnLimit  = 3 * time.Minute
 )
 
-// BenchmarkConsumerVsRawLoop reads the same 300,000 random 1 KiB records of a
+// BenchmarkConsumerVsRawLoop reads the same 1,000,000 random 1 KiB records of a
 // 6-partition topic on one real Kafka node with a no-op handler, in turns:
 //
 //   - raw: a kgo client with kdeliver's at-least-once consumer settings

@@ -1,7 +1,9 @@
 package inflight
 
 import (
+	"hash/maphash"
 	"math/rand/v2"
+	"slices"
 	"testing"
 )
 
@@ -81,8 +83,12 @@ func TestOffsetsIgnoresRepeats(t *testing.T) {
 	}
 }
 
+func hashString(s string) uint64 { return maphash.String(seed, s) }
+
+var seed = maphash.MakeSeed()
+
 func TestLanes(t *testing.T) {
-	l := NewLanes[string, int]()
+	l := NewLanes[string, int](hashString)
 	if !l.Push("a", 1) || !l.Push("b", 10) {
 		t.Fatal("the first item of a lane did not run at once")
 	}
@@ -107,5 +113,66 @@ func TestLanes(t *testing.T) {
 	}
 	if !l.Push("a", 4) {
 		t.Fatal("an idle lane did not run its item")
+	}
+}
+
+// TestLanesModel runs random pushes, nexts and drops against a plain map
+// model, with a hash that collides a lot (so probes, growth and the
+// backward-shift deletion are exercised), and checks every answer.
+func TestLanesModel(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	for round := range 50 {
+		l := NewLanes[int, int](func(k int) uint64 { return uint64(k % 7) })
+		model := map[int][]int{} // lane -> items, the first running
+		next := 0
+		for range 2000 {
+			k := rng.IntN(40)
+			switch op := rng.IntN(10); {
+			case op < 5:
+				next++
+				idle := l.Push(k, next)
+				_, busy := model[k]
+				if idle == busy {
+					t.Fatalf("round %d: Push(%d) idle=%v, model busy=%v", round, k, idle, busy)
+				}
+				model[k] = append(model[k], next)
+			case op < 9:
+				v, ok := l.Next(k)
+				q, busy := model[k]
+				switch {
+				case !busy:
+					if ok {
+						t.Fatalf("round %d: Next(%d) of an idle lane gave %d", round, k, v)
+					}
+				case len(q) == 1:
+					if ok {
+						t.Fatalf("round %d: Next(%d) gave %d, want none", round, k, v)
+					}
+					delete(model, k)
+				default:
+					if !ok || v != q[1] {
+						t.Fatalf("round %d: Next(%d) = %d %v, want %d", round, k, v, ok, q[1])
+					}
+					model[k] = q[1:]
+				}
+			default:
+				got := l.Drop(func(key int) bool { return key == k })
+				var want []int
+				if q, busy := model[k]; busy {
+					want = q[1:]
+					model[k] = q[:1]
+				}
+				if !slices.Equal(got, want) {
+					t.Fatalf("round %d: Drop(%d) = %v, want %v", round, k, got, want)
+				}
+			}
+			queued := 0
+			for _, q := range model {
+				queued += len(q) - 1
+			}
+			if l.Busy() != len(model) || l.Queued() != queued {
+				t.Fatalf("round %d: busy %d queued %d, model %d %d", round, l.Busy(), l.Queued(), len(model), queued)
+			}
+		}
 	}
 }

@@ -50,7 +50,14 @@ func (o *Offsets) Add(offset int64, epoch int32) bool {
 // offset not tracked is ignored.
 func (o *Offsets) Done(offset int64) bool {
 	live := o.entries[o.head:]
-	i := sort.Search(len(live), func(i int) bool { return live[i].offset >= offset })
+	if len(live) == 0 {
+		return false
+	}
+	// Offsets are mostly consecutive: try the record's place first.
+	i := int(offset - live[0].offset)
+	if i < 0 || i >= len(live) || live[i].offset != offset {
+		i = sort.Search(len(live), func(i int) bool { return live[i].offset >= offset })
+	}
 	if i == len(live) || live[i].offset != offset || live[i].done {
 		return false
 	}
