@@ -178,6 +178,7 @@ type engine struct {
 	total    int          // records in lanes, all partitions
 	stopping atomic.Bool  // no more polls (set under mu)
 	exiting  bool         // workers exit once nothing is left to run
+	free     []*item      // finished single-record items, for reuse
 	looking  atomic.Int32 // workers out of a handler and not waiting
 	fatal    error
 
@@ -442,14 +443,36 @@ func (e *engine) hand(ps *partState, recs []*kgo.Record) {
 		e.push(&item{recs: slices.Clone(recs), each: e.bh == nil, ps: ps, key: laneKey{gen: ps.gen}, laned: true})
 		return
 	}
-	items := make([]item, len(recs)) // one allocation for the hand-over
-	for i, rec := range recs {
-		it := &items[i]
+	for _, rec := range recs {
+		it := e.newItem()
 		it.rec, it.ps = rec, ps
 		if e.order == kdeliver.ByKey && rec.Key != nil {
 			it.key, it.laned = laneKey{gen: ps.gen, key: keyHash(rec.Key)}, true
 		}
 		e.push(it)
+	}
+}
+
+// newItem returns a zero single-record item, reusing finished ones: a
+// record's item lives from its hand-over to its finish, so at most the
+// in-flight bound of them exist. e.mu is held.
+func (e *engine) newItem() *item {
+	if len(e.free) == 0 {
+		slab := make([]item, 64)
+		for i := range slab {
+			e.free = append(e.free, &slab[i])
+		}
+	}
+	it := e.free[len(e.free)-1]
+	e.free = e.free[:len(e.free)-1]
+	return it
+}
+
+// recycle keeps a finished single-record item for newItem. e.mu is held.
+func (e *engine) recycle(it *item) {
+	if it.rec != nil {
+		it.rec, it.ps, it.key, it.laned = nil, nil, laneKey{}, false
+		e.free = append(e.free, it)
 	}
 }
 
@@ -647,7 +670,7 @@ func newGrabber(e *engine) *grabber {
 func (g *grabber) start(buf []*item) {
 	g.mu.Lock()
 	g.buf, g.fin = buf, 0
-	for i := range g.res {
+	for i := range buf {
 		g.res[i].Store(0)
 	}
 	g.state.Store((g.state.Load()>>32 + 1) << 32)
@@ -791,6 +814,7 @@ func (e *engine) finish(it *item, done int) {
 			e.enqueue(next)
 		}
 	}
+	e.recycle(it)
 	// Feeding a record at a time as each finishes would cost a hand-over
 	// per record: the backlogs feed once a step of the bound is free, or
 	// when no item is ready (a worker would wait).
@@ -827,6 +851,7 @@ func (e *engine) release(it *item) {
 	n := it.size()
 	it.ps.inflight -= n
 	e.total -= n
+	e.recycle(it)
 }
 
 // handle runs it until it is done (it succeeded, was skipped or
