@@ -535,13 +535,7 @@ func (e *engine) worker(runCtx, hardCtx context.Context, stopPoll context.Cancel
 		done, stop := e.run(runCtx, hardCtx, it)
 		e.looking.Add(1)
 		e.mu.Lock()
-		if stop != nil {
-			if e.fatal == nil {
-				e.fatal = stop
-			}
-			e.stopping.Store(true)
-			stopPoll()
-		}
+		e.stopOn(stop, stopPoll)
 		e.finish(it, done)
 	}
 }
@@ -555,6 +549,19 @@ func (e *engine) grab() int {
 		return 1
 	}
 	return min(waiting/e.n, maxGrab)
+}
+
+// stopOn makes a handler's stop error the run's (the first one wins) and
+// stops polling. e.mu is held.
+func (e *engine) stopOn(stop error, stopPoll context.CancelFunc) {
+	if stop == nil {
+		return
+	}
+	if e.fatal == nil {
+		e.fatal = stop
+	}
+	e.stopping.Store(true)
+	stopPoll()
 }
 
 // pop takes the first ready item. e.mu is held.
@@ -612,13 +619,7 @@ func (e *engine) runGrabbed(runCtx, hardCtx context.Context, stopPoll context.Ca
 	fin, kept := g.end(ran)
 	e.looking.Add(1)
 	e.mu.Lock()
-	if stop != nil {
-		if e.fatal == nil {
-			e.fatal = stop
-		}
-		e.stopping.Store(true)
-		stopPoll()
-	}
+	e.stopOn(stop, stopPoll)
 	for i := fin; i < ran+kept; i++ {
 		it := buf[i]
 		switch {

@@ -93,6 +93,15 @@ func TestConcurrentRefuses(t *testing.T) {
 	})
 }
 
+// keyedConsumer fills a one-partition topic with n records, each keyed by
+// its own value, and returns a ledger and an AtLeastOnce consumer with
+// concurrency handlers in order and fast commits.
+func keyedConsumer(t *testing.T, n, concurrency int, order kdeliver.Ordering) (*kdelivertest.Cluster, *ledger, *Consumer) {
+	cl := newCluster(t, 1)
+	produce(t, cl, 0, n)
+	return cl, newLedger(), mustNew(t, cl, "g", kdeliver.AtLeastOnce, kdeliver.WithConcurrency(concurrency, order), fastCommits())
+}
+
 // TestConcurrentSlowRecordTakenWithOthers: with 2 handlers and 300
 // records waiting, a worker takes several ready records at once; record 5,
 // one of the first taken, is stuck until every other record was handled
@@ -102,11 +111,8 @@ func TestConcurrentRefuses(t *testing.T) {
 func TestConcurrentSlowRecordTakenWithOthers(t *testing.T) {
 	for _, order := range []kdeliver.Ordering{kdeliver.ByKey, kdeliver.Unordered} {
 		t.Run(order.String(), func(t *testing.T) {
-			cl := newCluster(t, 1)
 			const n, stuck = 300, 5
-			produce(t, cl, 0, n) // each record keyed by its own value
-			l := newLedger()
-			c := mustNew(t, cl, "g", kdeliver.AtLeastOnce, kdeliver.WithConcurrency(2, order), fastCommits())
+			cl, l, c := keyedConsumer(t, n, 2, order)
 			release := make(chan struct{})
 			r := start(c, func(_ context.Context, rec *kgo.Record) error {
 				if rec.Offset == stuck {
@@ -138,11 +144,8 @@ func TestConcurrentSlowRecordTakenWithOthers(t *testing.T) {
 func TestConcurrentGap(t *testing.T) {
 	for _, order := range []kdeliver.Ordering{kdeliver.ByKey, kdeliver.Unordered} {
 		t.Run(order.String(), func(t *testing.T) {
-			cl := newCluster(t, 1)
 			const n, slow = 78, 50
-			produce(t, cl, 0, n) // each record keyed by its own value
-			l1 := newLedger()
-			c1 := mustNew(t, cl, "g", kdeliver.AtLeastOnce, kdeliver.WithConcurrency(32, order), fastCommits())
+			cl, l1, c1 := keyedConsumer(t, n, 32, order)
 			var after atomic.Int64 // records past the slow one handled
 			var sawCommitPast atomic.Bool
 			r1 := start(c1, func(_ context.Context, rec *kgo.Record) error {
