@@ -90,9 +90,9 @@ func (l *loop) settle(ctx context.Context, t *txn, r *kgo.Record, pctx context.C
 		a.first = time.Now()
 	}
 	if s.hd.MaxAttempts == 0 || a.n < s.hd.MaxAttempts {
-		// Concurrently, a record already dead-lettered in a transaction
-		// that another record's failure aborted keeps its count (see
-		// below): it is not retried again.
+		// A record already dead-lettered in a transaction that another
+		// record's failure aborted keeps its count (see below): it is
+		// not retried again.
 		a.n++
 	}
 	l.attempts[k] = a
@@ -103,13 +103,12 @@ func (l *loop) settle(ctx context.Context, t *txn, r *kgo.Record, pctx context.C
 		t.abort(reasonHandler)
 	case s.cfg.deadLetter != "":
 		s.log.Warn("eos: handler failed for the last time; dead-lettering the record", "topic", r.Topic, "partition", r.Partition, "offset", r.Offset, "attempts", n, "err", err)
-		if l.seq != nil {
-			delete(l.attempts, k)
-		}
-		// Concurrently the count stays until the transaction commits
-		// (end clears it): another record's failure may abort this
-		// transaction, and two records forgetting their counts in turn
-		// would abort every transaction for ever.
+		// The count stays until the transaction commits (end clears
+		// it): another record's failure may abort this transaction, and
+		// a record that forgot its count would be retried its attempts
+		// again each time (concurrently, two records forgetting theirs
+		// in turn would abort every transaction for ever). Kept, it is
+		// dead-lettered again at once.
 		t.records++
 		t.dlq++
 		dl := dlq.Record(s.cfg.deadLetter, r, a.n, a.first, err)

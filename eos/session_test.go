@@ -460,7 +460,15 @@ func TestHandlerFailurePolicies(t *testing.T) {
 		defer cancel()
 		began := time.Now()
 		done := make(chan error, 1)
-		go func() { done <- s.Run(ctx, poison) }()
+		var calls3 atomic.Int64
+		go func() {
+			done <- s.Run(ctx, func(ctx context.Context, in *kgo.Record, emit func(*kgo.Record)) error {
+				if string(in.Value) == "3" {
+					calls3.Add(1)
+				}
+				return poison(ctx, in, emit)
+			})
+		}()
 		kdelivertest.WaitFor(t, 15*time.Second, "all input committed", func() bool { return c.CommittedAll("g", "in") })
 		if err := s.Close(context.Background()); err != nil {
 			t.Fatal(err)
@@ -494,6 +502,12 @@ func TestHandlerFailurePolicies(t *testing.T) {
 		}
 		if st := s.Stats(); st.DeadLettered != 2 || st.Records != 10 {
 			t.Errorf("stats %+v, want 2 dead-lettered of 10", st)
+		}
+		// Record 7's failures abort the transaction that dead-lettered
+		// record 3: 3 keeps its count and is dead-lettered again after
+		// one more call, not retried its 2 attempts again.
+		if n := calls3.Load(); n < 2 || n > 3 {
+			t.Errorf("record 3 handled %d times, want 2 attempts (and one more after an abort by record 7)", n)
 		}
 	})
 }
