@@ -541,14 +541,15 @@ func (e *engine) worker(runCtx, hardCtx context.Context, stopPoll context.Cancel
 }
 
 // grab returns how many ready records a worker takes at once: while more
-// wait than there are workers, a few (they would wait anyway); else one. A
-// run (ByPartition) or a batch is taken alone. e.mu is held.
+// wait than there are workers, up to maxGrab of those beyond one for each
+// other worker (they would wait anyway); else one. A run (ByPartition) or a
+// batch is taken alone. e.mu is held.
 func (e *engine) grab() int {
 	waiting := len(e.ready) - e.head
 	if it := e.ready[e.head]; it.each || it.rec == nil || waiting <= e.n {
 		return 1
 	}
-	return min(waiting/e.n, maxGrab)
+	return min(waiting-(e.n-1), maxGrab)
 }
 
 // stopOn makes a handler's stop error the run's (the first one wins) and
