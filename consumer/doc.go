@@ -166,10 +166,12 @@
 // poll ([WithMaxPollRecords]), never an unbounded buffer.
 //
 // Rebalances use kgo's cooperative-sticky balancer: only the partitions
-// that move are revoked. Their records not started are dropped, their
-// handlers in flight get up to the revoke timeout ([WithRevokeTimeout],
-// 10 s) to finish, and their finished prefix is committed before the
-// rebalance goes on; the rest is delivered to the new owner. The other
+// that move are revoked. Their records waiting in a backlog or queued
+// behind a running record of their lane are dropped (and, under
+// ByPartition, the rest of a partition's run once its record in hand
+// finishes); their records running or ready to run get up to the revoke
+// timeout ([WithRevokeTimeout], 10 s) to finish, and their finished prefix is committed before the rebalance goes
+// on; the rest is delivered to the new owner. The other
 // partitions' handlers keep running, though no new records are polled
 // until the rebalance is done. The revoke timeout is the longest a stuck
 // handler holds the group's rebalance; a handler still running after it is
