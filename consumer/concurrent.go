@@ -521,7 +521,7 @@ func (e *engine) worker(runCtx, hardCtx context.Context, stopPoll context.Cancel
 			continue
 		}
 		it := e.pop()
-		if (it.each && e.dropping(it.ps)) || e.halted(it.ps) {
+		if e.halted(it.ps) || (it.each && it.ps.revoking.Load()) {
 			// A run of a revoked partition is dropped whole: it is
 			// the partition's suffix, which the new owner reads.
 			e.finish(it, 0)
@@ -546,7 +546,7 @@ func (e *engine) worker(runCtx, hardCtx context.Context, stopPoll context.Cancel
 // batch is taken alone. e.mu is held.
 func (e *engine) grab() int {
 	waiting := len(e.ready) - e.head
-	if it := e.ready[e.head]; it.each || it.rec == nil || waiting <= e.n {
+	if e.ready[e.head].rec == nil || waiting <= e.n {
 		return 1
 	}
 	return min(waiting-(e.n-1), maxGrab)
@@ -579,7 +579,7 @@ func (e *engine) pop() *item {
 // maxGrab bounds the items a worker takes from the ready queue at once.
 const maxGrab = 8
 
-// runGrabbed takes up to k ready single-record items (not runs), runs them
+// runGrabbed takes up to k ready single-record items (not runs or batches), runs them
 // one after another without the lock, and finishes them together. It is
 // used while more items wait than there are workers, so the ones it holds
 // would wait anyway. The records not started go back to the ready queue
@@ -590,7 +590,7 @@ const maxGrab = 8
 // and on return.
 func (e *engine) runGrabbed(runCtx, hardCtx context.Context, stopPoll context.CancelFunc, g *grabber, k int) {
 	buf := g.own[:0]
-	for len(buf) < k && e.head < len(e.ready) && !e.ready[e.head].each {
+	for len(buf) < k && e.head < len(e.ready) && e.ready[e.head].rec != nil {
 		buf = append(buf, e.pop())
 	}
 	g.start(buf)
@@ -622,16 +622,14 @@ func (e *engine) runGrabbed(runCtx, hardCtx context.Context, stopPoll context.Ca
 	e.mu.Lock()
 	e.stopOn(stop, stopPoll)
 	for i := fin; i < ran+kept; i++ {
-		it := buf[i]
-		switch {
-		case i < ran:
-			e.finish(it, int(g.res[i].Load()-1))
-		case e.halted(it.ps):
-			// Not started after a stop.
-			e.finish(it, 0)
-		default:
-			e.enqueue(it) // AtMostOnce: handled by another worker
+		// Records are kept (not started, not given back) only after a
+		// stop, which halts every partition (AtMostOnce stops only on a
+		// crash): they are read again by the partition's next owner.
+		done := 0
+		if i < ran {
+			done = int(g.res[i].Load() - 1)
 		}
+		e.finish(buf[i], done)
 	}
 	clear(buf)
 }
