@@ -371,12 +371,22 @@ func (e *engine) pauseFull(ctx context.Context) {
 		}
 		pause[ps.tp.topic] = append(pause[ps.tp.topic], ps.tp.part)
 	}
-	e.mu.Unlock()
 	if pause != nil {
+		// Paused under e.mu, like feed and revoke resume: a resume
+		// made between marking a partition paused and pausing it
+		// would come first, leaving the partition paused for good
+		// with nothing in its backlog to resume it.
+		if testHookPause != nil {
+			testHookPause()
+		}
 		e.r.cl.PauseFetchPartitions(pause)
 		e.c.pauses.Add(1)
 	}
+	e.mu.Unlock()
 }
+
+// testHookPause, when set by a test, runs just before a pause.
+var testHookPause func()
 
 // pauseDelay is how long a poll waits for the lanes to take a backlog a
 // share deep before it pauses the partition.
