@@ -69,7 +69,8 @@ func WithClientID(id string) Option {
 }
 
 // WithTracerProvider makes record and transaction spans with tp, overriding
-// the global provider (otel.GetTracerProvider).
+// the global provider (otel.GetTracerProvider). A consumer makes "receive"
+// spans only when its provider makes valid spans when it is built.
 func WithTracerProvider(tp trace.TracerProvider) Option {
 	return Option{func(t *shared.Target) {
 		if tp == nil {

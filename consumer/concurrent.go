@@ -179,6 +179,7 @@ type engine struct {
 	stopping atomic.Bool  // no more polls (set under mu)
 	exiting  bool         // workers exit once nothing is left to run
 	free     []*item      // finished single-record items, for reuse
+	hashes   []uint64     // hand's key hashes
 	looking  atomic.Int32 // workers out of a handler and not waiting
 	fatal    error
 
@@ -453,11 +454,21 @@ func (e *engine) hand(ps *partState, recs []*kgo.Record) {
 		e.push(&item{recs: slices.Clone(recs), each: e.bh == nil, ps: ps, key: laneKey{gen: ps.gen}, laned: true})
 		return
 	}
-	for _, rec := range recs {
+	byKey := e.order == kdeliver.ByKey
+	if byKey {
+		// The keys are hashed in a loop of their own: their bytes are
+		// seldom in cache any more, and independent reads in a tight
+		// loop wait for memory together, not one after another.
+		e.hashes = e.hashes[:0]
+		for _, rec := range recs {
+			e.hashes = append(e.hashes, keyHash(rec.Key))
+		}
+	}
+	for i, rec := range recs {
 		it := e.newItem()
 		it.rec, it.ps = rec, ps
-		if e.order == kdeliver.ByKey && rec.Key != nil {
-			it.key, it.laned = laneKey{gen: ps.gen, key: keyHash(rec.Key)}, true
+		if byKey && rec.Key != nil {
+			it.key, it.laned = laneKey{gen: ps.gen, key: e.hashes[i]}, true
 		}
 		e.push(it)
 	}

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
@@ -94,7 +95,14 @@ func BenchmarkConsumerVsRawLoop(b *testing.B) {
 		group := fmt.Sprintf("bench-%s-%s-%d", s.name, run, groups.Add(1))
 		tctx, cancel := context.WithTimeout(ctx, benchTurnLimit)
 		defer cancel()
-		r, err := s.read(tctx, c.Brokers(), group, topic)
+		// The turn's goroutines (its client's too) carry the side's
+		// label: go tool pprof -tagfocus side=raw (or a kdeliver side)
+		// shows one client's profile.
+		var r turnResult
+		var err error
+		pprof.Do(tctx, pprof.Labels("side", s.name), func(ctx context.Context) {
+			r, err = s.read(ctx, c.Brokers(), group, topic)
+		})
 		if err != nil {
 			b.Fatalf("%s: %v", s.name, err)
 		}

@@ -16,10 +16,9 @@ type Lanes[K comparable, T any] struct {
 }
 
 type slot[K comparable, T any] struct {
-	used bool
-	h    uint64
-	key  K
-	ln   *lane[T] // nil while the lane runs one item with none waiting
+	h   uint64 // the key's mixed hash, never 0 in a used slot; 0: empty
+	key K
+	ln  *lane[T] // nil while the lane runs one item with none waiting
 }
 
 // lane is a lane's queue; a lane running one item with none waiting has
@@ -40,7 +39,7 @@ func (l *Lanes[K, T]) find(k K, h uint64) (int, bool) {
 	mask := len(l.slots) - 1
 	for i := int(h) & mask; ; i = (i + 1) & mask {
 		s := &l.slots[i]
-		if !s.used {
+		if s.h == 0 {
 			return i, false
 		}
 		if s.h == h && s.key == k {
@@ -56,11 +55,11 @@ func (l *Lanes[K, T]) Push(k K, v T) bool {
 	h := mix(l.hash(k))
 	i, ok := l.find(k, h)
 	if !ok {
-		if 2*(l.busy+1) > len(l.slots) {
+		if 4*(l.busy+1) > len(l.slots) {
 			l.grow()
 			i, _ = l.find(k, h)
 		}
-		l.slots[i] = slot[K, T]{used: true, h: h, key: k}
+		l.slots[i] = slot[K, T]{h: h, key: k}
 		l.busy++
 		return true
 	}
@@ -101,7 +100,7 @@ func (l *Lanes[K, T]) Next(k K) (T, bool) {
 // passed through it.
 func (l *Lanes[K, T]) remove(i int) {
 	mask := len(l.slots) - 1
-	for j := (i + 1) & mask; l.slots[j].used; j = (j + 1) & mask {
+	for j := (i + 1) & mask; l.slots[j].h != 0; j = (j + 1) & mask {
 		home := int(l.slots[j].h) & mask
 		// The entry at j stays if its home lies cyclically in (i, j].
 		if (i < j && i < home && home <= j) || (i > j && (home > i || home <= j)) {
@@ -118,7 +117,7 @@ func (l *Lanes[K, T]) grow() {
 	old := l.slots
 	l.slots = make([]slot[K, T], 2*len(old))
 	for _, s := range old {
-		if s.used {
+		if s.h != 0 {
 			i, _ := l.find(s.key, s.h)
 			l.slots[i] = s
 		}
@@ -130,7 +129,7 @@ func mix(h uint64) uint64 {
 	h ^= h >> 33
 	h *= 0xff51afd7ed558ccd
 	h ^= h >> 33
-	return h
+	return h | 1<<63 // never 0: 0 marks an empty slot
 }
 
 // Drop removes the waiting items of the lanes match selects and returns
@@ -139,7 +138,7 @@ func (l *Lanes[K, T]) Drop(match func(K) bool) []T {
 	var out []T
 	for i := range l.slots {
 		s := &l.slots[i]
-		if !s.used || s.ln == nil || !match(s.key) {
+		if s.h == 0 || s.ln == nil || !match(s.key) {
 			continue
 		}
 		out = append(out, s.ln.queue[s.ln.head:]...)
