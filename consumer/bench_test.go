@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -39,6 +40,10 @@ func BenchmarkRun(b *testing.B) {
 			c := mustNew(b, cl, "g", kdeliver.AtLeastOnce, kdeliver.WithConcurrency(8, kdeliver.ByKey))
 			return func(ctx context.Context) error { return c.Run(ctx, countHandler(done)) }
 		}},
+		{"at-least-once unordered 6", func(b *testing.B, cl *kdelivertest.Cluster, done func(int)) func(context.Context) error {
+			c := mustNew(b, cl, "g", kdeliver.AtLeastOnce, kdeliver.WithConcurrency(6, kdeliver.Unordered))
+			return func(ctx context.Context) error { return c.Run(ctx, countHandler(done)) }
+		}},
 		{"at-least-once by-partition 3", func(b *testing.B, cl *kdelivertest.Cluster, done func(int)) func(context.Context) error {
 			c := mustNew(b, cl, "g", kdeliver.AtLeastOnce, kdeliver.WithConcurrency(3, kdeliver.ByPartition))
 			return func(ctx context.Context) error { return c.Run(ctx, countHandler(done)) }
@@ -65,17 +70,28 @@ func BenchmarkRun(b *testing.B) {
 			run := tc.new(b, cl, done)
 			ctx, cancel := context.WithCancel(context.Background())
 			b.ResetTimer()
+			cpu := cpuTime()
 			stopped := make(chan error, 1)
 			go func() { stopped <- run(ctx) }()
 			<-finished
 			b.StopTimer()
 			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "records/s")
+			b.ReportMetric(float64(cpuTime()-cpu)/float64(b.N), "cpu-ns/record")
 			cancel()
 			if err := <-stopped; err != nil {
 				b.Fatal(err)
 			}
 		})
 	}
+}
+
+// cpuTime is the process's user and system CPU time so far.
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 func countHandler(done func(int)) Handler {

@@ -139,12 +139,30 @@ type partState struct {
 	offs      *inflight.Offsets
 	committed int64         // the offset last committed; -1 before any
 	backlog   []*kgo.Record // polled, not yet handed to a lane
+	arr       []*kgo.Record // the backlog's array (feed takes from its front)
 	inflight  int           // records handed to lanes and not finished
 	running   *item         // the run being handled (ByPartition)
 	hungry    bool          // in the engine's hungry queue
 	paused    bool
 	revoking  atomic.Bool // revoked: nothing more is dispatched (set under the engine's mu)
 	gone      atomic.Bool // revoked or lost: never committed again
+}
+
+// room makes room for n more records at the end of the backlog without
+// growing its array while the array has room for them: feed takes records
+// from the backlog's front, so the backlog moves back to the array's start.
+func (ps *partState) room(n int) {
+	k := len(ps.backlog)
+	if k+n <= cap(ps.backlog) {
+		return
+	}
+	if k+n > cap(ps.arr) {
+		ps.arr = make([]*kgo.Record, 0, 2*(k+n))
+	}
+	arr := ps.arr[:cap(ps.arr)]
+	copy(arr, ps.backlog) // overlapping is fine: the backlog is at or after arr's start
+	clear(arr[k:])        // no stale pointers past the backlog
+	ps.backlog = arr[:k]
 }
 
 // engine runs handlers concurrently: a poll loop puts each partition's
@@ -181,6 +199,7 @@ type engine struct {
 	free     []*item      // finished single-record items, for reuse
 	hashes   []uint64     // hand's key hashes
 	looking  atomic.Int32 // workers out of a handler and not waiting
+	rescue   *rescuer
 	fatal    error
 
 	cmu sync.Mutex // serializes commits
@@ -215,6 +234,7 @@ func newEngine(r *run, h Handler, bh BatchHandler) *engine {
 	}
 	e.work = sync.NewCond(&e.mu)
 	e.space = sync.NewCond(&e.mu)
+	e.rescue = newRescuer(n)
 	return e
 }
 
@@ -224,14 +244,8 @@ func newEngine(r *run, h Handler, bh BatchHandler) *engine {
 func (e *engine) loop(runCtx, hardCtx context.Context) error {
 	pollCtx, cancelPoll := context.WithCancel(runCtx)
 	defer cancelPoll()
-	var workers sync.WaitGroup
-	for range e.n {
-		workers.Add(1)
-		go func() {
-			defer workers.Done()
-			e.worker(runCtx, hardCtx, cancelPoll)
-		}()
-	}
+	workers := e.start(runCtx, hardCtx, cancelPoll)
+	defer e.rescue.timer.Stop()
 	commitDone := make(chan struct{})
 	stopCommits := make(chan struct{})
 	if e.amo {
@@ -303,6 +317,21 @@ func (e *engine) loop(runCtx, hardCtx context.Context) error {
 	return err
 }
 
+// start starts the workers.
+func (e *engine) start(runCtx, hardCtx context.Context, stopPoll context.CancelFunc) *sync.WaitGroup {
+	var workers sync.WaitGroup
+	for i := range e.n {
+		g := newGrabber(e)
+		e.rescue.gs[i] = g
+		workers.Add(1)
+		go func() {
+			defer workers.Done()
+			e.worker(runCtx, hardCtx, stopPoll, g)
+		}()
+	}
+	return &workers
+}
+
 // dispatch puts the polled records in their partitions' backlogs and feeds
 // the lanes.
 func (e *engine) dispatch(fetches kgo.Fetches) {
@@ -322,6 +351,7 @@ func (e *engine) dispatch(fetches kgo.Fetches) {
 			ps = &partState{tp: k, gen: e.gens, offs: inflight.NewOffsets(), committed: -1}
 			e.parts[k] = ps
 		}
+		ps.room(len(p.Records))
 		for _, rec := range p.Records {
 			if e.amo || ps.offs.Add(rec.Offset, rec.LeaderEpoch) {
 				ps.backlog = append(ps.backlog, rec)
@@ -520,12 +550,11 @@ func (e *engine) enqueue(it *item) {
 func (e *engine) drained() bool { return e.total == 0 && len(e.hungry) == 0 }
 
 // worker runs ready items until the engine exits.
-func (e *engine) worker(runCtx, hardCtx context.Context, stopPoll context.CancelFunc) {
+func (e *engine) worker(runCtx, hardCtx context.Context, stopPoll context.CancelFunc, g *grabber) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	e.looking.Add(1)
 	defer e.looking.Add(-1)
-	g := newGrabber(e)
 	for {
 		for e.head == len(e.ready) && !(e.exiting && e.drained()) {
 			e.looking.Add(-1)
@@ -598,17 +627,17 @@ func (e *engine) pop() *item {
 }
 
 // maxGrab bounds the items a worker takes from the ready queue at once.
-const maxGrab = 8
+const maxGrab = 32
 
 // runGrabbed takes up to k ready single-record items (not runs or batches), runs them
 // one after another without the lock, and finishes them together. It is
 // used while more items wait than there are workers, so the ones it holds
 // would wait anyway. The records not started go back to the ready queue
 // for any worker when one of them fails (before it waits to retry or
-// writes a dead letter) or takes longer than rescueAfter, and those done
-// before it are finished then, so that a slow or stuck record holds up no
-// other's handling or commit for longer than that. e.mu is held on entry
-// and on return.
+// writes a dead letter) or when the grab runs for rescueTick to twice that
+// ([rescuer]), and those done before it are finished then, so that a slow
+// or stuck record holds up no other's handling or commit for longer than
+// that. e.mu is held on entry and on return.
 func (e *engine) runGrabbed(runCtx, hardCtx context.Context, stopPoll context.CancelFunc, g *grabber, k int) {
 	buf := g.own[:0]
 	for len(buf) < k && e.head < len(e.ready) && e.ready[e.head].rec != nil {
@@ -619,7 +648,6 @@ func (e *engine) runGrabbed(runCtx, hardCtx context.Context, stopPoll context.Ca
 	ran := 0
 	e.looking.Add(-1)
 	e.mu.Unlock()
-	g.timer.Reset(rescueAfter)
 	for i, it := range buf {
 		if stop != nil || !g.claim(i) {
 			break
@@ -633,11 +661,10 @@ func (e *engine) runGrabbed(runCtx, hardCtx context.Context, stopPoll context.Ca
 			g.result(i, false)
 			continue
 		}
-		ok, st := e.handle(runCtx, hardCtx, it.ps, it.rec, nil, g.giveBack)
+		ok, st := e.handle(runCtx, hardCtx, it.ps, it.rec, nil, g.yield)
 		stop = st
 		g.result(i, ok)
 	}
-	g.timer.Stop()
 	fin, kept := g.end(ran)
 	e.looking.Add(1)
 	e.mu.Lock()
@@ -650,41 +677,92 @@ func (e *engine) runGrabbed(runCtx, hardCtx context.Context, stopPoll context.Ca
 		if i < ran {
 			done = int(g.res[i].Load() - 1)
 		}
-		e.finish(buf[i], done)
+		e.settle(buf[i], done)
 	}
+	e.settled()
 	clear(buf)
 }
 
-// rescueAfter is how long a record taken with others may run before the
-// others go back to the ready queue (and those done before it are
-// finished, so that their offsets commit).
-const rescueAfter = 2 * time.Millisecond
+// rescueTick is how often the rescuer looks at the grabs: one running
+// through two of its ticks (rescueTick to twice that) gives back the
+// records it has not started (and finishes those done before, so that
+// their offsets commit).
+const rescueTick = time.Millisecond
+
+// rescuer gives back the grabs that run too long. One timer serves every
+// worker: armed by a grab when it is idle, it ticks while grabs run, so a
+// grab costs no timer of its own.
+type rescuer struct {
+	gs    []*grabber // the workers'; set before they start
+	armed atomic.Bool
+	timer *time.Timer
+}
+
+func newRescuer(n int) *rescuer {
+	r := &rescuer{gs: make([]*grabber, n)}
+	r.timer = time.AfterFunc(time.Hour, r.tick)
+	r.timer.Stop()
+	return r
+}
+
+// arm makes sure the timer ticks; a grab calls it after it is marked
+// running.
+func (r *rescuer) arm() {
+	if !r.armed.Load() && r.armed.CompareAndSwap(false, true) {
+		r.timer.Reset(rescueTick)
+	}
+}
+
+// tick gives back each grab that was running at the last tick too, and
+// ticks again while grabs run.
+func (r *rescuer) tick() {
+	running := false
+	for _, g := range r.gs {
+		ep := g.running.Load()
+		if ep != 0 && ep == g.seen {
+			g.giveBack(ep)
+		}
+		g.seen = ep
+		running = running || ep != 0
+	}
+	if running {
+		r.timer.Reset(rescueTick)
+		return
+	}
+	r.armed.Store(false)
+	// A grab that started before the store may have found the timer
+	// armed: it is seen now, or it sees the timer unarmed.
+	for _, g := range r.gs {
+		if g.running.Load() != 0 {
+			r.arm()
+			return
+		}
+	}
+}
 
 // grabber is a worker's records taken at once ([engine.runGrabbed]). The
 // worker claims them one by one and notes each result; a give-back (a
-// failing record's, or the rescue timer's when a record is slow) finishes
+// failing record's, or the rescuer's when a record is slow) finishes
 // the records done so far, claims the rest and queues them for any
 // worker.
 type grabber struct {
-	e     *engine
-	own   []*item // the worker's buffer
-	timer *time.Timer
+	e   *engine
+	own []*item // the worker's buffer
 
-	mu    sync.Mutex    // a grab's start and end against a give-back; never held with e.mu taken after it
-	buf   []*item       // the grab
-	state atomic.Uint64 // the grab's epoch << 32 | the next index to claim
-	res   [maxGrab]atomic.Int32
-	fin   int // records of buf finished by a give-back
+	mu      sync.Mutex    // a grab's start and end against a give-back; never held with e.mu taken after it
+	buf     []*item       // the grab
+	state   atomic.Uint64 // the grab's epoch << 32 | the next index to claim
+	running atomic.Uint64 // the grab's epoch while it runs, else 0
+	seen    uint64        // running at the rescuer's last tick (the rescuer's)
+	res     [maxGrab]atomic.Int32
+	fin     int // records of buf finished by a give-back
 }
 
 // result notes record i's outcome.
 func (g *grabber) result(i int, done bool) { g.res[i].Store(int32(b2i(done)) + 1) }
 
 func newGrabber(e *engine) *grabber {
-	g := &grabber{e: e, own: make([]*item, 0, maxGrab)}
-	g.timer = time.AfterFunc(time.Hour, g.giveBack)
-	g.timer.Stop()
-	return g
+	return &grabber{e: e, own: make([]*item, 0, maxGrab)}
 }
 
 // start begins a grab of buf.
@@ -694,9 +772,15 @@ func (g *grabber) start(buf []*item) {
 	for i := range buf {
 		g.res[i].Store(0)
 	}
-	g.state.Store((g.state.Load()>>32 + 1) << 32)
+	ep := g.state.Load()>>32 + 1
+	g.state.Store(ep << 32)
+	g.running.Store(ep)
 	g.mu.Unlock()
+	g.e.rescue.arm()
 }
+
+// yield gives back the rest of the running grab (a record failed).
+func (g *grabber) yield() { g.giveBack(g.running.Load()) }
 
 // claim takes record i of the grab for the worker; false once the rest was
 // given back.
@@ -716,17 +800,22 @@ func (g *grabber) end(n int) (fin, kept int) {
 		kept = len(g.buf) - n
 	}
 	g.state.Store((st>>32 + 1) << 32) // a late give-back finds nothing
+	g.running.Store(0)
 	g.buf = nil
 	return g.fin, kept
 }
 
-// giveBack queues the records of the grab not claimed yet, and wakes
+// giveBack queues the records of grab ep not claimed yet, and wakes
 // workers for them.
-func (g *grabber) giveBack() {
+func (g *grabber) giveBack(ep uint64) {
 	var rest, ended [maxGrab]*item
 	var results [maxGrab]int
 	n, m := 0, 0
 	g.mu.Lock()
+	if g.state.Load()>>32 != ep {
+		g.mu.Unlock()
+		return // ended: a later grab is not this one's to give back
+	}
 	for st := g.state.Load(); int(uint32(st)) < len(g.buf); st = g.state.Load() {
 		i := int(uint32(st))
 		if g.state.CompareAndSwap(st, st&^0xffffffff|uint64(len(g.buf))) {
@@ -747,7 +836,10 @@ func (g *grabber) giveBack() {
 	e := g.e
 	e.mu.Lock()
 	for i := range m {
-		e.finish(ended[i], results[i])
+		e.settle(ended[i], results[i])
+	}
+	if m > 0 {
+		e.settled()
 	}
 	e.ready = append(e.ready, rest[:n]...)
 	if e.head < len(e.ready) {
@@ -811,6 +903,14 @@ func (e *engine) run(runCtx, hardCtx context.Context, it *item) (done int, stop 
 // next owner), its lane's next item may run, and the backlogs feed the
 // room it leaves. e.mu is held.
 func (e *engine) finish(it *item, done int) {
+	e.settle(it, done)
+	e.settled()
+}
+
+// settle is finish without feeding the backlogs and waking who waits for
+// room: a worker settles the items it ran together, then calls settled
+// once. e.mu is held.
+func (e *engine) settle(it *item, done int) {
 	ps := it.ps
 	n := it.size()
 	ps.inflight -= n
@@ -836,6 +936,11 @@ func (e *engine) finish(it *item, done int) {
 		}
 	}
 	e.recycle(it)
+}
+
+// settled feeds the room that settled items left and wakes who waits for
+// it. e.mu is held.
+func (e *engine) settled() {
 	// Feeding a record at a time as each finishes would cost a hand-over
 	// per record: the backlogs feed once a step of the bound is free, or
 	// when no item is ready (a worker would wait).
