@@ -718,7 +718,7 @@ func (r *rescuer) arm() {
 func (r *rescuer) tick() {
 	running := false
 	for _, g := range r.gs {
-		ep := g.running.Load()
+		ep := g.current()
 		if ep != 0 && ep == g.seen {
 			g.giveBack(ep)
 		}
@@ -733,7 +733,7 @@ func (r *rescuer) tick() {
 	// A grab that started before the store may have found the timer
 	// armed: it is seen now, or it sees the timer unarmed.
 	for _, g := range r.gs {
-		if g.running.Load() != 0 {
+		if g.current() != 0 {
 			r.arm()
 			return
 		}
@@ -749,13 +749,12 @@ type grabber struct {
 	e   *engine
 	own []*item // the worker's buffer
 
-	mu      sync.Mutex    // a grab's start and end against a give-back; never held with e.mu taken after it
-	buf     []*item       // the grab
-	state   atomic.Uint64 // the grab's epoch << 32 | the next index to claim
-	running atomic.Uint64 // the grab's epoch while it runs, else 0
-	seen    uint64        // running at the rescuer's last tick (the rescuer's)
-	res     [maxGrab]atomic.Int32
-	fin     int // records of buf finished by a give-back
+	mu    sync.Mutex    // a grab's start and end against a give-back; never held with e.mu taken after it
+	buf   []*item       // the grab
+	state atomic.Uint64 // the grab's epoch << 32 | the next index to claim; the epoch is odd while a grab runs
+	seen  uint64        // the grab running at the rescuer's last tick (the rescuer's)
+	res   [maxGrab]atomic.Int32
+	fin   int // records of buf finished by a give-back
 }
 
 // result notes record i's outcome.
@@ -772,15 +771,21 @@ func (g *grabber) start(buf []*item) {
 	for i := range buf {
 		g.res[i].Store(0)
 	}
-	ep := g.state.Load()>>32 + 1
-	g.state.Store(ep << 32)
-	g.running.Store(ep)
+	g.state.Store((g.state.Load()>>32 + 1) << 32) // odd: running
 	g.mu.Unlock()
 	g.e.rescue.arm()
 }
 
+// current returns the epoch of the running grab, or 0 when none runs.
+func (g *grabber) current() uint64 {
+	if ep := g.state.Load() >> 32; ep&1 == 1 {
+		return ep
+	}
+	return 0
+}
+
 // yield gives back the rest of the running grab (a record failed).
-func (g *grabber) yield() { g.giveBack(g.running.Load()) }
+func (g *grabber) yield() { g.giveBack(g.current()) }
 
 // claim takes record i of the grab for the worker; false once the rest was
 // given back.
@@ -799,8 +804,7 @@ func (g *grabber) end(n int) (fin, kept int) {
 	if int(uint32(st)) == n {
 		kept = len(g.buf) - n
 	}
-	g.state.Store((st>>32 + 1) << 32) // a late give-back finds nothing
-	g.running.Store(0)
+	g.state.Store((st>>32 + 1) << 32) // even: ended, a late give-back finds nothing
 	g.buf = nil
 	return g.fin, kept
 }
@@ -833,6 +837,11 @@ func (g *grabber) giveBack(ep uint64) {
 		g.fin++
 	}
 	g.mu.Unlock()
+	if n == 0 && m == 0 {
+		// Given back already, and the record running is not done: the
+		// rescuer calls again at each tick while it runs.
+		return
+	}
 	e := g.e
 	e.mu.Lock()
 	for i := range m {
