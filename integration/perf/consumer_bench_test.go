@@ -52,7 +52,7 @@ const (
 // Kafka:
 //
 //	cd integration && KDELIVER_KAFKA_HOME=$HOME/.cache/kdeliver/kafka-4.4.0 \
-//		go test -run '^$' -bench ConsumerVsRawLoop -benchtime 5x -timeout 60m ./perf/
+//		go test -run '^$' -bench ConsumerVsRawLoop -benchtime 9x -timeout 60m ./perf/
 //
 // KDELIVER_PERF_SIDES=kdeliver-sequential (a comma-separated list of side
 // names) runs only those sides and raw, for profiling one of them.
