@@ -36,6 +36,9 @@ Usage:
                                  crashes for each semantics and print what was delivered
   kdeliver explain SEMANTICS     settings, guarantees under each failure, and where the
                                  guarantee ends
+  kdeliver verify [flags]        seed numbered records into your pipeline's input topic, kill
+                                 and restart the pipeline, and count what its output lost,
+                                 duplicated, reordered and aborted (kdeliver verify -h)
   kdeliver help                  this text
 
 Semantics: at-most-once (amo), at-least-once (alo), exactly-once (eos).
@@ -63,6 +66,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = runDemo(rest, stdout, stderr)
 	case "explain":
 		err = runExplain(rest, stdout, stderr)
+	case "verify":
+		err = runVerify(rest, stdout, stderr)
 	case "help", "-h", "-help", "--help":
 		fmt.Fprint(stdout, usage)
 		return exitOK
