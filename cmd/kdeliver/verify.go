@@ -50,6 +50,10 @@ read_uncommitted and counts, per input record:
   aborted reads  output records read_uncommitted readers see and
                  read_committed ones do not (aborted transactions)
 
+Both reads stop at each partition's last stable offset: the records of a
+transaction still open when verify ends count neither way. Order is judged
+within each output partition only.
+
 Each seeded value is "kdv1:RUN:SEQ:KEY:KSEQ": RUN names this verify run,
 SEQ is 0..N-1, KEY is the record's key "k{SEQ mod K}" and KSEQ = SEQ div K,
 the record's number within its key. An output record counts when its value
