@@ -1,6 +1,8 @@
 // Package verifytest runs `kdeliver verify` against real Kafka: the
 // command's own eos copier (kdeliver verify copy, an eos.Session),
-// SIGKILLed three times, must keep exactly-once.
+// SIGKILLed three times, must keep exactly-once (and verify --no-seed must
+// find the same run again), and its at-least-once copier, SIGKILLed three
+// times, must be caught duplicating.
 //
 //	KDELIVER_KAFKA_HOME=~/.cache/kdeliver/kafka-4.4.0 KDELIVER_KAFKA_BACKEND=process KDELIVER_REQUIRE_KAFKA=1 \
 //		go test -race ./integration/verifytest/
@@ -13,6 +15,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -65,6 +68,7 @@ func TestMain(m *testing.M) {
 
 // report is the part of `kdeliver verify --json` the test reads.
 type report struct {
+	Run                         string
 	Kills, Starts               int
 	Expected                    int
 	DeliveredOnce               int `json:"delivered_once"`
@@ -79,28 +83,45 @@ type report struct {
 
 var runs int
 
-func TestEOSCopierKilledThreeTimes(t *testing.T) {
-	cluster.RequireReal(t)
+// topics returns fresh topic names: -count reruns share the cluster.
+func topics(kind string) (in, out string) {
 	runs++
-	name := "verify-eos-" + strconv.Itoa(os.Getpid()) + "-" + strconv.Itoa(runs)
-	// The copier's defaults suit real Kafka: a 10s session timeout (a
-	// killed copier's partitions are free again after it) and an 8s
-	// transaction timeout. 2ms a record spreads the copy over the kills.
-	pipeline := "exec '" + kdeliver + "' verify copy --mode eos --delay 2ms"
+	name := "verify-" + kind + "-" + strconv.Itoa(os.Getpid()) + "-" + strconv.Itoa(runs)
+	return name + "-in", name + "-out"
+}
+
+// verify runs kdeliver verify --json on the cluster and decodes its report.
+func verify(t *testing.T, args ...string) (report, string, error) {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, kdeliver, "verify", "--json",
-		"--brokers", strings.Join(cluster.Brokers(), ","), "--input", name+"-in", "--output", name+"-out",
-		"--records", "3000", "--keys", "10", "--partitions", "3",
-		"--run", pipeline, "--kills", "3", "--expect", "exactly-once",
-		"--quiet", "60s", "--timeout", "5m")
+	args = append([]string{"verify", "--json", "--brokers", strings.Join(cluster.Brokers(), ",")}, args...)
+	cmd := exec.CommandContext(ctx, kdeliver, args...)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	err := cmd.Run()
 	var rep report
 	if jerr := json.Unmarshal(stdout.Bytes(), &rep); jerr != nil {
-		t.Fatalf("kdeliver verify: %v; its --json output is not JSON: %v\nstdout:\n%s\nstderr:\n%s", err, jerr, stdout.Bytes(), stderr.Bytes())
+		t.Fatalf("kdeliver %q: %v; its --json output is not JSON: %v\nstdout:\n%s\nstderr:\n%s", args, err, jerr, stdout.Bytes(), stderr.Bytes())
 	}
+	return rep, fmt.Sprintf("stdout:\n%s\nstderr:\n%s", stdout.Bytes(), stderr.Bytes()), err
+}
+
+// copier is the --run command of kdeliver's copier in mode. Its defaults
+// suit real Kafka: a 10s session timeout (a killed copier's partitions are
+// free again after it) and an 8s transaction timeout. 2ms a record spreads
+// the copy over the kills.
+func copier(mode string) string {
+	return "exec '" + kdeliver + "' verify copy --mode " + mode + " --delay 2ms"
+}
+
+func TestEOSCopierKilledThreeTimes(t *testing.T) {
+	cluster.RequireReal(t)
+	in, out := topics("eos")
+	rep, output, err := verify(t, "--input", in, "--output", out,
+		"--records", "3000", "--keys", "10", "--partitions", "3",
+		"--run", copier("eos"), "--kills", "3", "--expect", "exactly-once",
+		"--quiet", "60s", "--timeout", "5m")
 	if err != nil || !rep.Pass {
 		t.Errorf("kdeliver verify failed: %v (failed: %v)", err, rep.Failed)
 	}
@@ -116,6 +137,35 @@ func TestEOSCopierKilledThreeTimes(t *testing.T) {
 	}
 	t.Logf("verify: %s after %.1fs; %d aborted reads (killed transactions, invisible to read_committed)", rep.Ended, rep.Seconds, rep.AbortedReads)
 	if t.Failed() {
-		t.Logf("stdout:\n%s\nstderr:\n%s", stdout.Bytes(), stderr.Bytes())
+		t.Fatal(output)
+	}
+
+	// --no-seed checks the same run again from what is in the topics.
+	again, output, err := verify(t, "--input", in, "--output", out, "--no-seed", "--quiet", "5s")
+	if err != nil || !again.Pass || again.Run != rep.Run || again.Expected != 3000 || again.DeliveredOnce != 3000 {
+		t.Errorf("verify --no-seed: %v; run %s (want %s), pass %v, expected %d, delivered once %d; want the same run, 3000 exactly once\n%s",
+			err, again.Run, rep.Run, again.Pass, again.Expected, again.DeliveredOnce, output)
+	}
+}
+
+func TestAtLeastOnceCopierCaught(t *testing.T) {
+	cluster.RequireReal(t)
+	in, out := topics("alo")
+	rep, output, err := verify(t, "--input", in, "--output", out,
+		"--records", "3000", "--keys", "10", "--partitions", "3",
+		"--run", copier("alo"), "--kills", "3", "--expect", "exactly-once",
+		"--quiet", "60s", "--timeout", "5m")
+	var exit *exec.ExitError
+	if !errors.As(err, &exit) || exit.ExitCode() != 1 || rep.Pass {
+		t.Errorf("kdeliver verify of the at-least-once copier under --expect exactly-once: %v, pass %v; want exit status 1", err, rep.Pass)
+	}
+	// Killed between writing a batch and committing its offsets, the
+	// copier writes it again.
+	if rep.Kills != 3 || rep.Duplicated == 0 || rep.Lost != 0 {
+		t.Errorf("kills %d, duplicated %d, lost %d; want 3 kills, duplicates, nothing lost", rep.Kills, rep.Duplicated, rep.Lost)
+	}
+	t.Logf("verify: %s after %.1fs; %d duplicated", rep.Ended, rep.Seconds, rep.Duplicated)
+	if t.Failed() {
+		t.Log(output)
 	}
 }
