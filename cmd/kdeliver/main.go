@@ -39,6 +39,8 @@ Usage:
   kdeliver verify [flags]        seed numbered records into your pipeline's input topic, kill
                                  and restart the pipeline, and count what its output lost,
                                  duplicated, reordered and aborted (kdeliver verify -h)
+  kdeliver txns list|abort       list open and hanging transactions, abort a hanging one
+                                 (--brokers required; kdeliver txns help)
   kdeliver help                  this text
 
 Semantics: at-most-once (amo), at-least-once (alo), exactly-once (eos).
@@ -68,11 +70,13 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = runExplain(rest, stdout, stderr)
 	case "verify":
 		err = runVerify(rest, stdout, stderr)
+	case "txns":
+		err = runTxns(rest, stdout, stderr)
 	case "help", "-h", "-help", "--help":
 		fmt.Fprint(stdout, usage)
 		return exitOK
 	default:
-		err = usagef("unknown command %q: use demo, explain or help", cmd)
+		err = usagef("unknown command %q: use demo, explain, verify, txns or help", cmd)
 	}
 	return report(err, stderr)
 }

@@ -118,20 +118,10 @@ func OpenTransactions(ctx context.Context, adm *kadm.Client, topics kadm.TopicsS
 	return open, errors.Join(errs...)
 }
 
-// Abort aborts the transaction open on partition of topic, the way Kafka's
-// kafka-transactions.sh abort does (KIP-664): it writes an abort marker
-// with the producer ID, epoch and coordinator epoch the partition's leader
-// reports, which discards the transaction's records on that partition and
-// frees its last stable offset. producerID chooses the transaction when
-// several are open on the partition; -1 takes the only one. It returns
-// the transaction aborted.
-//
-// Abort only the transaction of a producer that will not resume: the
-// coordinator does not learn of the abort (it aborts its own view of the
-// transaction when the transaction times out), and a producer that resumes
-// could still commit the rest of its transaction without the records
-// discarded here.
-func Abort(ctx context.Context, adm *kadm.Client, topic string, partition int32, producerID int64) (OpenTransaction, error) {
+// FindOpen returns the transaction open on partition of topic: the one of
+// producerID, or with producerID -1 the only one. It is an error when there
+// is none, or several and producerID is -1.
+func FindOpen(ctx context.Context, adm *kadm.Client, topic string, partition int32, producerID int64) (OpenTransaction, error) {
 	open, err := OpenTransactions(ctx, adm, kadm.TopicsSet{topic: {partition: {}}})
 	var on []OpenTransaction
 	for _, t := range open {
@@ -155,7 +145,27 @@ func Abort(ctx context.Context, adm *kadm.Client, topic string, partition int32,
 		return OpenTransaction{}, fmt.Errorf("txnwatch: %d transactions are open on %s[%d], of producer IDs %s: choose one with --producer-id (the oldest holds the last stable offset)",
 			len(on), topic, partition, strings.Join(ids, ", "))
 	}
-	t := on[0]
+	return on[0], nil
+}
+
+// Abort aborts the transaction open on partition of topic, the way Kafka's
+// kafka-transactions.sh abort does (KIP-664): it writes an abort marker
+// with the producer ID, epoch and coordinator epoch the partition's leader
+// reports, which discards the transaction's records on that partition and
+// frees its last stable offset. producerID chooses the transaction when
+// several are open on the partition; -1 takes the only one. It returns
+// the transaction aborted ([FindOpen] chooses it).
+//
+// Abort only the transaction of a producer that will not resume: the
+// coordinator does not learn of the abort (it aborts its own view of the
+// transaction when the transaction times out), and a producer that resumes
+// could still commit the rest of its transaction without the records
+// discarded here.
+func Abort(ctx context.Context, adm *kadm.Client, topic string, partition int32, producerID int64) (OpenTransaction, error) {
+	t, err := FindOpen(ctx, adm, topic, partition, producerID)
+	if err != nil {
+		return t, err
+	}
 	resp, err := adm.WriteTxnMarkers(ctx, kadm.TxnMarkers{
 		ProducerID:       t.ProducerID,
 		ProducerEpoch:    t.ProducerEpoch,
