@@ -278,13 +278,20 @@ func (e *engine) loop(runCtx, hardCtx context.Context) error {
 		fetches.EachError(func(t string, p int32, ferr error) {
 			e.c.log.Warn("fetch error", "topic", t, "partition", p, "err", ferr)
 		})
+		e.c.lag.Fetched(fetches)
 		if e.amo {
 			recs := fetches.Records()
 			if len(recs) == 0 {
 				e.r.cl.AllowRebalance()
 				continue
 			}
-			if cerr := e.r.cl.CommitRecords(hardCtx, recs...); cerr != nil {
+			start := time.Now()
+			cerr := e.r.cl.CommitRecords(hardCtx, recs...)
+			e.c.noteCommit(start, cerr)
+			if cerr == nil {
+				e.c.lag.CommittedRecords(recs)
+			}
+			if cerr != nil {
 				e.c.log.Warn("commit before processing failed: dropping the batch unprocessed (at-most-once loses, never repeats)", "records", len(recs), "err", cerr)
 				e.r.cl.AllowRebalance()
 				continue
@@ -924,6 +931,9 @@ func (e *engine) settle(it *item, done int) {
 	n := it.size()
 	ps.inflight -= n
 	e.total -= n
+	if done > 0 {
+		e.c.stats.handled.Add(int64(done))
+	}
 	if done > 0 && !e.amo && !ps.gone.Load() {
 		switch {
 		case it.rec != nil:
@@ -981,6 +991,13 @@ func (e *engine) dropAll() {
 	}
 }
 
+// inFlight returns the records polled and not finished.
+func (e *engine) inFlight() int64 {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return int64(e.total)
+}
+
 // release forgets an item dropped from its lane's queue. e.mu is held.
 func (e *engine) release(it *item) {
 	n := it.size()
@@ -1000,6 +1017,9 @@ func (e *engine) handle(runCtx, hardCtx context.Context, ps *partState, rec *kgo
 	for attempt := 1; ; attempt++ {
 		var err error
 		if batch != nil {
+			if attempt > 1 {
+				e.c.stats.retried.Add(1)
+			}
 			err = e.callBatch(hardCtx, batch)
 		} else {
 			err = e.r.call(hardCtx, e.h, rec, attempt)
@@ -1015,9 +1035,11 @@ func (e *engine) handle(runCtx, hardCtx context.Context, ps *partState, rec *kgo
 			e.r.crashed.Store(true)
 			return false, &kdeliver.HandlerError{Record: rec, Attempts: attempt, Err: err}
 		case e.amo:
+			e.c.stats.skipped.Add(1)
 			e.c.log.Warn("handler failed: record skipped (at-most-once)", "topic", rec.Topic, "partition", rec.Partition, "offset", rec.Offset, "err", err)
 			return true, nil
 		case isSkip(err):
+			e.c.stats.skipped.Add(int64(max(1, len(batch))))
 			e.c.log.Warn("handler skipped the record: committing past it", "topic", rec.Topic, "partition", rec.Partition, "offset", rec.Offset, "records", max(1, len(batch)), "err", err)
 			return true, nil
 		case e.c.guard != nil && errors.Is(err, dedup.ErrNoKey):
@@ -1076,6 +1098,9 @@ func (e *engine) callBatch(ctx context.Context, recs []*kgo.Record) (err error) 
 		if v := recover(); v != nil {
 			e.c.log.Error("batch handler panicked", "topic", recs[0].Topic, "partition", recs[0].Partition, "offset", recs[0].Offset, "panic", fmt.Sprint(v), "stack", string(debug.Stack()))
 			err = fmt.Errorf("%w: %v", kdeliver.ErrPanic, v)
+		}
+		if err != nil && !isSkip(err) {
+			e.c.stats.failed.Add(1)
 		}
 	}()
 	return e.bh(ctx, recs)
@@ -1190,7 +1215,7 @@ func (e *engine) commitOffsets(ctx context.Context, offsets map[string]map[int32
 	if len(offsets) == 0 {
 		return nil
 	}
-	err := commit(ctx, e.r.cl, offsets)
+	err := e.c.commit(ctx, e.r.cl, offsets)
 	e.c.commitsTried.Add(1)
 	if err != nil {
 		return err
@@ -1212,6 +1237,7 @@ func (e *engine) commitOffsets(ctx context.Context, offsets map[string]map[int32
 // for up to the revoke timeout and commits their finished prefix. It runs
 // on kgo's group goroutine (with polling blocked).
 func (e *engine) revoke(ctx context.Context, parts map[string][]int32, lost bool) {
+	e.c.lag.Forget(parts)
 	if e.amo {
 		return // committed before handling; what was polled is handled
 	}

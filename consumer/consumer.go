@@ -12,9 +12,11 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/plugin/kotel"
 	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/attribute"
 
 	"github.com/kdeliver/kdeliver"
 	"github.com/kdeliver/kdeliver/dedup"
+	"github.com/kdeliver/kdeliver/internal/metrics"
 	"github.com/kdeliver/kdeliver/internal/preset"
 	"github.com/kdeliver/kdeliver/internal/ready"
 	"github.com/kdeliver/kdeliver/internal/shared"
@@ -86,6 +88,11 @@ type Consumer struct {
 	pauses         atomic.Int64 // partitions paused, concurrent engine (tests)
 	revokeInFlight atomic.Int64 // records in flight that revokes waited for (tests)
 	commitsTried   atomic.Int64 // commits of pending offsets sent (tests)
+
+	stats     counters            // Stats
+	lag       metrics.Lag         // Stats.Lag, of the Run in progress
+	cur       atomic.Pointer[run] // the Run in progress
+	commitDur *metrics.Durations  // kdeliver.consumer.commit.duration
 }
 
 // New builds a consumer of topics for group with the preset of sem,
@@ -172,6 +179,9 @@ func newConsumer(what string, brokers []string, group string, topics []string, s
 		sink:    sink,
 		log:     cfg.t.Shared.Log().With("group", group, "semantics", sem.String()),
 	}
+	c.commitDur = metrics.NewDurations(metrics.Meter(cfg.t.Shared.MeterProvider), c.log, "kdeliver.consumer.commit.duration",
+		"How long an offset commit took, by outcome (ok, error)",
+		[]attribute.KeyValue{metrics.KeySystem.String("kafka"), metrics.KeyGroup.String(group), metrics.KeySemantics.String(sem.String())}, "ok", "error")
 	base, tracer := preset.Base(&cfg.t.Shared, group)
 	c.tracer = tracer
 	if tp := cfg.t.Shared.TracerProvider; tp != nil {
@@ -306,6 +316,12 @@ func (c *Consumer) run(ctx context.Context, h Handler, bh BatchHandler) error {
 	if bh != nil || c.concurrent() {
 		r.eng = newEngine(r, h, bh)
 	}
+	c.cur.Store(r)
+	defer func() {
+		c.cur.Store(nil)
+		c.lag.Forget(nil)
+	}()
+	defer c.observe()()
 	cl, err := kgo.NewClient(append(append(c.runOpts(r), c.cfg.kgoOpts...), kgo.WithContext(root))...)
 	if err != nil { // New built the same options
 		return fmt.Errorf("consumer: building the client: %w", err)

@@ -59,6 +59,7 @@ func (r *run) loop(runCtx, hardCtx context.Context) error {
 		fetches.EachError(func(t string, p int32, err error) {
 			r.c.log.Warn("fetch error", "topic", t, "partition", p, "err", err)
 		})
+		r.c.lag.Fetched(fetches)
 		var err error
 		switch {
 		case r.c.sem == kdeliver.AtMostOnce:
@@ -83,13 +84,19 @@ func (r *run) atMostOnce(hardCtx context.Context, fetches kgo.Fetches, h Handler
 	if len(recs) == 0 {
 		return nil
 	}
-	if err := r.cl.CommitRecords(hardCtx, recs...); err != nil {
+	start := time.Now()
+	err := r.cl.CommitRecords(hardCtx, recs...)
+	r.c.noteCommit(start, err)
+	if err != nil {
 		r.c.log.Warn("commit before processing failed: dropping the batch unprocessed (at-most-once loses, never repeats)", "records", len(recs), "err", err)
 		return nil
 	}
+	r.c.lag.CommittedRecords(recs)
 	// The offsets are committed: a rebalance can move the partitions now
 	// without a second delivery.
 	r.cl.AllowRebalance()
+	handled := 0
+	defer func() { r.c.stats.handled.Add(int64(handled)) }()
 	for _, rec := range recs {
 		if hardCtx.Err() != nil {
 			return nil
@@ -99,10 +106,13 @@ func (r *run) atMostOnce(hardCtx context.Context, fetches kgo.Fetches, h Handler
 		err := r.call(hardCtx, h, rec, 1)
 		switch {
 		case err == nil:
+			handled++
 		case errors.Is(err, crash.ErrCrash):
 			r.crashed.Store(true)
 			return &kdeliver.HandlerError{Record: rec, Attempts: 1, Err: err}
 		default:
+			handled++
+			r.c.stats.skipped.Add(1)
 			r.c.log.Warn("handler failed: record skipped (at-most-once)", "topic", rec.Topic, "partition", rec.Partition, "offset", rec.Offset, "err", err)
 		}
 	}
@@ -118,10 +128,12 @@ func (r *run) atLeastOnce(runCtx, hardCtx context.Context, fetches kgo.Fetches, 
 		// The partition's records run in offset order, so the last one
 		// done is the partition's progress: marked once, not per record.
 		var last *kgo.Record
+		handled := 0
 		defer func() {
 			if last != nil {
 				r.markDone(last)
 				progressed = true
+				r.c.stats.handled.Add(int64(handled))
 			}
 		}()
 		for _, rec := range p.Records {
@@ -142,6 +154,7 @@ func (r *run) atLeastOnce(runCtx, hardCtx context.Context, fetches kgo.Fetches, 
 				return
 			}
 			last = rec
+			handled++
 		}
 	})
 	if r.crashed.Load() || !progressed {
@@ -188,6 +201,7 @@ func (r *run) retry(runCtx, hardCtx context.Context, rec *kgo.Record, what strin
 		case what == whatHandler && isSkip(herr):
 			// Only a handler may skip: a sink that skipped a batch
 			// would store a later offset past it, losing it.
+			r.c.stats.skipped.Add(1)
 			r.c.log.Warn(what+" skipped the record: committing past it", "topic", rec.Topic, "partition", rec.Partition, "offset", rec.Offset, "err", herr)
 			return true, nil
 		case r.c.guard != nil && errors.Is(herr, dedup.ErrNoKey),
@@ -220,6 +234,14 @@ func (r *run) retry(runCtx, hardCtx context.Context, rec *kgo.Record, what strin
 
 // call runs h once in a process span, turning a panic into an error.
 func (r *run) call(ctx context.Context, h Handler, rec *kgo.Record, attempt int) (err error) {
+	if attempt > 1 {
+		r.c.stats.retried.Add(1)
+	}
+	defer func() {
+		if err != nil && !isSkip(err) {
+			r.c.stats.failed.Add(1)
+		}
+	}()
 	if !r.c.spans.needed(rec) {
 		defer func() {
 			if v := recover(); v != nil {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"sync/atomic"
+	"time"
 
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
@@ -65,7 +66,7 @@ func (r *run) commitPending(ctx context.Context) error {
 	if len(offsets) == 0 {
 		return nil
 	}
-	err := commit(ctx, r.cl, offsets)
+	err := r.c.commit(ctx, r.cl, offsets)
 	r.c.commitsTried.Add(1)
 	if err != nil {
 		return err
@@ -87,8 +88,14 @@ func (r *run) commitPending(ctx context.Context) error {
 
 // commit commits offsets synchronously and returns the first error,
 // including per-partition errors.
-func commit(ctx context.Context, cl *kgo.Client, offsets map[string]map[int32]kgo.EpochOffset) error {
-	var rerr error
+func (c *Consumer) commit(ctx context.Context, cl *kgo.Client, offsets map[string]map[int32]kgo.EpochOffset) (rerr error) {
+	start := time.Now()
+	defer func() {
+		c.noteCommit(start, rerr)
+		if rerr == nil {
+			c.lag.Committed(offsets)
+		}
+	}()
 	cl.CommitOffsetsSync(ctx, offsets, func(_ *kgo.Client, _ *kmsg.OffsetCommitRequest, resp *kmsg.OffsetCommitResponse, err error) {
 		if err != nil {
 			rerr = err
@@ -159,6 +166,7 @@ func (r *run) onLost(ctx context.Context, _ *kgo.Client, lost map[string][]int32
 }
 
 func (r *run) forget(parts map[string][]int32) {
+	r.c.lag.Forget(parts)
 	r.pmu.Lock()
 	defer r.pmu.Unlock()
 	for t, ps := range parts {

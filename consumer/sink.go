@@ -144,6 +144,9 @@ func (r *run) writeSink(runCtx, hardCtx context.Context, fetches kgo.Fetches) er
 			}
 			return err
 		})
+		if stopErr == nil && runCtx.Err() == nil {
+			r.c.stats.handled.Add(int64(len(p.Records)))
+		}
 	})
 	return stopErr
 }

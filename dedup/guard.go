@@ -111,6 +111,25 @@ type Guard struct {
 	ttl       time.Duration
 	key       func(*kgo.Record) string
 	log       *slog.Logger
+
+	duplicates, storeErrors, takeovers atomic.Int64
+}
+
+// GuardStats are a guard's figures since it was built.
+type GuardStats struct {
+	// Duplicates counts keys found done: side effects not run again.
+	Duplicates int64
+	// StoreErrors counts failed store calls (reserve, confirm, release).
+	StoreErrors int64
+	// Takeovers counts keys acquired after waiting for another holder:
+	// its lease expired (it crashed or outran the lease) or it released
+	// the key after failing.
+	Takeovers int64
+}
+
+// Stats returns the guard's figures. It is safe to call at any time.
+func (g *Guard) Stats() GuardStats {
+	return GuardStats{Duplicates: g.duplicates.Load(), StoreErrors: g.storeErrors.Load(), Takeovers: g.takeovers.Load()}
 }
 
 // NewGuard returns a guard over store. namespace is prepended to every key,
@@ -186,6 +205,7 @@ func (g *Guard) do(ctx context.Context, key string, fn func(ctx context.Context)
 		return 0, err
 	}
 	if token == "" {
+		g.duplicates.Add(1)
 		return Duplicate, nil
 	}
 	confirmed, err := fn(ctx)
@@ -193,6 +213,7 @@ func (g *Guard) do(ctx context.Context, key string, fn func(ctx context.Context)
 		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), min(g.lease, 5*time.Second))
 		defer cancel()
 		if rerr := g.store.Release(rctx, key, token); rerr != nil {
+			g.storeErrors.Add(1)
 			// The lease expires on its own; a retry just waits for it.
 			g.log.Warn("dedup: release failed; the key stays held until its lease expires", "error", rerr)
 		}
@@ -210,13 +231,17 @@ func (g *Guard) do(ctx context.Context, key string, fn func(ctx context.Context)
 func (g *Guard) reserve(ctx context.Context, key string) (string, error) {
 	wait := 10 * time.Millisecond
 	maxWait := min(g.lease/4, time.Second)
-	for {
+	for waited := false; ; waited = true {
 		st, token, err := g.store.Reserve(ctx, key, g.lease)
 		if err != nil {
+			g.storeErrors.Add(1)
 			return "", fmt.Errorf("dedup: reserve: %w", err)
 		}
 		switch st {
 		case Acquired:
+			if waited {
+				g.takeovers.Add(1)
+			}
 			return token, nil
 		case Done:
 			return "", nil
@@ -233,8 +258,11 @@ func (g *Guard) reserve(ctx context.Context, key string) (string, error) {
 }
 
 func (g *Guard) confirm(ctx context.Context, key string) error {
-	if ctx.Err() == nil && g.store.Confirm(ctx, key, g.ttl) == nil {
-		return nil
+	if ctx.Err() == nil {
+		if g.store.Confirm(ctx, key, g.ttl) == nil {
+			return nil
+		}
+		g.storeErrors.Add(1)
 	}
 	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), g.lease)
 	defer cancel()
@@ -244,6 +272,7 @@ func (g *Guard) confirm(ctx context.Context, key string) error {
 		if err == nil {
 			return nil
 		}
+		g.storeErrors.Add(1)
 		if cctx.Err() != nil {
 			return fmt.Errorf("dedup: the side effect ran but could not be marked done; a redelivery will run it again: %w", err)
 		}
