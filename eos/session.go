@@ -17,6 +17,7 @@ import (
 
 	"github.com/kdeliver/kdeliver"
 	"github.com/kdeliver/kdeliver/internal/deadline"
+	"github.com/kdeliver/kdeliver/internal/metrics"
 	"github.com/kdeliver/kdeliver/internal/preset"
 	"github.com/kdeliver/kdeliver/internal/ready"
 	"github.com/kdeliver/kdeliver/internal/shared"
@@ -69,10 +70,12 @@ type Session struct {
 	brokers  []string
 	topics   []string
 	txnID    string
+	group    string
 	kotel    *kotel.Tracer
 	tracer   trace.Tracer
 	log      *slog.Logger
 	stats    counters
+	txnDur   *metrics.Durations // kdeliver.eos.transaction.duration
 	timeouts *deadline.Timeouts
 	newSess  func(...kgo.Opt) (*kgo.GroupTransactSession, error)
 	// committed, when set (tests), is called after each commit.
@@ -149,12 +152,15 @@ func New(brokers []string, group string, topics []string, transactionalID string
 		brokers: brokers,
 		topics:  topics,
 		txnID:   transactionalID,
+		group:   group,
 		kotel:   kt,
 		tracer:  tp.Tracer("github.com/kdeliver/kdeliver/eos"),
 		log:     cfg.t.Shared.Log().With("transactional_id", transactionalID, "group", group),
 		hd:      cfg.t.Handling,
 		newSess: kgo.NewGroupTransactSession,
 	}
+	s.txnDur = metrics.NewDurations(metrics.Meter(cfg.t.Shared.MeterProvider), s.log, "kdeliver.eos.transaction.duration",
+		"How long a transaction took from begin to commit or abort, by outcome (committed, aborted)", s.attrs(), "committed", "aborted")
 	// Build the client once, connecting to nothing, to check the
 	// effective options.
 	pctx := canceled()
@@ -198,6 +204,8 @@ type Stats struct {
 	AbortedRebalance int64 // aborted by a rebalance or an abortable commit error (End returned false, nil)
 	AbortedHandler   int64 // aborted because the handler failed on a record
 	AbortedTimeout   int64 // aborted because handling outlived the transaction timeout
+	AbortedProduce   int64 // aborted because an output record failed (the client is replaced)
+	AbortedOther     int64 // aborted for another cause: End failed, the rewind guard, a stop before any record
 	Fenced           int64 // transactions ended because another instance took over the transactional ID
 	Records          int64 // input records whose transaction committed
 	DeadLettered     int64 // input records sent to the dead-letter topic and committed
@@ -206,7 +214,7 @@ type Stats struct {
 }
 
 type counters struct {
-	committed, aborted, abortedRebalance, abortedHandler, abortedTimeout, fenced,
+	committed, aborted, abortedRebalance, abortedHandler, abortedTimeout, abortedProduce, abortedOther, fenced,
 	records, deadLettered, recreated, rewind atomic.Int64
 }
 
@@ -215,7 +223,8 @@ func (s *Session) Stats() Stats {
 	c := &s.stats
 	return Stats{
 		Committed: c.committed.Load(), Aborted: c.aborted.Load(), AbortedRebalance: c.abortedRebalance.Load(),
-		AbortedHandler: c.abortedHandler.Load(), AbortedTimeout: c.abortedTimeout.Load(), Fenced: c.fenced.Load(),
+		AbortedHandler: c.abortedHandler.Load(), AbortedTimeout: c.abortedTimeout.Load(),
+		AbortedProduce: c.abortedProduce.Load(), AbortedOther: c.abortedOther.Load(), Fenced: c.fenced.Load(),
 		Records: c.records.Load(), DeadLettered: c.deadLettered.Load(),
 		Recreated: c.recreated.Load(), RewindViolations: c.rewind.Load(),
 	}
@@ -317,6 +326,7 @@ func (s *Session) Run(ctx context.Context, h Handler) error {
 		close(s.done)
 		s.mu.Unlock()
 	}()
+	defer s.observe()()
 	l := &loop{s: s, h: h, hctx: hctx, attempts: map[recordKey]attempts{}, bo: s.newBackoff(), recreateBo: s.newBackoff(),
 		missing: map[string]time.Time{}}
 	if s.hd.Concurrency <= 1 {

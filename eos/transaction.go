@@ -278,7 +278,11 @@ func (l *loop) end(ctx context.Context, t *txn) error {
 	}
 	prodTopic := t.prodTopic
 	t.prodMu.Unlock()
-	if prodErr != nil {
+	// A transaction that outlived its timeout was aborted by the broker,
+	// which fails its outputs too: the cause is the timeout, not the
+	// produce.
+	outlived := !t.firstOut.IsZero() && time.Since(t.firstOut) >= s.cfg.txnTimeout
+	if prodErr != nil && !outlived {
 		// Every produce error aborts, and the client is replaced: a
 		// request timeout or lost connection leaves unknown what the
 		// broker applied, and only a new producer epoch fences it.
@@ -288,7 +292,7 @@ func (l *loop) end(ctx context.Context, t *txn) error {
 			t.fatal = err
 		}
 	}
-	if t.reason == "" && !t.firstOut.IsZero() && time.Since(t.firstOut) >= s.cfg.txnTimeout {
+	if t.reason == "" && outlived {
 		l.timedOut(t)
 	}
 	// End must not be cancelled except to shut down: it leaves the
@@ -329,6 +333,7 @@ func (l *loop) end(ctx context.Context, t *txn) error {
 			l.expect = nil
 		}
 		s.stats.committed.Add(1)
+		s.txnDur.Record(time.Since(t.begun).Seconds(), "committed")
 		s.stats.records.Add(int64(t.records))
 		s.stats.deadLettered.Add(int64(t.dlq))
 		clear(l.attempts)
@@ -364,6 +369,11 @@ func (l *loop) end(ctx context.Context, t *txn) error {
 		s.stats.abortedHandler.Add(1)
 	case reasonTimeout:
 		s.stats.abortedTimeout.Add(1)
+	case reasonProduce:
+		s.stats.abortedProduce.Add(1)
+	case reasonRebalance:
+	default:
+		s.stats.abortedOther.Add(1)
 	}
 	l.endAbortSpan(t, t.reason, err)
 	if t.fatal != nil {
@@ -423,6 +433,7 @@ func (l *loop) noteMissing(topic string, err error) error {
 }
 
 func (l *loop) endAbortSpan(t *txn, reason string, err error) {
+	l.s.txnDur.Record(time.Since(t.begun).Seconds(), "aborted")
 	t.span.SetAttributes(attribute.String("eos.outcome", "abort"), attribute.String("eos.reason", reason), attribute.Int("eos.records", t.records))
 	if err != nil {
 		t.span.RecordError(err)

@@ -27,6 +27,8 @@ type core struct {
 	closed   atomic.Bool
 	timeouts *deadline.Timeouts // nil under AtMostOnce, which never retries
 	dropped  func(*kgo.Record, error)
+	stats    *deliveries
+	unreg    func() // unregisters the metrics
 
 	msgIDs   bool
 	idPrefix [16]byte
@@ -72,6 +74,8 @@ func build(what string, brokers []string, pre preset.Producer, c *config, ps *pr
 	base, _ := preset.Base(&c.t.Shared, "")
 	kopts := append(base, kgo.SeedBrokers(seeds...))
 	kopts = append(kopts, probe.Opts()...)
+	stats := &deliveries{}
+	kopts = append(kopts, kgo.WithHooks(stats))
 	cl := preset.Build(kopts, c.kgoOpts, probe.CheckProducerOnly, ps)
 	if err := ps.Err(what, sem); err != nil {
 		if cl != nil {
@@ -79,7 +83,8 @@ func build(what string, brokers []string, pre preset.Producer, c *config, ps *pr
 		}
 		return nil, err
 	}
-	p := &core{cl: cl, log: c.t.Shared.Log(), msgIDs: c.messageIDs}
+	p := &core{cl: cl, log: c.t.Shared.Log(), msgIDs: c.messageIDs, stats: stats}
+	p.unreg = stats.observe(c.t.Shared.MeterProvider, p.log, sem)
 	if sem != kdeliver.AtMostOnce {
 		p.timeouts = deadline.New(pre.Timeout())
 	}

@@ -139,6 +139,9 @@ func (p *Producer) Flush(ctx context.Context) error {
 	return p.cl.Flush(ctx)
 }
 
+// Stats returns the producer's figures. It is safe to call at any time.
+func (p *Producer) Stats() Stats { return p.stats.load() }
+
 // Close flushes buffered records (bounded by ctx) and closes the client.
 // Records still unacknowledged when ctx ends fail with [kdeliver.ErrClosed]
 // and Close returns ctx's error. Close is safe to call twice (the second
@@ -150,6 +153,7 @@ func (p *Producer) Close(ctx context.Context) error {
 	}
 	err := p.cl.Flush(ctx)
 	p.cl.Close()
+	p.unreg()
 	if err != nil {
 		return fmt.Errorf("kdeliver: closing producer: flush interrupted, unacknowledged records failed: %w", err)
 	}

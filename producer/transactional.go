@@ -291,6 +291,10 @@ func unconfirmed(err error) bool {
 		errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, net.ErrClosed)
 }
 
+// Stats returns the producer's figures (Delivered: written in a
+// transaction, committed or not). It is safe to call at any time.
+func (p *Transactional) Stats() Stats { return p.stats.load() }
+
 // Close waits for a running [Transactional.Transact], flushes (bounded by
 // ctx) and closes the client. Close is safe to call twice; every other method
 // returns [kdeliver.ErrClosed] afterwards.
@@ -302,6 +306,7 @@ func (p *Transactional) Close(ctx context.Context) error {
 	defer p.txMu.Unlock()
 	err := p.cl.Flush(ctx)
 	p.cl.Close()
+	p.unreg()
 	if err != nil {
 		return fmt.Errorf("kdeliver: closing producer: flush interrupted: %w", err)
 	}

@@ -1,0 +1,128 @@
+package eos
+
+import (
+	"context"
+	"errors"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kgo"
+	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
+	"go.opentelemetry.io/otel/sdk/metric/metricdata"
+
+	"github.com/kdeliver/kdeliver"
+	"github.com/kdeliver/kdeliver/kdelivertest"
+)
+
+// transactions reads kdeliver.eos.transactions from reader, by outcome and
+// cause ("committed", "aborted/handler", ...), and the number of
+// transaction durations recorded by outcome ("duration/committed", ...).
+func transactions(t *testing.T, reader *sdkmetric.ManualReader) map[string]int64 {
+	t.Helper()
+	var rm metricdata.ResourceMetrics
+	if err := reader.Collect(context.Background(), &rm); err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]int64{}
+	for _, sm := range rm.ScopeMetrics {
+		for _, m := range sm.Metrics {
+			switch d := m.Data.(type) {
+			case metricdata.Sum[int64]:
+				if m.Name != "kdeliver.eos.transactions" {
+					continue
+				}
+				for _, p := range d.DataPoints {
+					k, _ := p.Attributes.Value("kdeliver.outcome")
+					key := k.AsString()
+					if c, ok := p.Attributes.Value("kdeliver.cause"); ok {
+						key += "/" + c.AsString()
+					}
+					out[key] = p.Value
+				}
+			case metricdata.Histogram[float64]:
+				if m.Name != "kdeliver.eos.transaction.duration" {
+					continue
+				}
+				for _, p := range d.DataPoints {
+					k, _ := p.Attributes.Value("kdeliver.outcome")
+					out["duration/"+k.AsString()] = int64(p.Count)
+				}
+			}
+		}
+	}
+	return out
+}
+
+// TestMetricsCountAbortsByCause: transactions aborted by a failing handler
+// and by a handler slower than the transaction timeout are counted under
+// their causes, through an OpenTelemetry SDK reader and in Stats alike,
+// and every transaction's duration is recorded under its outcome.
+func TestMetricsCountAbortsByCause(t *testing.T) {
+	for _, tc := range []struct {
+		name, cause string
+		opts        []Option
+		slow        time.Duration // the handler of record 5 sleeps this long once
+		fails       int64         // or fails this many times
+	}{
+		{name: "handler", cause: "handler", fails: 3},
+		{name: "timeout", cause: "timeout", slow: 1500 * time.Millisecond,
+			opts: []Option{WithTransactionTimeout(time.Second), WithSessionTimeout(6 * time.Second)}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := kdelivertest.Start(t, kdelivertest.WithTopic("in", 1), kdelivertest.WithTopic("out", 1))
+			want := kdelivertest.Seed(t, c.Brokers(), "in", 20)
+			reader := sdkmetric.NewManualReader()
+			mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))
+			defer mp.Shutdown(context.Background())
+			opts := append([]Option{kdeliver.WithMeterProvider(mp), WithOutputTopic("out"), WithCommitEvery(20, 400*time.Millisecond)}, tc.opts...)
+			s, err := New(c.Brokers(), "g", []string{"in"}, "metrics-"+tc.name, fastOpts(opts...)...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var calls atomic.Int64
+			done := make(chan error, 1)
+			go func() {
+				done <- s.Run(context.Background(), func(_ context.Context, in *kgo.Record, emit func(*kgo.Record)) error {
+					if string(in.Value) == "5" {
+						n := calls.Add(1)
+						if n <= tc.fails {
+							return errors.New("not yet")
+						}
+						if tc.slow > 0 && n == 1 {
+							time.Sleep(tc.slow)
+						}
+					}
+					emit(&kgo.Record{Key: in.Key, Value: in.Value})
+					return nil
+				})
+			}()
+			kdelivertest.WaitFor(t, 60*time.Second, "all input committed", func() bool { return c.CommittedAll("g", "in") })
+			got := transactions(t, reader)
+			st := s.Stats()
+			if err := s.Close(context.Background()); err != nil {
+				t.Fatal(err)
+			}
+			if err := <-done; err != nil {
+				t.Fatal(err)
+			}
+			exactly(t, c, "out", want)
+			byCause := map[string]int64{"handler": st.AbortedHandler, "timeout": st.AbortedTimeout, "rebalance": st.AbortedRebalance,
+				"fenced": st.Fenced, "produce": st.AbortedProduce, "other": st.AbortedOther}
+			for cause, n := range byCause {
+				if got["aborted/"+cause] != n {
+					t.Errorf("aborted/%s = %d, Stats says %d (all: %v)", cause, got["aborted/"+cause], n, got)
+				}
+			}
+			if got["committed"] != st.Committed || st.Committed < 1 {
+				t.Errorf("committed = %d, Stats %d, want the same and ≥ 1", got["committed"], st.Committed)
+			}
+			if min := max(1, tc.fails); got["aborted/"+tc.cause] < min {
+				t.Errorf("aborted/%s = %d, want ≥ %d (all: %v)", tc.cause, got["aborted/"+tc.cause], min, got)
+			}
+			if got["duration/committed"] != st.Committed || got["duration/aborted"] != st.Aborted {
+				t.Errorf("durations recorded: %d committed, %d aborted; Stats: %d, %d", got["duration/committed"], got["duration/aborted"], st.Committed, st.Aborted)
+			}
+		})
+	}
+}
