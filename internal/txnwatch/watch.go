@@ -13,6 +13,7 @@
 package txnwatch
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -250,20 +251,30 @@ func (w *Watcher) poll(ctx context.Context, now time.Time) {
 		w.logf("txnwatch: list the high watermarks of %s: %v (retrying in %v)", strings.Join(topics, ","), err, w.interval)
 	}
 	var due []tp
+	var unknown []string
 	for k := range watched {
 		l, ok := lso.Lookup(k.topic, k.partition)
 		h, ok2 := hwm.Lookup(k.topic, k.partition)
 		if !ok || !ok2 || l.Err != nil || h.Err != nil {
-			continue // unknown this round: keep what we knew
+			// Unknown this round: keep what we knew.
+			unknown = append(unknown, fmt.Sprintf("%s[%d] (%v)", k.topic, k.partition, cmp.Or(l.Err, h.Err, errNotListed)))
+			continue
 		}
 		if w.observe(k, l.Offset, h.Offset, now) {
 			due = append(due, k)
 		}
 	}
+	if len(unknown) > 0 && err == nil && ctx.Err() == nil {
+		slices.Sort(unknown)
+		w.logf("txnwatch: no offsets for %s (retrying in %v)", strings.Join(unknown, ", "), w.interval)
+	}
 	if len(due) > 0 {
 		w.reportStalls(ctx, due, lso, hwm, now)
 	}
 }
+
+// errNotListed is the reason for a partition the brokers did not answer for.
+var errNotListed = errors.New("not listed: does the partition exist?")
 
 // observe records one poll's offsets of a partition and says whether the
 // partition has been stalled longer than the bound and is not yet reported.

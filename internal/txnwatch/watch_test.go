@@ -3,6 +3,7 @@ package txnwatch
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"sync"
 	"testing"
@@ -109,6 +110,7 @@ type rig struct {
 	now     time.Time
 	reports []Report
 	logs    []string
+	args    [][]any
 	parts   map[string][]int32
 }
 
@@ -117,7 +119,7 @@ func newRig(t *testing.T, bound time.Duration) *rig {
 	w, err := newWatcher(r.adm, []string{"127.0.0.1:9092"}, bound,
 		func() map[string][]int32 { return r.parts },
 		func(rep Report) { r.reports = append(r.reports, rep) },
-		func(f string, a ...any) { r.logs = append(r.logs, f) })
+		func(f string, a ...any) { r.logs, r.args = append(r.logs, f), append(r.args, a) })
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -214,7 +216,14 @@ func TestCaughtUpEndsTheStall(t *testing.T) {
 
 func TestAdminErrorsDoNotStopTheWatcher(t *testing.T) {
 	r := newRig(t, time.Minute)
+	r.parts = map[string][]int32{"t": {0}, "gone": {0}}
 	r.adm.set("t", 0, 10, 20)
+	r.poll(0)
+	if len(r.logs) != 1 || !strings.Contains(fmt.Sprintf(r.logs[0], r.args[0]...), "no offsets for gone[0] (not listed") {
+		t.Fatalf("logs %q; want one naming the partition without offsets", r.logs)
+	}
+	r.logs, r.args = nil, nil
+	r.parts = map[string][]int32{"t": {0}}
 	r.adm.producers[tp{"t", 0}] = []kadm.DescribedProducer{{Topic: "t", Partition: 0, ProducerID: 4, CurrentTxnStartOffset: 10}}
 	r.poll(0)
 	r.adm.offErr = kerr.NotLeaderForPartition
