@@ -30,7 +30,10 @@ every partition with a transaction open whose producer last wrote to it
 more than --older-than ago (15m, Kafka's default transaction.max.timeout.ms,
 by default), like kafka-transactions.sh find-hanging: such a transaction
 holds the partition's last stable offset, so read_committed consumers stop
-there until it ends.
+there until it ends. Unlike find-hanging it also lists transactions the
+coordinator still tracks (STATE Ongoing: the coordinator aborts them when
+their transaction timeout expires, which may be 15 minutes away); those no
+coordinator knows (TRANSACTIONAL ID -) only an abort ends.
 
 txns abort aborts the transaction open on one partition the way
 kafka-transactions.sh abort does: it writes an abort marker with the
