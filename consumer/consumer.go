@@ -88,6 +88,7 @@ type Consumer struct {
 	pauses         atomic.Int64 // partitions paused, concurrent engine (tests)
 	revokeInFlight atomic.Int64 // records in flight that revokes waited for (tests)
 	commitsTried   atomic.Int64 // commits of pending offsets sent (tests)
+	hanging        atomic.Int64 // hanging transactions reported
 
 	stats     counters            // Stats
 	lag       metrics.Lag         // Stats.Lag, of the Run in progress
@@ -160,6 +161,7 @@ func newConsumer(what string, brokers []string, group string, topics []string, s
 			ps.Add(t == dlq, fmt.Sprintf("the dead-letter topic %q is also an input topic: a failing record would loop", t))
 		}
 	}
+	ps.Add(hd.HangBound > 0 && sem != kdeliver.ExactlyOnce && !cfg.readCommitted, "kdeliver.WithHangingTransactionWatch watches what holds read_committed consumers back, but this consumer reads uncommitted records, which no transaction holds back: add consumer.WithReadCommitted, or remove the watch")
 	ps.Add(sink == nil && hd.MaxInFlight > 0 && hd.Concurrency == 0, "kdeliver.WithMaxInFlight bounds concurrent handlers' records: add kdeliver.WithConcurrency(n, order), or remove it")
 	ps.Add(sink != nil && (hd.Concurrency > 0 || hd.MaxInFlight > 0), "a sink consumer stays sequential (its offsets live in the sink, one sink transaction per partition batch, in order): remove kdeliver.WithConcurrency and kdeliver.WithMaxInFlight")
 	for _, p := range cfg.t.Problems {
@@ -238,6 +240,9 @@ func (c *Consumer) runOpts(r *run) []kgo.Opt {
 		kgo.OnPartitionsRevoked(r.onRevoked),
 		kgo.OnPartitionsLost(r.onLost),
 	)
+	if c.hd.HangBound > 0 {
+		opts = append(opts, kgo.OnPartitionsAssigned(r.assigned.Assigned))
+	}
 	if c.sink != nil {
 		// Each newly assigned partition is claimed in the sink and
 		// starts at the offset the sink stored.
@@ -343,11 +348,15 @@ func (c *Consumer) run(ctx context.Context, h Handler, bh BatchHandler) error {
 		}
 		return fmt.Errorf("consumer: %w", err)
 	}
+	watchCtx, stopWatch := context.WithCancel(runCtx)
+	waitWatch := r.watchHanging(watchCtx)
 	if r.eng != nil {
 		err = r.eng.loop(runCtx, hardCtx)
 	} else {
 		err = r.loop(runCtx, hardCtx)
 	}
+	stopWatch()
+	waitWatch()
 	if r.crashed.Load() {
 		// A simulated SIGKILL: no commit, no graceful shutdown.
 		c.log.Warn("simulated crash: closing without committing", "err", err)

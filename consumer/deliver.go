@@ -18,6 +18,7 @@ import (
 	"github.com/kdeliver/kdeliver"
 	"github.com/kdeliver/kdeliver/dedup"
 	"github.com/kdeliver/kdeliver/internal/crash"
+	"github.com/kdeliver/kdeliver/internal/txnwatch"
 )
 
 // run is the state of one Run: its client and the offsets of records whose
@@ -41,6 +42,8 @@ type run struct {
 	lastCommit time.Time
 
 	eng *engine // the concurrent engine, nil for the sequential loop
+
+	assigned txnwatch.Assignment // the partitions owned, for the hanging-transaction watch
 }
 
 // loop polls and processes until runCtx ends or a handler stops it.

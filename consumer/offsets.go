@@ -117,7 +117,11 @@ func (c *Consumer) commit(ctx context.Context, cl *kgo.Client, offsets map[strin
 // already). It runs on kgo's group goroutine, only while Run allows
 // rebalancing (between batches) or while leaving the group.
 func (r *run) onRevoked(ctx context.Context, _ *kgo.Client, revoked map[string][]int32) {
-	if probed(ctx) || r.crashed.Load() {
+	if probed(ctx) {
+		return
+	}
+	r.assigned.Removed(ctx, nil, revoked)
+	if r.crashed.Load() {
 		return
 	}
 	if r.c.sink != nil {
@@ -152,6 +156,7 @@ func (r *run) onLost(ctx context.Context, _ *kgo.Client, lost map[string][]int32
 	if probed(ctx) {
 		return
 	}
+	r.assigned.Removed(ctx, nil, lost)
 	if r.c.sink != nil {
 		r.c.log.Warn("partitions lost: the sink's claims on them are dropped", "partitions", lost)
 		r.revokeSink(lost)

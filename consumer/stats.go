@@ -32,6 +32,9 @@ type Stats struct {
 	// Commits and CommitErrors count offset commits that succeeded and
 	// failed.
 	Commits, CommitErrors int64
+	// HangingTransactions counts partitions reported held by a hanging
+	// transaction ([kdeliver.WithHangingTransactionWatch]).
+	HangingTransactions int64
 	// InFlight is the records polled and not finished (the concurrent
 	// engine; 0 for the sequential loop between records).
 	InFlight int64
@@ -51,7 +54,7 @@ func (c *Consumer) Stats() Stats {
 		Handled: c.stats.handled.Load(), Failed: c.stats.failed.Load(), Retried: c.stats.retried.Load(),
 		Skipped: c.stats.skipped.Load(), DeadLettered: c.deadLettered.Load(),
 		Commits: c.stats.commits.Load(), CommitErrors: c.stats.commitErrors.Load(),
-		InFlight: c.inFlight(), Lag: c.lag.Snapshot(),
+		HangingTransactions: c.hanging.Load(), InFlight: c.inFlight(), Lag: c.lag.Snapshot(),
 	}
 	if c.guard != nil {
 		s.Duplicates = c.guard.Stats().Duplicates
@@ -113,6 +116,8 @@ func (c *Consumer) observe() (unregister func()) {
 		metrics.Series{Attrs: []attribute.KeyValue{metrics.KeyOutcome.String("ok")}, Load: load(&c.stats.commits)},
 		metrics.Series{Attrs: []attribute.KeyValue{metrics.KeyOutcome.String("error")}, Load: load(&c.stats.commitErrors)},
 	)
+	set.Counter("kdeliver.transactions.hanging", "{partition}", "Partitions reported held by a hanging transaction (kdeliver.WithHangingTransactionWatch)",
+		metrics.Series{Load: load(&c.hanging)})
 	set.Gauge("kdeliver.consumer.in_flight", "{record}", "Records polled and not finished", func(observe func(int64, ...attribute.KeyValue)) {
 		observe(c.inFlight())
 	})

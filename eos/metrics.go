@@ -38,6 +38,8 @@ func (s *Session) observe() (unregister func()) {
 		series(&c.records, metrics.KeyOutcome.String("committed")),
 		series(&c.deadLettered, metrics.KeyOutcome.String("dead_lettered")),
 	)
+	set.Counter("kdeliver.transactions.hanging", "{partition}", "Partitions reported held by a hanging transaction (kdeliver.WithHangingTransactionWatch)",
+		series(&s.hanging))
 	set.Counter("kdeliver.eos.client.recreated", "{client}", "Times the session's client was closed and built again after an error",
 		series(&c.recreated))
 	set.Counter("kdeliver.eos.rewind.violations", "{record}", "Records polled below the committed offset after an abort",

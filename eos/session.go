@@ -21,6 +21,7 @@ import (
 	"github.com/kdeliver/kdeliver/internal/preset"
 	"github.com/kdeliver/kdeliver/internal/ready"
 	"github.com/kdeliver/kdeliver/internal/shared"
+	"github.com/kdeliver/kdeliver/internal/txnwatch"
 )
 
 // Handler processes one input record and emits zero or more output records
@@ -75,7 +76,9 @@ type Session struct {
 	tracer   trace.Tracer
 	log      *slog.Logger
 	stats    counters
-	txnDur   *metrics.Durations // kdeliver.eos.transaction.duration
+	txnDur   *metrics.Durations  // kdeliver.eos.transaction.duration
+	assigned txnwatch.Assignment // for the hanging-transaction watch
+	hanging  atomic.Int64        // hanging transactions reported
 	timeouts *deadline.Timeouts
 	newSess  func(...kgo.Opt) (*kgo.GroupTransactSession, error)
 	// committed, when set (tests), is called after each commit.
@@ -181,7 +184,7 @@ func New(brokers []string, group string, topics []string, transactionalID string
 		return nil, err
 	}
 	txnTimeout := probe.OptValue(kgo.TransactionTimeout).(time.Duration)
-	s.opts = append(kopts, cfg.kgoOpts...)
+	s.opts = append(append(kopts, s.watchOpts()...), cfg.kgoOpts...)
 	s.cfg.txnTimeout = txnTimeout
 	// An output not acknowledged within the transaction timeout is no use:
 	// the broker aborts the transaction by then.
@@ -206,11 +209,14 @@ type Stats struct {
 	AbortedTimeout   int64 // aborted because handling outlived the transaction timeout
 	AbortedProduce   int64 // aborted because an output record failed (the client is replaced)
 	AbortedOther     int64 // aborted for another cause: End failed, the rewind guard, a stop before any record
-	Fenced           int64 // transactions ended because another instance took over the transactional ID
-	Records          int64 // input records whose transaction committed
-	DeadLettered     int64 // input records sent to the dead-letter topic and committed
-	Recreated        int64 // times the client was closed and built again after an error
-	RewindViolations int64 // records polled below the committed offset after an abort (see "# Errors")
+	// HangingTransactions counts partitions reported held by a hanging
+	// transaction (kdeliver.WithHangingTransactionWatch).
+	HangingTransactions int64
+	Fenced              int64 // transactions ended because another instance took over the transactional ID
+	Records             int64 // input records whose transaction committed
+	DeadLettered        int64 // input records sent to the dead-letter topic and committed
+	Recreated           int64 // times the client was closed and built again after an error
+	RewindViolations    int64 // records polled below the committed offset after an abort (see "# Errors")
 }
 
 type counters struct {
@@ -226,7 +232,7 @@ func (s *Session) Stats() Stats {
 		AbortedHandler: c.abortedHandler.Load(), AbortedTimeout: c.abortedTimeout.Load(),
 		AbortedProduce: c.abortedProduce.Load(), AbortedOther: c.abortedOther.Load(), Fenced: c.fenced.Load(),
 		Records: c.records.Load(), DeadLettered: c.deadLettered.Load(),
-		Recreated: c.recreated.Load(), RewindViolations: c.rewind.Load(),
+		Recreated: c.recreated.Load(), RewindViolations: c.rewind.Load(), HangingTransactions: s.hanging.Load(),
 	}
 }
 
@@ -327,6 +333,9 @@ func (s *Session) Run(ctx context.Context, h Handler) error {
 		s.mu.Unlock()
 	}()
 	defer s.observe()()
+	watchCtx, stopWatch := context.WithCancel(ctx)
+	defer s.watchHanging(watchCtx)()
+	defer stopWatch()
 	l := &loop{s: s, h: h, hctx: hctx, attempts: map[recordKey]attempts{}, bo: s.newBackoff(), recreateBo: s.newBackoff(),
 		missing: map[string]time.Time{}}
 	if s.hd.Concurrency <= 1 {

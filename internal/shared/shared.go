@@ -9,6 +9,8 @@ import (
 
 	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/trace"
+
+	"github.com/kdeliver/kdeliver/internal/txnwatch"
 )
 
 // Settings are the options of the root package that every client takes.
@@ -32,6 +34,11 @@ type Handling struct {
 	// MaxInFlight bounds the records polled and not yet done (0: the
 	// default for Concurrency).
 	Concurrency, Order, MaxInFlight int
+	// HangBound, if positive, watches the owned partitions for hanging
+	// transactions (WithHangingTransactionWatch); OnHang, if not nil,
+	// gets each report.
+	HangBound time.Duration
+	OnHang    func(txnwatch.Report)
 }
 
 // DefaultMaxInFlight is the bound on records in flight for a concurrency
