@@ -2,6 +2,9 @@
 # Starts the servers the dedup stores are tested against: PostgreSQL and Redis,
 # from Debian's packages, listening on 127.0.0.1 only. Safe to run again: it
 # installs and creates only what is missing, and leaves running servers alone.
+# It also installs Prometheus (Debian's package) for examples/metrics, whose
+# test starts its own server on 127.0.0.1: the package's system service is
+# not started here.
 #
 # It prints `export` lines on stdout (everything else goes to stderr), so:
 #
@@ -10,7 +13,8 @@
 # sets KDELIVER_POSTGRES_URL, KDELIVER_REDIS_ADDR, KDELIVER_PG_CLUSTER (for
 # the outage test, which stops and restarts the cluster) and
 # KDELIVER_REQUIRE_SERVICES=1, which makes the tests fail rather than skip
-# when a server is missing.
+# when a server is missing, and KDELIVER_REQUIRE_PROMETHEUS=1, the same for
+# the prometheus binary.
 set -euo pipefail
 
 log() { echo "services: $*" >&2; }
@@ -29,6 +33,17 @@ if ! command -v redis-server >/dev/null || ! command -v pg_ctlcluster >/dev/null
 	apt-get update -qq >&2
 	apt-get install -y -qq --no-install-recommends postgresql redis-server >&2
 fi
+
+if ! command -v prometheus >/dev/null; then
+	# Only the binary is used. Where a policy-rc.d forbids it (containers)
+	# the package does not start its service; where one starts, it listens
+	# on 9090, which the test does not use.
+	log "installing prometheus"
+	export DEBIAN_FRONTEND=noninteractive
+	apt-get update -qq >&2
+	apt-get install -y -qq --no-install-recommends prometheus >&2
+fi
+log "$(prometheus --version 2>&1 | sed -n 1p)"
 
 # PostgreSQL: the Debian cluster of the newest installed version.
 pg_ver=$(basename "$(dirname "$(pg_bin)")")
@@ -75,4 +90,5 @@ export KDELIVER_POSTGRES_URL='postgres://$pg_user:$pg_pass@127.0.0.1:$pg_port/$p
 export KDELIVER_PG_CLUSTER='$pg_ver main'
 export KDELIVER_REDIS_ADDR='127.0.0.1:$redis_port'
 export KDELIVER_REQUIRE_SERVICES=1
+export KDELIVER_REQUIRE_PROMETHEUS=1
 ENV
