@@ -120,6 +120,7 @@ func runPlain(ctx context.Context, cfg Config, sem kdeliver.Semantics) error {
 		kdeliver.WithLogger(cfg.Logger),
 		consumer.WithCommitInterval(cfg.CommitInterval),
 		consumer.WithKgoOpts(kgo.SessionTimeout(cfg.SessionTimeout), kgo.HeartbeatInterval(cfg.SessionTimeout/10),
+			kgo.RebalanceTimeout(cfg.SessionTimeout),
 			kgo.MetadataMinAge(time.Second)))
 	if err != nil {
 		return err
