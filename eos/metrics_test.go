@@ -3,6 +3,7 @@ package eos
 import (
 	"context"
 	"errors"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -124,5 +125,73 @@ func TestMetricsCountAbortsByCause(t *testing.T) {
 				t.Errorf("durations recorded: %d committed, %d aborted; Stats: %d, %d", got["duration/committed"], got["duration/aborted"], st.Committed, st.Aborted)
 			}
 		})
+	}
+}
+
+// TestMetricsCountRebalanceAborts: a second session joins the group while
+// the first is inside a transaction; the partition it takes is revoked
+// from the first, whose transaction aborts under cause rebalance (Stats
+// and the SDK reader agree), and the output is still exactly the input.
+func TestMetricsCountRebalanceAborts(t *testing.T) {
+	c := kdelivertest.Start(t, kdelivertest.WithTopic("in", 2), kdelivertest.WithTopic("out", 2))
+	want := kdelivertest.Seed(t, c.Brokers(), "in", 40)
+	reader := sdkmetric.NewManualReader()
+	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))
+	defer mp.Shutdown(context.Background())
+	newSession := func(txnID string, opts ...Option) *Session {
+		s, err := New(c.Brokers(), "g", []string{"in"}, txnID, fastOpts(append(opts, WithOutputTopic("out"),
+			WithTransactionTimeout(20*time.Second), WithSessionTimeout(25*time.Second))...)...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	copyTo := func(started func()) Handler {
+		return func(_ context.Context, in *kgo.Record, emit func(*kgo.Record)) error {
+			started()
+			emit(&kgo.Record{Key: in.Key, Value: in.Value})
+			return nil
+		}
+	}
+	// a's first record waits, inside a's first transaction, until b has
+	// handled one: b then owns a partition a owned.
+	bHandled := make(chan struct{})
+	var aOnce, bOnce sync.Once
+	a := newSession("rebalance-a", kdeliver.WithMeterProvider(mp))
+	b := newSession("rebalance-b")
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	aDone, bDone := make(chan error, 1), make(chan error, 1)
+	go func() {
+		aDone <- a.Run(ctx, copyTo(func() {
+			aOnce.Do(func() {
+				go func() { bDone <- b.Run(ctx, copyTo(func() { bOnce.Do(func() { close(bHandled) }) })) }()
+				select {
+				case <-bHandled:
+				case <-time.After(15 * time.Second):
+					t.Error("the second session handled nothing within 15s of joining")
+				}
+			})
+		}))
+	}()
+	kdelivertest.WaitFor(t, 60*time.Second, "all input committed", func() bool { return c.CommittedAll("g", "in") })
+	got, st := transactions(t, reader), a.Stats()
+	cancel()
+	for _, done := range []chan error{aDone, bDone} {
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, s := range []*Session{a, b} {
+		if err := s.Close(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	exactly(t, c, "out", want)
+	if st.AbortedRebalance < 1 || got["aborted/rebalance"] != st.AbortedRebalance {
+		t.Errorf("aborted/rebalance: metric %d, Stats %d; want the same and ≥ 1 (all: %v)", got["aborted/rebalance"], st.AbortedRebalance, got)
+	}
+	if st.AbortedHandler+st.AbortedTimeout+st.Fenced+st.AbortedProduce+st.AbortedOther != 0 {
+		t.Errorf("aborts under other causes: %+v; only the rebalance aborted", st)
 	}
 }
