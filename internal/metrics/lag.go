@@ -69,8 +69,13 @@ func (l *Lag) Committed(offsets map[string]map[int32]kgo.EpochOffset) {
 func (l *Lag) CommittedRecords(recs []*kgo.Record) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	for _, r := range recs {
-		if lp := l.parts[topicPart{r.Topic, r.Partition}]; lp != nil {
+	// A poll's records come partition by partition: look each one up once.
+	var lp *lagPart
+	for i, r := range recs {
+		if i == 0 || r.Partition != recs[i-1].Partition || r.Topic != recs[i-1].Topic {
+			lp = l.parts[topicPart{r.Topic, r.Partition}]
+		}
+		if lp != nil {
 			lp.committed = max(lp.committed, r.Offset+1)
 		}
 	}
