@@ -76,6 +76,8 @@ type config struct {
 	brokerConfig map[string]string
 	startTimeout time.Duration
 	logf         func(format string, args ...any)
+	security     bool            // WithSecurity
+	sec          *securityConfig // made by New when security is set
 }
 
 func defaultConfig() config {
@@ -186,6 +188,7 @@ type Cluster struct {
 
 	adm *kadm.Client
 	cl  *kgo.Client
+	sec *Security // WithSecurity
 
 	mu      sync.Mutex
 	down    map[int]bool // nodes stopped or killed
@@ -246,6 +249,14 @@ func New(ctx context.Context, opts ...Option) (*Cluster, error) {
 	if err != nil {
 		return nil, err
 	}
+	if cfg.security {
+		if kind != BackendProcess && kind != BackendContainer {
+			return nil, fmt.Errorf("%w: WithSecurity needs the process or container backend, not %s", ErrUnsupported, kind)
+		}
+		if cfg.sec, err = newSecurityConfig(); err != nil {
+			return nil, fmt.Errorf("integration: certificates: %w", err)
+		}
+	}
 	ctx, cancel := context.WithTimeout(ctx, cfg.startTimeout)
 	defer cancel()
 
@@ -300,12 +311,21 @@ func New(ctx context.Context, opts ...Option) (*Cluster, error) {
 	if err := c.waitReady(ctx, c.nodeList()...); err != nil {
 		return fail(err)
 	}
+	if cfg.security {
+		if err := c.setUpSecurity(ctx); err != nil {
+			return fail(err)
+		}
+	}
 	c.version, err = c.be.version(ctx)
 	if err != nil || c.version == "" {
 		c.version = c.guessVersion(ctx)
 	}
-	cfg.logf("integration: Kafka %s on %s backend, %d node(s) at %s, ready in %s",
-		c.version, kind, len(c.ids), strings.Join(c.brokers, ","), time.Since(began).Round(time.Millisecond))
+	secure := ""
+	if c.sec != nil {
+		secure = ", SASL_SSL at " + strings.Join(c.sec.brokers, ",")
+	}
+	cfg.logf("integration: Kafka %s on %s backend, %d node(s) at %s%s, ready in %s",
+		c.version, kind, len(c.ids), strings.Join(c.brokers, ","), secure, time.Since(began).Round(time.Millisecond))
 	return c, nil
 }
 
@@ -774,6 +794,7 @@ func (c *Cluster) Close(ctx context.Context) error {
 		return nil
 	}
 	c.closed = true
+	c.sec.close()
 	if c.cl != nil {
 		c.cl.Close()
 	}

@@ -49,6 +49,7 @@ type containerBackend struct {
 	mode      ContainerNetwork
 	nw        *testcontainers.DockerNetwork // NetworkMapped: the cluster's network
 	hostPorts []int                         // NetworkMapped: each node's client port on 127.0.0.1
+	secPorts  []int                         // NetworkMapped with WithSecurity: each node's SASL_SSL port on 127.0.0.1
 	ports     []nodePorts                   // NetworkHost: each node's ports on 127.0.0.1
 	env       []map[string]string
 
@@ -126,22 +127,27 @@ func newContainer(ctx context.Context, cfg *config) (nodeBackend, error) {
 		}
 	}
 	if b.mode == NetworkMapped {
-		if b.hostPorts, err = freePorts(cfg.nodes); err != nil {
+		ps, err := freePorts(2 * cfg.nodes)
+		if err != nil {
 			return fail(err)
+		}
+		b.hostPorts = ps[:cfg.nodes]
+		if cfg.sec != nil {
+			b.secPorts = ps[cfg.nodes:]
 		}
 		cfg.logf("integration: containers on network %s (aliases %s), client ports mapped to 127.0.0.1:%v",
 			b.nw.Name, aliases(cfg.nodes), b.hostPorts)
-	} else if b.ports, err = allocPorts(cfg.nodes); err != nil {
+	} else if b.ports, err = allocPorts(cfg.nodes, cfg.sec != nil); err != nil {
 		return fail(err)
 	}
 	for n := 1; n <= cfg.nodes; n++ {
 		var listeners map[string]string
 		if b.mode == NetworkMapped {
-			listeners = containerListeners(n, b.hostPorts)
+			listeners = containerListeners(n, b.hostPorts, b.secPorts)
 		} else {
 			listeners = loopbackListeners(n, b.ports)
 		}
-		env := propsEnv(brokerProps(n, cfg.nodes, listeners, containerLogDir, cfg.brokerConfig))
+		env := propsEnv(brokerProps(n, cfg.nodes, listeners, cfg.sec, containerLogDir, cfg.brokerConfig))
 		env["CLUSTER_ID"] = b.clusterID
 		env["KAFKA_HEAP_OPTS"] = "-Xms512m -Xmx512m"
 		if b.mode == NetworkMapped {
@@ -209,7 +215,7 @@ func (b *containerBackend) probeNames(ctx context.Context) error {
 		network.WithNetwork([]string{probeAlias}, b.nw),
 		// Bind what the image exposes to loopback, or testcontainers
 		// publishes it on every interface.
-		b.clientPort(port[0]),
+		b.clientPort(port[0], 0),
 		testcontainers.WithCmd("sh", "-c", probeCmd),
 		testcontainers.WithWaitStrategy(wait.ForExit().WithExitTimeout(time.Minute)),
 	)
@@ -245,15 +251,25 @@ func (b *containerBackend) probeNames(ctx context.Context) error {
 	return nil
 }
 
-// clientPort publishes the container's client port on 127.0.0.1:hostPort.
-func (b *containerBackend) clientPort(hostPort int) testcontainers.CustomizeRequestOption {
+// clientPort publishes the container's client port on 127.0.0.1:hostPort
+// and, if secureHostPort is not 0, its SASL_SSL port on
+// 127.0.0.1:secureHostPort.
+func (b *containerBackend) clientPort(hostPort, secureHostPort int) testcontainers.CustomizeRequestOption {
+	lo := netip.MustParseAddr("127.0.0.1")
 	p := mnetwork.MustParsePort(strconv.Itoa(containerClientPort) + "/tcp")
+	ports := []string{p.String()}
+	bind := mnetwork.PortMap{p: {{HostIP: lo, HostPort: strconv.Itoa(hostPort)}}}
+	if secureHostPort != 0 {
+		sp := mnetwork.MustParsePort(strconv.Itoa(containerSecurePort) + "/tcp")
+		ports = append(ports, sp.String())
+		bind[sp] = []mnetwork.PortBinding{{HostIP: lo, HostPort: strconv.Itoa(secureHostPort)}}
+	}
 	return func(req *testcontainers.GenericContainerRequest) error {
-		if err := testcontainers.WithExposedPorts(p.String())(req); err != nil {
+		if err := testcontainers.WithExposedPorts(ports...)(req); err != nil {
 			return err
 		}
 		return testcontainers.WithHostConfigModifier(func(hc *container.HostConfig) {
-			hc.PortBindings = mnetwork.PortMap{p: {{HostIP: netip.MustParseAddr("127.0.0.1"), HostPort: strconv.Itoa(hostPort)}}}
+			hc.PortBindings = bind
 		})(req)
 	}
 }
@@ -272,6 +288,26 @@ func (b *containerBackend) addrs() []string {
 	}
 	return out
 }
+
+func (b *containerBackend) secureAddrs() []string {
+	ports := b.secPorts
+	if b.mode != NetworkMapped {
+		ports = make([]int, len(b.ports))
+		for i, p := range b.ports {
+			ports[i] = p.secure
+		}
+	}
+	out := make([]string, len(ports))
+	for i, p := range ports {
+		out[i] = fmt.Sprintf("127.0.0.1:%d", p)
+	}
+	return out
+}
+
+// formatsScram is false: the image formats the log directory itself, with
+// no way to add SCRAM credentials, so the harness creates the admin's
+// through the PLAINTEXT listener.
+func (b *containerBackend) formatsScram() bool { return false }
 
 func (b *containerBackend) brokerIDs() []int32 {
 	ids := make([]int32, b.cfg.nodes)
@@ -299,7 +335,11 @@ func (b *containerBackend) start(ctx context.Context, node int) error {
 		testcontainers.WithEnv(maps.Clone(b.env[node-1])),
 	}
 	if b.mode == NetworkMapped {
-		opts = append(opts, network.WithNetwork([]string{nodeAlias(node)}, b.nw), b.clientPort(b.hostPorts[node-1]))
+		secure := 0
+		if b.secPorts != nil {
+			secure = b.secPorts[node-1]
+		}
+		opts = append(opts, network.WithNetwork([]string{nodeAlias(node)}, b.nw), b.clientPort(b.hostPorts[node-1], secure))
 	} else {
 		opts = append(opts, testcontainers.WithHostConfigModifier(func(hc *container.HostConfig) {
 			hc.NetworkMode = "host"

@@ -78,6 +78,20 @@
 // [Cluster.Restart] brings a node back on the same ports with the same log
 // directory, as after a crash or a reboot.
 //
+// # Security
+//
+// [WithSecurity] adds a SASL_SSL listener to every node (process and
+// container backends): TLS with a certificate signed by a CA the harness
+// makes, SCRAM-SHA-512 users, and Kafka's StandardAuthorizer, so that a
+// principal may do only what its ACLs allow. [Cluster.Security] gives the
+// listener's addresses, the CA, a super user's admin client, and
+// [Security.CreateUser], [Security.Grant] and [Security.Revoke]. The
+// PLAINTEXT listener stays, with User:ANONYMOUS a super user (the brokers'
+// own requests come as ANONYMOUS over the PLAINTEXT controller and
+// replication listeners), so the helpers above keep working without
+// credentials; package securitytest checks kdeliver's semantics on the
+// SASL_SSL listener with least-privilege ACLs.
+//
 // # Lifecycle
 //
 // [Start] registers the cluster's teardown with t.Cleanup; [New] leaves it to

@@ -145,14 +145,14 @@ func newProcess(ctx context.Context, cfg *config) (nodeBackend, error) {
 	if err := os.WriteFile(filepath.Join(dir, "log4j2.properties"), []byte(log4j2Props), 0o644); err != nil {
 		return fail(fmt.Errorf("integration: %w", err))
 	}
-	if b.ports, err = allocPorts(cfg.nodes); err != nil {
+	if b.ports, err = allocPorts(cfg.nodes, cfg.sec != nil); err != nil {
 		return fail(err)
 	}
 	for n := 1; n <= cfg.nodes; n++ {
 		nd := &procNode{n: n, dir: filepath.Join(dir, fmt.Sprintf("node-%d", n))}
 		nd.props = filepath.Join(nd.dir, "server.properties")
 		nd.logPath = filepath.Join(nd.dir, "kafka.log")
-		props := brokerProps(n, cfg.nodes, loopbackListeners(n, b.ports), filepath.Join(nd.dir, "data"), cfg.brokerConfig)
+		props := brokerProps(n, cfg.nodes, loopbackListeners(n, b.ports), cfg.sec, filepath.Join(nd.dir, "data"), cfg.brokerConfig)
 		if err := os.MkdirAll(nd.dir, 0o755); err != nil {
 			return fail(fmt.Errorf("integration: %w", err))
 		}
@@ -182,8 +182,14 @@ func (b *processBackend) log4j() string {
 }
 
 func (b *processBackend) format(ctx context.Context, nd *procNode) error {
-	cmd := exec.CommandContext(ctx, b.java, "-Xmx256m", "-XX:TieredStopAtLevel=1", "-XX:+UseSerialGC", b.log4j(),
-		"-cp", b.classpath(), "kafka.tools.StorageTool", "format", "-t", b.clusterID, "-c", nd.props)
+	args := []string{"-Xmx256m", "-XX:TieredStopAtLevel=1", "-XX:+UseSerialGC", b.log4j(),
+		"-cp", b.classpath(), "kafka.tools.StorageTool", "format", "-t", b.clusterID, "-c", nd.props}
+	if b.cfg.sec != nil {
+		// SCRAM credentials live in the cluster metadata: the admin's is
+		// put in the bootstrap records (KIP-900).
+		args = append(args, "--add-scram", b.cfg.sec.addScram())
+	}
+	cmd := exec.CommandContext(ctx, b.java, args...)
 	cmd.Dir = nd.dir
 	cmd.SysProcAttr = sysProcAttr()
 	out, err := cmd.CombinedOutput()
@@ -210,6 +216,16 @@ func (b *processBackend) brokerIDs() []int32 {
 }
 
 func (b *processBackend) version(context.Context) (string, error) { return b.jarVer, nil }
+
+func (b *processBackend) secureAddrs() []string {
+	out := make([]string, len(b.ports))
+	for i, p := range b.ports {
+		out[i] = fmt.Sprintf("127.0.0.1:%d", p.secure)
+	}
+	return out
+}
+
+func (b *processBackend) formatsScram() bool { return true }
 
 func (b *processBackend) start(_ context.Context, node int) error {
 	nd := b.nodes[node-1]

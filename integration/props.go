@@ -15,14 +15,16 @@ import (
 type nodePorts struct {
 	broker     int // PLAINTEXT listener, for clients and replication
 	controller int // CONTROLLER listener, for the KRaft quorum
+	secure     int // SASL_SSL listener (WithSecurity), or 0
 }
 
 // brokerProps returns the server properties of node (1-based) of a
 // combined-mode cluster of nodes nodes: Kafka's settings, the listeners
-// (see [loopbackListeners] and [containerListeners]), then extra. Settings
+// (see [loopbackListeners] and [containerListeners]), the secure
+// listener's settings if sec is set ([WithSecurity]), then extra. Settings
 // follow Kafka's system tests, scaled for two cores (see
 // shared/notes/kafka.md).
-func brokerProps(node, nodes int, listeners map[string]string, logDir string, extra map[string]string) map[string]string {
+func brokerProps(node, nodes int, listeners map[string]string, sec *securityConfig, logDir string, extra map[string]string) map[string]string {
 	rf := min(3, nodes)
 	minISR := 1
 	if rf >= 3 {
@@ -54,6 +56,9 @@ func brokerProps(node, nodes int, listeners map[string]string, logDir string, ex
 		"share.coordinator.state.topic.min.isr":            strconv.Itoa(minISR),
 	}
 	maps.Copy(props, listeners)
+	if sec != nil {
+		maps.Copy(props, sec.brokerProps())
+	}
 	maps.Copy(props, extra)
 	return props
 }
@@ -61,14 +66,15 @@ func brokerProps(node, nodes int, listeners map[string]string, logDir string, ex
 // loopbackListeners are the listeners of node when every node shares the
 // host's network (host processes, or containers with host networking): one
 // PLAINTEXT listener for clients and replication and one CONTROLLER
-// listener for the KRaft quorum, each on its own 127.0.0.1 port.
+// listener for the KRaft quorum, each on its own 127.0.0.1 port, and with
+// [WithSecurity] a SASL_SSL listener for clients.
 func loopbackListeners(node int, ports []nodePorts) map[string]string {
 	voters := make([]string, len(ports))
 	for i, p := range ports {
 		voters[i] = fmt.Sprintf("%d@127.0.0.1:%d", i+1, p.controller)
 	}
 	me := ports[node-1]
-	return map[string]string{
+	l := map[string]string{
 		"controller.quorum.voters":       strings.Join(voters, ","),
 		"listeners":                      fmt.Sprintf("PLAINTEXT://127.0.0.1:%d,CONTROLLER://127.0.0.1:%d", me.broker, me.controller),
 		"advertised.listeners":           fmt.Sprintf("PLAINTEXT://127.0.0.1:%d", me.broker),
@@ -76,6 +82,18 @@ func loopbackListeners(node int, ports []nodePorts) map[string]string {
 		"inter.broker.listener.name":     "PLAINTEXT",
 		"listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
 	}
+	if me.secure != 0 {
+		addSecureListener(l, fmt.Sprintf("127.0.0.1:%d", me.secure), fmt.Sprintf("127.0.0.1:%d", me.secure))
+	}
+	return l
+}
+
+// addSecureListener adds the SASL_SSL listener of [WithSecurity] to
+// listener properties: bound at bind, advertised as adv.
+func addSecureListener(l map[string]string, bind, adv string) {
+	l["listeners"] += ",SASL_SSL://" + bind
+	l["advertised.listeners"] += ",SASL_SSL://" + adv
+	l["listener.security.protocol.map"] += ",SASL_SSL:SASL_SSL"
 }
 
 // Ports inside a node's container when the nodes share a container network,
@@ -84,6 +102,7 @@ const (
 	containerClientPort     = 9092  // CLIENT, mapped to a 127.0.0.1 port of the host
 	containerInternalPort   = 19092 // INTERNAL: replication, reached by node alias
 	containerControllerPort = 9093  // CONTROLLER: the KRaft quorum, by node alias
+	containerSecurePort     = 9094  // SASL_SSL (WithSecurity), mapped to a 127.0.0.1 port of the host
 )
 
 // nodeAlias is node's name on the cluster's container network.
@@ -95,8 +114,10 @@ func nodeAlias(node int) string { return "kafka-" + strconv.Itoa(node) }
 // advertised as that address, so that clients on the host reach every node;
 // INTERNAL (replication) and CONTROLLER (the quorum) advertised under each
 // node's alias on the network. A single node reaches itself on localhost
-// and needs no name resolution.
-func containerListeners(node int, hostPorts []int) map[string]string {
+// and needs no name resolution. With [WithSecurity], SASL_SSL on port 9094
+// of the container is published on 127.0.0.1:secureHostPorts[node-1] and
+// advertised as that address.
+func containerListeners(node int, hostPorts, secureHostPorts []int) map[string]string {
 	host := func(n int) string {
 		if len(hostPorts) == 1 {
 			return "localhost"
@@ -107,7 +128,7 @@ func containerListeners(node int, hostPorts []int) map[string]string {
 	for i := range hostPorts {
 		voters[i] = fmt.Sprintf("%d@%s:%d", i+1, host(i+1), containerControllerPort)
 	}
-	return map[string]string{
+	l := map[string]string{
 		"controller.quorum.voters": strings.Join(voters, ","),
 		"listeners": fmt.Sprintf("CLIENT://0.0.0.0:%d,INTERNAL://0.0.0.0:%d,CONTROLLER://0.0.0.0:%d",
 			containerClientPort, containerInternalPort, containerControllerPort),
@@ -117,6 +138,10 @@ func containerListeners(node int, hostPorts []int) map[string]string {
 		"inter.broker.listener.name":     "INTERNAL",
 		"listener.security.protocol.map": "CLIENT:PLAINTEXT,INTERNAL:PLAINTEXT,CONTROLLER:PLAINTEXT",
 	}
+	if secureHostPorts != nil {
+		addSecureListener(l, fmt.Sprintf("0.0.0.0:%d", containerSecurePort), fmt.Sprintf("127.0.0.1:%d", secureHostPorts[node-1]))
+	}
+	return l
 }
 
 // propsFile renders properties in Java's .properties format, sorted.
@@ -180,14 +205,23 @@ func freePorts(n int) ([]int, error) {
 	return ports, nil
 }
 
-func allocPorts(nodes int) ([]nodePorts, error) {
-	ps, err := freePorts(2 * nodes)
+// allocPorts returns the ports of nodes nodes, with a SASL_SSL port each
+// if secure.
+func allocPorts(nodes int, secure bool) ([]nodePorts, error) {
+	per := 2
+	if secure {
+		per = 3
+	}
+	ps, err := freePorts(per * nodes)
 	if err != nil {
 		return nil, err
 	}
 	out := make([]nodePorts, nodes)
 	for i := range out {
-		out[i] = nodePorts{broker: ps[2*i], controller: ps[2*i+1]}
+		out[i] = nodePorts{broker: ps[per*i], controller: ps[per*i+1]}
+		if secure {
+			out[i].secure = ps[per*i+2]
+		}
 	}
 	return out, nil
 }
