@@ -87,9 +87,18 @@
 // from constructors, [*DeliveryError] for a record not delivered,
 // [*HandlerError] when Run stops on a record, and the sentinels
 // [ErrFenced], [ErrAborted], [ErrUnconfirmed], [ErrPanic], [ErrClosed],
-// [ErrUnreachable], [ErrTopicNotFound]. Each doc says when it appears and
+// [ErrUnreachable], [ErrTopicNotFound], [ErrNotAuthorized],
+// [ErrAuthentication], [ErrUnsupported]. Each doc says when it appears and
 // what to do; [ClassOf] sorts any error into [Retriable], [Abortable] or
 // [Fatal]. Errors from Kafka are wrapped with %w, so errors.Is(err,
 // kerr.ProducerFenced) works through kdeliver's. No error or log line holds
 // a record's key or value.
+//
+// A failure no retry fixes ends the call instead of being retried for
+// ever: a missing ACL ([ErrNotAuthorized]), refused credentials or a failed
+// TLS handshake ([ErrAuthentication]), brokers too old for the semantics
+// ([ErrUnsupported]), a topic that stays missing ([ErrTopicNotFound]). Run
+// of a consumer or session returns them, and Produce, Send and Transact
+// fail with them. A misconfigured service stops with an error that says
+// what to grant or fix, rather than looking healthy while it reads nothing.
 package kdeliver

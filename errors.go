@@ -43,6 +43,44 @@ var ErrUnreachable = errors.New("kdeliver: brokers unreachable")
 // [Fatal].
 var ErrTopicNotFound = errors.New("kdeliver: topic not found")
 
+// ErrNotAuthorized is matched (errors.Is) by the error of a call the
+// brokers refused because the client's principal lacks an ACL: reading or
+// describing a topic (the error also matches kerr.TopicAuthorizationFailed),
+// using the consumer group (kerr.GroupAuthorizationFailed), using the
+// transactional ID (kerr.TransactionalIDAuthorizationFailed), or a cluster
+// operation such as an idempotent write on brokers older than Kafka 3.0
+// (kerr.ClusterAuthorizationFailed). The message names the resource, the
+// operation refused and the kafka-acls.sh command that grants it. Kafka does
+// not grant an ACL because a request is repeated, so it is fatal at first
+// sight: Run of a consumer or session returns it (after committing what
+// the semantics allows) and a producer's Produce, Send or Transact fail
+// with it instead of retrying until a timeout. Grant the ACL, or fix the
+// principal, then start again. Class: [Fatal].
+var ErrNotAuthorized = errors.New("kdeliver: not authorized")
+
+// ErrAuthentication is matched by the error returned when the brokers refused
+// the client's credentials or the connection's security: a failed SASL
+// authentication (kerr.SaslAuthenticationFailed, also matched), a SASL
+// mechanism the brokers do not enable (kerr.UnsupportedSaslMechanism), or a
+// TLS handshake that failed (the broker's certificate is not trusted or not
+// for its host name, the broker refused the client's certificate, or the
+// broker does not speak TLS; the error also matches the crypto/tls or
+// crypto/x509 error). It is fatal at the first failed connection: Run of a
+// consumer or session returns it, Ping returns it, and Produce, Send and
+// Transact fail with it rather than when their delivery timeout passes. A
+// connection the broker closed at once without saying why
+// (*kgo.ErrFirstReadEOF: often TLS or SASL missing on one side) is only
+// taken for it when it persists for the start timeout. The message says
+// what to check; it never includes the credentials. Class: [Fatal].
+var ErrAuthentication = errors.New("kdeliver: authentication failed")
+
+// ErrUnsupported is matched by the error returned when the brokers cannot do
+// what the semantics needs: they answered kerr.UnsupportedVersion (also
+// matched), or kgo found them too old for a request (transactions need
+// Kafka 0.11, exactly-once sessions 2.5). It is fatal at first sight.
+// Upgrade the brokers, or choose a semantics they support. Class: [Fatal].
+var ErrUnsupported = errors.New("kdeliver: not supported by the brokers")
+
 // ErrFenced is matched (errors.Is) by the error of a transactional producer,
 // an exactly-once session or a sink whose claim another instance took over:
 // a producer or session with the same transactional ID started elsewhere
@@ -127,6 +165,7 @@ func classOfCause(err error) Class {
 		return Abortable
 	case errors.Is(err, ErrFenced), errors.Is(err, ErrClosed), errors.Is(err, ErrInvalidConfig), errors.Is(err, ErrPanic),
 		errors.Is(err, ErrTopicNotFound), errors.Is(err, kgo.ErrClientClosed),
+		errors.Is(err, ErrNotAuthorized), errors.Is(err, ErrAuthentication), errors.Is(err, ErrUnsupported),
 		errors.Is(err, kerr.ProducerFenced), errors.Is(err, kerr.InvalidProducerEpoch):
 		return Fatal
 	case errors.Is(err, ErrUnreachable), errors.Is(err, kgo.ErrRecordTimeout), errors.Is(err, kgo.ErrRecordRetries),
@@ -247,11 +286,13 @@ func (e *DeliveryError) Error() string {
 func (e *DeliveryError) Unwrap() error { return e.Err }
 
 // Class returns the class of the cause: [Fatal] for a topic that does not
-// exist (create it first), [Retriable] for a cancelled context (the record
-// may be re-sent), else the cause's.
+// exist (create it first) and for [ErrNotAuthorized], [ErrAuthentication]
+// and [ErrUnsupported] (fix them first), [Retriable] for a cancelled context
+// (the record may be re-sent), else the cause's.
 func (e *DeliveryError) Class() Class {
 	switch {
-	case errors.Is(e.Err, kerr.UnknownTopicOrPartition):
+	case errors.Is(e.Err, kerr.UnknownTopicOrPartition),
+		errors.Is(e.Err, ErrNotAuthorized), errors.Is(e.Err, ErrAuthentication), errors.Is(e.Err, ErrUnsupported):
 		return Fatal
 	case errors.Is(e.Err, context.Canceled):
 		return Retriable
@@ -263,6 +304,8 @@ func deliveryAdvice(err error) string {
 	switch {
 	case errors.Is(err, ErrClosed):
 		return "the producer was closed: create a new one"
+	case errors.Is(err, ErrNotAuthorized), errors.Is(err, ErrAuthentication), errors.Is(err, ErrUnsupported):
+		return "it was not written, and re-sending it will not help until that is fixed"
 	case errors.Is(err, kerr.UnknownTopicOrPartition):
 		return "the topic does not exist, or this client may not see it: create it (most clusters do not create topics on first write) or fix the topic name; if it exists, check the client's Describe ACL on it"
 	case errors.Is(err, kgo.ErrRecordTimeout):

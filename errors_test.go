@@ -36,6 +36,14 @@ func TestClassOf(t *testing.T) {
 		{"ErrAborted", kdeliver.ErrAborted, kdeliver.Abortable},
 		{"ErrUnconfirmed", kdeliver.ErrUnconfirmed, kdeliver.Abortable},
 		{"producer.ErrNotInTransaction", producer.ErrNotInTransaction, kdeliver.Fatal},
+		{"ErrNotAuthorized", kdeliver.ErrNotAuthorized, kdeliver.Fatal},
+		{"ErrAuthentication", kdeliver.ErrAuthentication, kdeliver.Fatal},
+		{"ErrUnsupported", kdeliver.ErrUnsupported, kdeliver.Fatal},
+		// Refused credentials are not a broker that did not answer.
+		{"ErrAuthentication wrapping ErrUnreachable", fmt.Errorf("%w: %w", kdeliver.ErrAuthentication, kdeliver.ErrUnreachable), kdeliver.Fatal},
+		{"DeliveryError of ErrNotAuthorized", &kdeliver.DeliveryError{Record: rec, Err: fmt.Errorf("%w: %w", kdeliver.ErrNotAuthorized, kerr.TopicAuthorizationFailed)}, kdeliver.Fatal},
+		{"DeliveryError of ErrAuthentication over a cancellation", &kdeliver.DeliveryError{Record: rec, Err: fmt.Errorf("%w: %w", kdeliver.ErrAuthentication, context.Canceled)}, kdeliver.Fatal},
+		{"kerr.SaslAuthenticationFailed", kerr.SaslAuthenticationFailed, kdeliver.Fatal},
 
 		{"wrapped ErrUnreachable", fmt.Errorf("kdeliver: brokers a:1 unreachable: %w", kdeliver.ErrUnreachable), kdeliver.Retriable},
 		{"wrapped ErrAborted", fmt.Errorf("%w: %w", kdeliver.ErrAborted, errors.New("fn failed")), kdeliver.Abortable},
