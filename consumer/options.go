@@ -62,6 +62,7 @@ func apply(opts []Option) *config {
 		}
 		o.ApplyConsumer(t)
 	}
+	t.Finish()
 	return c
 }
 

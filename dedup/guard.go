@@ -148,6 +148,7 @@ func NewGuard(store Store, namespace string, opts ...Option) (*Guard, error) {
 		}
 		o.ApplyGuard(t)
 	}
+	t.Finish()
 	for _, p := range t.Problems {
 		ps.Add(true, p)
 	}

@@ -65,6 +65,7 @@ func apply(opts []Option) *config {
 		}
 		o.ApplySession(t)
 	}
+	t.Finish()
 	return c
 }
 

@@ -45,6 +45,7 @@ func apply(opts []Option) *config {
 		}
 		o.ApplyProducer(t)
 	}
+	t.Finish()
 	return c
 }
 

@@ -59,7 +59,42 @@ func Base(s *shared.Settings, group string) ([]kgo.Opt, *kotel.Tracer) {
 		hooks = append(hooks, kotel.NewMeter(kotel.MeterProvider(mp)))
 	}
 	opts := []kgo.Opt{kgo.ClientID(id), kgo.WithHooks(hooks...), kgo.WithLogger(slogLogger{s.Log()})}
-	return opts, tracer
+	return append(opts, Dial(s.Conn)...), tracer
+}
+
+// Dial returns the kgo options that connect as c says: TLS, SASL.
+func Dial(c shared.Conn) []kgo.Opt {
+	var opts []kgo.Opt
+	if c.TLS != nil {
+		// kgo clones the config at each dial and sets its ServerName
+		// to the broker's host when empty.
+		opts = append(opts, kgo.DialTLSConfig(c.TLS))
+	}
+	if c.SASL != nil {
+		opts = append(opts, kgo.SASL(c.SASL))
+	}
+	return opts
+}
+
+// Connection returns the kgo options that connect as the root package's
+// connection options (kdeliver.WithTLS, WithTLSFiles, WithSASL,
+// WithPlaintextSASL) among opts say, for the clients kdeliver's commands
+// build with kgo directly; the other options are ignored. It returns a
+// [*kdeliver.ConfigError] listing what is wrong with them.
+func Connection(opts ...kdeliver.Option) ([]kgo.Opt, error) {
+	t := &shared.Target{}
+	for _, o := range opts {
+		o.ApplyProducer(t)
+	}
+	t.Finish()
+	var ps Problems
+	for _, p := range t.Problems {
+		ps.Add(true, p)
+	}
+	if err := ps.Err("connection", 0); err != nil {
+		return nil, err
+	}
+	return Dial(t.Shared.Conn), nil
 }
 
 // recordTracer runs kotel's produce hooks, except when they could not trace

@@ -4,9 +4,11 @@
 package shared
 
 import (
+	"crypto/tls"
 	"log/slog"
 	"time"
 
+	"github.com/twmb/franz-go/pkg/sasl"
 	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/trace"
 
@@ -19,6 +21,33 @@ type Settings struct {
 	ClientID       string
 	TracerProvider trace.TracerProvider // nil: the global provider
 	MeterProvider  metric.MeterProvider // nil: the global provider
+	Conn           Conn
+}
+
+// Conn is how every client of a configuration connects to the brokers.
+type Conn struct {
+	TLS *tls.Config // nil: plaintext
+	// SASL authenticates each connection (nil: no authentication); SASLName
+	// describes it for messages, without its secret.
+	SASL          sasl.Mechanism
+	SASLName      string
+	PlaintextSASL bool // SASL without TLS was allowed
+}
+
+// check returns what is wrong with the connection settings taken
+// together.
+func (c Conn) check() []string {
+	var problems []string
+	switch {
+	case c.SASL != nil && c.TLS == nil && !c.PlaintextSASL:
+		problems = append(problems, "SASL over a plaintext connection sends the credentials (PLAIN) or the session in clear; "+
+			"add kdeliver.WithTLS or kdeliver.WithTLSFiles or, on a network you trust, kdeliver.WithPlaintextSASL()")
+	case c.PlaintextSASL && c.TLS != nil:
+		problems = append(problems, "kdeliver.WithPlaintextSASL() allows SASL without TLS, but kdeliver.WithTLS or WithTLSFiles was given too: remove WithPlaintextSASL")
+	case c.PlaintextSASL && c.SASL == nil:
+		problems = append(problems, "kdeliver.WithPlaintextSASL() allows SASL without TLS, but no kdeliver.WithSASL was given: remove it, or add WithSASL")
+	}
+	return problems
 }
 
 // Handling are the root package's options of what runs a handler: a
@@ -65,6 +94,10 @@ type Target struct {
 
 // Reject records a problem found while applying an option.
 func (t *Target) Reject(problem string) { t.Problems = append(t.Problems, problem) }
+
+// Finish records the problems of the options taken together (SASL without
+// TLS); every package calls it after applying the last option.
+func (t *Target) Finish() { t.Problems = append(t.Problems, t.Shared.Conn.check()...) }
 
 // Backoff returns the retry backoff with the defaults filled in.
 func (h Handling) Backoff() (initial, limit time.Duration) {
