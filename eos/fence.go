@@ -42,8 +42,8 @@ func (s *Session) prepare(ctx context.Context, c *client) error {
 			return nil
 		case ctx.Err() != nil:
 			return ctx.Err()
-		case fatal(err):
-			return fmt.Errorf("eos: fencing earlier producers of transactional ID %q: %w", s.txnID, err)
+		case s.scope.Err(err) != nil:
+			return fmt.Errorf("eos: fencing earlier producers of transactional ID %q: %w", s.txnID, s.scope.Err(err))
 		case !time.Now().Before(limit):
 			// Not fenced: kgo's producer fences at its first produce,
 			// which is correct, only slower to resume.
@@ -63,7 +63,7 @@ func (s *Session) prepare(ctx context.Context, c *client) error {
 func (l *loop) prepare(ctx context.Context, c *client) error {
 	s := l.s
 	if !l.checked {
-		if err := ready.Wait(ctx, c.gts.Client(), s.brokers, s.needed(), s.hd.Start(), s.log); err != nil {
+		if err := ready.Wait(ctx, c.gts.Client(), s.scope, s.needed(), s.hd.Start(), s.log); err != nil {
 			return fmt.Errorf("eos: %w", err)
 		}
 		l.checked = true

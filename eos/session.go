@@ -17,6 +17,7 @@ import (
 
 	"github.com/kdeliver/kdeliver"
 	"github.com/kdeliver/kdeliver/internal/deadline"
+	"github.com/kdeliver/kdeliver/internal/fatal"
 	"github.com/kdeliver/kdeliver/internal/metrics"
 	"github.com/kdeliver/kdeliver/internal/preset"
 	"github.com/kdeliver/kdeliver/internal/ready"
@@ -75,6 +76,7 @@ type Session struct {
 	kotel    *kotel.Tracer
 	tracer   trace.Tracer
 	log      *slog.Logger
+	scope    fatal.Scope // for the errors no retry fixes
 	stats    counters
 	txnDur   *metrics.Durations  // kdeliver.eos.transaction.duration
 	assigned txnwatch.Assignment // for the hanging-transaction watch
@@ -161,6 +163,12 @@ func New(brokers []string, group string, topics []string, transactionalID string
 		log:     cfg.t.Shared.Log().With("transactional_id", transactionalID, "group", group),
 		hd:      cfg.t.Handling,
 		newSess: kgo.NewGroupTransactSession,
+		scope:   fatal.Scope{Role: fatal.Session, Group: group, TxnID: transactionalID, Reads: topics, Brokers: brokers},
+	}
+	for _, t := range []string{cfg.outputTopic, cfg.deadLetter} {
+		if t != "" {
+			s.scope.Writes = append(s.scope.Writes, t)
+		}
 	}
 	s.txnDur = metrics.NewDurations(metrics.Meter(cfg.t.Shared.MeterProvider), s.log, "kdeliver.eos.transaction.duration",
 		"How long a transaction took from begin to commit or abort, by outcome (committed, aborted)", s.attrs(), "committed", "aborted")
@@ -247,7 +255,7 @@ func (s *Session) Ping(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	return ready.Check(ctx, c.gts.Client(), s.brokers, s.needed())
+	return ready.Check(ctx, c.gts.Client(), s.scope, s.needed())
 }
 
 // needed lists the topics the session reads and the fixed ones it writes.

@@ -356,9 +356,9 @@ func (l *loop) end(ctx context.Context, t *txn) error {
 			l.endAbortSpan(t, reasonFenced, err)
 			return f
 		}
-		if fatal(err) {
+		if ferr := s.scope.Err(err); ferr != nil {
 			l.endAbortSpan(t, reasonEnd, err)
-			return fmt.Errorf("eos: ending the transaction: %w", err)
+			return fmt.Errorf("eos: ending the transaction: %w", ferr)
 		}
 		t.abort(reasonEnd)
 		t.replace = true
@@ -472,17 +472,6 @@ func (l *loop) fenced(err error, t *txn) error {
 	l.s.log.Error("eos: producer fenced: another instance owns the transactional ID", "err", err)
 	l.s.dropClient(t.c)
 	return fmt.Errorf("eos: %w: another instance owns transactional ID %q; exit: %w", kdeliver.ErrFenced, l.s.txnID, err)
-}
-
-// fatal reports errors no new client fixes.
-func fatal(err error) bool {
-	for _, e := range []error{kerr.TransactionalIDAuthorizationFailed, kerr.GroupAuthorizationFailed,
-		kerr.TopicAuthorizationFailed, kerr.ClusterAuthorizationFailed} {
-		if errors.Is(err, e) {
-			return true
-		}
-	}
-	return false
 }
 
 func (l *loop) pollErrors(fs kgo.Fetches) {

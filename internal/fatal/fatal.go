@@ -223,6 +223,7 @@ func (s Scope) notAuthorized(code *kerr.Error, err error, topics []string) strin
 // topicAdvice says which topics the client may not read or write, and the
 // ACLs to grant.
 func (s Scope) topicAdvice(topics []string) (deny, grant string) {
+	topics = slices.DeleteFunc(slices.Clone(topics), func(t string) bool { return t == "" })
 	if len(topics) == 0 {
 		topics = append(append([]string(nil), s.Reads...), s.Writes...)
 	}

@@ -18,18 +18,23 @@ import (
 	"github.com/twmb/franz-go/pkg/kmsg"
 
 	"github.com/kdeliver/kdeliver"
+	"github.com/kdeliver/kdeliver/internal/fatal"
 )
 
 // Check asks once whether a broker answers and every topic exists. It
 // returns nil, or an error matching [kdeliver.ErrUnreachable] or
-// [kdeliver.ErrTopicNotFound] (also kerr.UnknownTopicOrPartition), or
-// kerr.TopicAuthorizationFailed wrapped with the topic names.
-func Check(ctx context.Context, cl *kgo.Client, brokers []string, topics []string) error {
+// [kdeliver.ErrTopicNotFound] (also kerr.UnknownTopicOrPartition), or one
+// of sc that no retry fixes ([fatal.Kind]: the client may not describe a
+// topic, the brokers refused its credentials or TLS handshake).
+func Check(ctx context.Context, cl *kgo.Client, sc fatal.Scope, topics []string) error {
 	if err := cl.Ping(ctx); err != nil {
 		if ctx.Err() != nil && errors.Is(err, ctx.Err()) {
 			return err
 		}
-		return unreachable(brokers, err)
+		if ferr := sc.Err(err); ferr != nil {
+			return ferr
+		}
+		return unreachable(sc.Brokers, err)
 	}
 	if len(topics) == 0 {
 		return nil
@@ -46,7 +51,10 @@ func Check(ctx context.Context, cl *kgo.Client, brokers []string, topics []strin
 		if ctx.Err() != nil && errors.Is(err, ctx.Err()) {
 			return err
 		}
-		return unreachable(brokers, err)
+		if ferr := sc.Err(err); ferr != nil {
+			return ferr
+		}
+		return unreachable(sc.Brokers, err)
 	}
 	var missing, denied []string
 	for _, rt := range resp.Topics {
@@ -66,8 +74,8 @@ func Check(ctx context.Context, cl *kgo.Client, brokers []string, topics []strin
 		}
 	}
 	if len(denied) > 0 {
-		slices.Sort(denied)
-		return fmt.Errorf("kdeliver: not authorized to describe topic %s: %w: grant this client's principal Describe and Read (consumers) or Write (producers) on it", strings.Join(denied, ", "), kerr.TopicAuthorizationFailed)
+		// Describe is missing; Read and Write imply it.
+		return sc.Err(kerr.TopicAuthorizationFailed, denied...)
 	}
 	if len(missing) > 0 {
 		slices.Sort(missing)
@@ -76,17 +84,19 @@ func Check(ctx context.Context, cl *kgo.Client, brokers []string, topics []strin
 	return nil
 }
 
-// Wait repeats [Check] until it succeeds, fails for good (authorization),
-// ctx ends (Wait then returns ctx's error), or bound passes (Wait returns
-// Check's last error, saying how long it waited). log gets one warning when
+// Wait repeats [Check] until it succeeds, fails for good (a failure no
+// retry fixes: [fatal.Kind]), ctx ends (Wait then returns ctx's error), or
+// bound passes (Wait returns Check's last error, saying how long it waited;
+// connections the brokers closed at once all along are taken for an
+// authentication failure, see [fatal.Suspect]). log gets one warning when
 // the first check fails, so a wait of many seconds is not silent.
-func Wait(ctx context.Context, cl *kgo.Client, brokers, topics []string, bound time.Duration, log *slog.Logger) error {
+func Wait(ctx context.Context, cl *kgo.Client, sc fatal.Scope, topics []string, bound time.Duration, log *slog.Logger) error {
 	deadline := time.Now().Add(bound)
 	wait := 100 * time.Millisecond
 	var last error
 	for attempt := 1; ; attempt++ {
 		cctx, cancel := context.WithDeadline(ctx, deadline)
-		err := Check(cctx, cl, brokers, topics)
+		err := Check(cctx, cl, sc, topics)
 		cut := cctx.Err() != nil // the bound ended the attempt
 		cancel()
 		switch {
@@ -94,14 +104,17 @@ func Wait(ctx context.Context, cl *kgo.Client, brokers, topics []string, bound t
 			return ctx.Err()
 		case err == nil:
 			return nil
-		case errors.Is(err, kerr.TopicAuthorizationFailed):
+		case fatal.Kind(err) != nil:
 			return err
 		case !cut:
 			last = err
 		case last == nil:
-			last = unreachable(brokers, err)
+			last = unreachable(sc.Brokers, err)
 		}
 		if !time.Now().Before(deadline) {
+			if fatal.Suspect(last) {
+				return sc.Persisting(last, bound)
+			}
 			return withBound(last, bound)
 		}
 		if attempt == 1 {
@@ -115,6 +128,60 @@ func Wait(ctx context.Context, cl *kgo.Client, brokers, topics []string, bound t
 		case <-t.C:
 		}
 		wait = min(2*wait, 2*time.Second)
+	}
+}
+
+// Watch repeats [Check] every interval while a consumer or session runs,
+// until ctx ends, on the client that client returns (nil: that check is
+// skipped), and calls stop, then returns, once the client cannot go on:
+// at once on a failure no retry fixes ([fatal.Kind]: a Describe ACL
+// revoked, credentials refused), and when a topic is missing, or every
+// connection is closed at once ([fatal.Suspect]), at two checks in a row,
+// that is for at least interval. kgo reports neither a deleted topic nor
+// refused credentials to a consumer: it retries them silently, so without
+// the watch such a Run would read nothing for ever. Unreachable brokers are
+// left to kgo, which reconnects.
+func Watch(ctx context.Context, client func() *kgo.Client, sc fatal.Scope, topics []string, interval time.Duration, stop func(error)) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	var since time.Time // when the failure seen at the last check was first seen
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		cl := client()
+		if cl == nil {
+			since = time.Time{}
+			continue
+		}
+		cctx, cancel := context.WithTimeout(ctx, interval)
+		err := Check(cctx, cl, sc, topics)
+		cancel()
+		var me *missingError
+		switch {
+		case ctx.Err() != nil:
+			return
+		case fatal.Kind(err) != nil:
+			stop(err)
+			return
+		case errors.As(err, &me), fatal.Suspect(err):
+			if since.IsZero() {
+				since = time.Now()
+				continue
+			}
+			if fatal.Suspect(err) {
+				stop(sc.Persisting(err, time.Since(since).Round(10*time.Millisecond)))
+			} else {
+				c := *me
+				c.bound, c.running = time.Since(since).Round(10*time.Millisecond), true
+				stop(&c)
+			}
+			return
+		default:
+			since = time.Time{}
+		}
 	}
 }
 
@@ -141,14 +208,18 @@ func (e *unreachableError) Is(target error) bool { return target == kdeliver.Err
 func (e *unreachableError) Unwrap() error        { return e.err }
 
 type missingError struct {
-	topics []string
-	bound  time.Duration
+	topics  []string
+	bound   time.Duration
+	running bool // found missing while running, after the start
 }
 
 func (e *missingError) Error() string {
 	s := "s " + strings.Join(e.topics, ", ") + " do"
 	if len(e.topics) == 1 {
 		s = " " + e.topics[0] + " does"
+	}
+	if e.running {
+		return fmt.Sprintf("kdeliver: topic%s not exist any more (missing for %v while running; deleted?): recreate it, or stop reading it", s, e.bound)
 	}
 	within := ""
 	if e.bound > 0 {
