@@ -275,9 +275,12 @@ func (e *engine) loop(runCtx, hardCtx context.Context) error {
 			err = kdeliver.ErrClosed
 			break
 		}
-		fetches.EachError(func(t string, p int32, ferr error) {
-			e.c.log.Warn("fetch error", "topic", t, "partition", p, "err", ferr)
-		})
+		if ferr := e.r.fetchErrors(fetches); ferr != nil {
+			// Nothing of this poll is dispatched (see run.loop).
+			e.r.fail(ferr)
+			err = ferr
+			break
+		}
 		e.c.lag.Fetched(fetches)
 		if e.amo {
 			recs := fetches.Records()
@@ -1129,6 +1132,12 @@ func (e *engine) deadLetter(runCtx, hardCtx context.Context, ps *partState, rec 
 				err = deadline.Err(letters[i], res.Err)
 			}
 			deadline.Detach(letters[i])
+		}
+		if ferr := e.c.scope.Err(err, e.dlq); ferr != nil {
+			// No Write on the dead-letter topic: no retry helps. The
+			// record is not done, so its offset is not committed.
+			e.r.fail(ferr)
+			return false
 		}
 		if err == nil {
 			e.c.deadLettered.Add(int64(len(letters)))

@@ -16,6 +16,7 @@ import (
 
 	"github.com/kdeliver/kdeliver"
 	"github.com/kdeliver/kdeliver/dedup"
+	"github.com/kdeliver/kdeliver/internal/fatal"
 	"github.com/kdeliver/kdeliver/internal/metrics"
 	"github.com/kdeliver/kdeliver/internal/preset"
 	"github.com/kdeliver/kdeliver/internal/ready"
@@ -71,6 +72,7 @@ type Consumer struct {
 	tracer  *kotel.Tracer
 	spans   *spanGate // whether a record's process span can be seen
 	log     *slog.Logger
+	scope   fatal.Scope  // for the errors no retry fixes
 	guard   *dedup.Guard // NewWithGuard
 	sink    Sink         // NewWithSink
 
@@ -180,6 +182,10 @@ func newConsumer(what string, brokers []string, group string, topics []string, s
 		guard:   guard,
 		sink:    sink,
 		log:     cfg.t.Shared.Log().With("group", group, "semantics", sem.String()),
+		scope:   fatal.Scope{Role: fatal.Consumer, Group: group, Reads: topics, Brokers: brokers},
+	}
+	if cfg.deadLetter != "" {
+		c.scope.Writes = []string{cfg.deadLetter}
 	}
 	c.commitDur = metrics.NewDurations(metrics.Meter(cfg.t.Shared.MeterProvider), c.log, "kdeliver.consumer.commit.duration",
 		"How long an offset commit took, by outcome (ok, error)",
@@ -239,6 +245,9 @@ func (c *Consumer) runOpts(r *run) []kgo.Opt {
 	opts := append(c.kopts[:len(c.kopts):len(c.kopts)],
 		kgo.OnPartitionsRevoked(r.onRevoked),
 		kgo.OnPartitionsLost(r.onLost),
+		// kgo retries connections whose credentials the brokers refused
+		// without a word to a consumer: Run stops on the first.
+		kgo.WithHooks(fatal.ConnWatch(func(err error) { r.fail(c.scope.Err(err)) })),
 	)
 	if c.hd.HangBound > 0 {
 		opts = append(opts, kgo.OnPartitionsAssigned(r.assigned.Assigned))
@@ -340,7 +349,7 @@ func (c *Consumer) run(ctx context.Context, h Handler, bh BatchHandler) error {
 		// commit back for ever: fail at the start instead.
 		topics = append(topics[:len(topics):len(topics)], c.cfg.deadLetter)
 	}
-	if err := ready.Wait(runCtx, cl, c.brokers, topics, c.hd.Start(), c.log); err != nil {
+	if err := ready.Wait(runCtx, cl, c.scope, topics, c.hd.Start(), c.log); err != nil {
 		kill()
 		cl.Close()
 		if runCtx.Err() != nil {
@@ -348,15 +357,31 @@ func (c *Consumer) run(ctx context.Context, h Handler, bh BatchHandler) error {
 		}
 		return fmt.Errorf("consumer: %w", err)
 	}
-	watchCtx, stopWatch := context.WithCancel(runCtx)
+	// A failure no retry fixes stops the loop as a cancellation would
+	// (the records in hand finish, what is done is committed), then Run
+	// returns it.
+	loopCtx, stopLoop := context.WithCancel(runCtx)
+	defer stopLoop()
+	r.fmu.Lock()
+	r.stopLoop = stopLoop
+	if r.fatal != nil {
+		stopLoop()
+	}
+	r.fmu.Unlock()
+	watchCtx, stopWatch := context.WithCancel(loopCtx)
 	waitWatch := r.watchHanging(watchCtx)
+	waitTopics := r.watchTopics(watchCtx, topics)
 	if r.eng != nil {
-		err = r.eng.loop(runCtx, hardCtx)
+		err = r.eng.loop(loopCtx, hardCtx)
 	} else {
-		err = r.loop(runCtx, hardCtx)
+		err = r.loop(loopCtx, hardCtx)
 	}
 	stopWatch()
 	waitWatch()
+	waitTopics()
+	if ferr := r.fatalErr(); ferr != nil && err == nil {
+		err = ferr
+	}
 	if r.crashed.Load() {
 		// A simulated SIGKILL: no commit, no graceful shutdown.
 		c.log.Warn("simulated crash: closing without committing", "err", err)
@@ -402,7 +427,7 @@ func (c *Consumer) Ping(ctx context.Context) error {
 		return err
 	}
 	defer cl.Close()
-	return ready.Check(ctx, cl, c.brokers, c.topics)
+	return ready.Check(ctx, cl, c.scope, c.topics)
 }
 
 // Close stops a running [Consumer.Run] gracefully and waits for it to

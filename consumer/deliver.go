@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/cenkalti/backoff/v4"
+	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/codes"
@@ -18,6 +19,8 @@ import (
 	"github.com/kdeliver/kdeliver"
 	"github.com/kdeliver/kdeliver/dedup"
 	"github.com/kdeliver/kdeliver/internal/crash"
+	"github.com/kdeliver/kdeliver/internal/fatal"
+	"github.com/kdeliver/kdeliver/internal/ready"
 	"github.com/kdeliver/kdeliver/internal/txnwatch"
 )
 
@@ -44,6 +47,80 @@ type run struct {
 	eng *engine // the concurrent engine, nil for the sequential loop
 
 	assigned txnwatch.Assignment // the partitions owned, for the hanging-transaction watch
+
+	fmu      sync.Mutex
+	fatal    error              // the first failure no retry fixes; Run returns it
+	stopLoop context.CancelFunc // stops the loop as a cancellation would; nil before it starts
+}
+
+// fail records err, a failure no retry fixes (nil: nothing), as what Run
+// returns, and stops the loop. Safe for concurrent use, kgo hooks included.
+func (r *run) fail(err error) {
+	if err == nil {
+		return
+	}
+	r.fmu.Lock()
+	defer r.fmu.Unlock()
+	if r.fatal != nil {
+		return
+	}
+	r.fatal = err
+	r.c.log.Error("consumer stopping: a failure no retry fixes", "err", err)
+	if r.stopLoop != nil {
+		r.stopLoop()
+	}
+}
+
+func (r *run) fatalErr() error {
+	r.fmu.Lock()
+	defer r.fmu.Unlock()
+	return r.fatal
+}
+
+// fetchErrors logs the errors of a poll and returns the first failure no
+// retry fixes among them (a missing ACL on a topic or the group, an
+// unsupported version), naming every topic that failed the same way, or nil.
+// kgo keeps retrying them, one warning a poll, so they must end Run.
+func (r *run) fetchErrors(fetches kgo.Fetches) error {
+	var first error
+	var topics []string
+	fetches.EachError(func(t string, p int32, err error) {
+		if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+			return
+		}
+		kind := fatal.Kind(err)
+		switch {
+		case kind == nil:
+			r.c.log.Warn("fetch error", "topic", t, "partition", p, "err", err)
+		case first == nil:
+			first = err
+			topics = append(topics, t)
+		case sameCause(err, first):
+			topics = append(topics, t)
+		}
+	})
+	if first == nil {
+		return nil
+	}
+	return r.c.scope.Err(first, topics...)
+}
+
+// sameCause reports whether a and b carry the same Kafka error code.
+func sameCause(a, b error) bool {
+	var ka, kb *kerr.Error
+	return errors.As(a, &ka) && errors.As(b, &kb) && ka.Code == kb.Code
+}
+
+// watchTopics checks, every start timeout while the loop runs, that the
+// brokers accept the client and the topics still exist ([ready.Watch]);
+// wait returns once it stopped.
+func (r *run) watchTopics(ctx context.Context, topics []string) (wait func()) {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		ready.Watch(ctx, func() *kgo.Client { return r.cl }, r.c.scope, topics, r.c.hd.Start(), r.fail)
+	}()
+	return func() { <-done }
 }
 
 // loop polls and processes until runCtx ends or a handler stops it.
@@ -59,9 +136,13 @@ func (r *run) loop(runCtx, hardCtx context.Context) error {
 		if fetches.IsClientClosed() {
 			return kdeliver.ErrClosed
 		}
-		fetches.EachError(func(t string, p int32, err error) {
-			r.c.log.Warn("fetch error", "topic", t, "partition", p, "err", err)
-		})
+		if err := r.fetchErrors(fetches); err != nil {
+			// Nothing of this poll is handled: its records are read
+			// again by the partitions' next owner, and the final
+			// commit covers only what was handled before.
+			r.fail(err)
+			return err
+		}
 		r.c.lag.Fetched(fetches)
 		var err error
 		switch {
