@@ -18,14 +18,16 @@ import (
 // is called (below each partition's last stable offset), with read_committed
 // isolation, and returns them in partition order, then offset order. It
 // waits for records already acknowledged but not yet replicated, bounded by
-// ctx; opts are added to the reading client's options.
+// ctx; opts are added to the options of the clients that look up the
+// partitions' offsets and read (kgo.DialTLSConfig and kgo.SASL reach a
+// secured cluster).
 //
 // It knows exactly when a partition is done, because it also reads the
 // transaction markers (and drops them from the result): the last offset
 // below the last stable offset is always a committed record or a marker. It
 // works on any cluster, embedded or real.
 func ReadCommittedRecords(ctx context.Context, brokers []string, topic string, opts ...kgo.Opt) ([]*kgo.Record, error) {
-	adm, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.DisableClientMetrics())
+	adm, err := kgo.NewClient(append([]kgo.Opt{kgo.SeedBrokers(brokers...), kgo.DisableClientMetrics()}, opts...)...)
 	if err != nil {
 		return nil, fmt.Errorf("kdelivertest: read %s: %w", topic, err)
 	}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -20,7 +21,7 @@ import (
 	"github.com/kdeliver/kdeliver/kdelivertest"
 )
 
-const demoSynopsis = `kdeliver demo [--brokers host:port,...] [--records N] [--semantics S,...] [--json]
+const demoSynopsis = `kdeliver demo [--brokers host:port,... [connection flags]] [--records N] [--semantics S,...] [--json]
 
 For each semantics, sends N numbered records through a producer whose
 acknowledgements are lost on purpose now and then, reads them through a
@@ -45,6 +46,7 @@ type demoConfig struct {
 	crashes    int
 	partitions int
 	timeout    time.Duration
+	conn       conn // with brokers: how to connect to them
 }
 
 // semanticsList is a repeatable, comma-separated --semantics flag.
@@ -83,6 +85,8 @@ func parseDemo(args []string, stderr io.Writer) (demoConfig, error) {
 	fs.IntVar(&cfg.crashes, "crashes", 3, "times the consumer is crashed mid-batch per semantics")
 	fs.IntVar(&cfg.partitions, "partitions", 6, "partitions of each demo topic")
 	fs.DurationVar(&cfg.timeout, "timeout", 3*time.Minute, "give up on a semantics after this long")
+	var cf connFlags
+	cf.register(fs)
 	if err := fs.parse(args); err != nil {
 		return cfg, err
 	}
@@ -112,7 +116,12 @@ func parseDemo(args []string, stderr io.Writer) (demoConfig, error) {
 		cfg.sems = kdeliver.All
 	}
 	cfg.sems = dedupSems(cfg.sems)
-	return cfg, nil
+	if len(cfg.brokers) == 0 {
+		return cfg, cf.noConnOnEmbedded("demo")
+	}
+	var err error
+	cfg.conn, err = cf.resolve(os.Getenv)
+	return cfg, err
 }
 
 func dedupSems(in []kdeliver.Semantics) []kdeliver.Semantics {
@@ -198,7 +207,7 @@ func runDemo(args []string, stdout, stderr io.Writer) error {
 		env.cluster = "embedded kfake cluster (3 brokers on 127.0.0.1)"
 		env.onCluster = "an " + env.cluster
 	} else {
-		if err := exampleenv.CreateTopics(ctx, cfg.brokers, 0); err != nil { // a ping: no topics yet
+		if err := exampleenv.CreateTopicsWith(ctx, cfg.brokers, cfg.conn.kgo, 0); err != nil { // a ping: no topics yet
 			return err
 		}
 		env.brokers, env.idle = cfg.brokers, 15*time.Second
@@ -206,7 +215,7 @@ func runDemo(args []string, stdout, stderr io.Writer) error {
 		env.onCluster = "the " + env.cluster
 	}
 
-	env.admin, err = kgo.NewClient(kgo.SeedBrokers(env.brokers...))
+	env.admin, err = kgo.NewClient(append([]kgo.Opt{kgo.SeedBrokers(env.brokers...)}, cfg.conn.kgo...)...)
 	if err != nil {
 		return err
 	}
@@ -327,7 +336,7 @@ func (e *demoEnv) createTopic(ctx context.Context, topic string) error {
 	if e.kfake != nil {
 		err = e.kfake.CreateTopic(topic, int32(e.cfg.partitions), nil)
 	} else {
-		err = exampleenv.CreateTopics(ctx, e.brokers, int32(e.cfg.partitions), topic)
+		err = exampleenv.CreateTopicsWith(ctx, e.brokers, e.cfg.conn.kgo, int32(e.cfg.partitions), topic)
 	}
 	if err != nil {
 		return err

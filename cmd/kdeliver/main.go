@@ -116,14 +116,16 @@ func oneLine(s string) string {
 // prints its usage only when asked (-h).
 type flagSet struct {
 	*flag.FlagSet
-	help func()
+	help   func()
+	footer string // printed after the flags by -h
 }
 
 func newFlagSet(name, synopsis string, w io.Writer) *flagSet {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
 	fs.Usage = func() {} // not on every error: one line is enough
-	return &flagSet{fs, func() {
+	f := &flagSet{FlagSet: fs}
+	f.help = func() {
 		fmt.Fprintf(w, "Usage: %s\n", synopsis)
 		n := 0
 		fs.VisitAll(func(*flag.Flag) { n++ })
@@ -134,7 +136,11 @@ func newFlagSet(name, synopsis string, w io.Writer) *flagSet {
 		fs.SetOutput(w)
 		fs.PrintDefaults()
 		fs.SetOutput(io.Discard)
-	}}
+		if f.footer != "" {
+			fmt.Fprintf(w, "\n%s\n", f.footer)
+		}
+	}
+	return f
 }
 
 // parse parses args, turning flag errors into usage errors and printing the

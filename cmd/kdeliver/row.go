@@ -18,6 +18,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kmsg"
 
 	"github.com/kdeliver/kdeliver"
+	"github.com/kdeliver/kdeliver/cmd/kdeliver/internal/copier"
 	"github.com/kdeliver/kdeliver/consumer"
 	"github.com/kdeliver/kdeliver/eos"
 	"github.com/kdeliver/kdeliver/internal/crash"
@@ -327,7 +328,7 @@ func record(topic string, seq int) *kgo.Record {
 // produce sends the numbered records through an AtMostOnce or AtLeastOnce
 // producer, chunk by chunk.
 func (e *demoEnv) produce(ctx context.Context, sem kdeliver.Semantics, topic string, t *tally) error {
-	p, err := producer.New(e.brokers, sem, quiet, producer.WithKgoOpts(kgo.MetadataMinAge(metadataAge)))
+	p, err := producer.New(e.brokers, sem, copier.With[producer.Option](e.cfg.conn.opts, quiet, producer.WithKgoOpts(kgo.MetadataMinAge(metadataAge)))...)
 	if err != nil {
 		return err
 	}
@@ -363,8 +364,8 @@ var errPlannedAbort = errors.New("transaction aborted on purpose by the demo")
 // chunk through an ExactlyOnce producer, aborting a few transactions on
 // purpose after their records were written, and retrying them.
 func (e *demoEnv) produceTransactional(ctx context.Context, topic string, t *tally, rng *rand.Rand) error {
-	p, err := producer.NewTransactional(e.brokers, "kdeliver-demo-"+e.runID, quiet,
-		producer.WithKgoOpts(kgo.MetadataMinAge(metadataAge)))
+	p, err := producer.NewTransactional(e.brokers, "kdeliver-demo-"+e.runID, copier.With[producer.Option](e.cfg.conn.opts, quiet,
+		producer.WithKgoOpts(kgo.MetadataMinAge(metadataAge)))...)
 	if err != nil {
 		return err
 	}
@@ -423,9 +424,9 @@ func (e *demoEnv) consume(ctx context.Context, sem kdeliver.Semantics, topic str
 		return nil
 	}
 	for {
-		c, err := consumer.New(e.brokers, group, []string{topic}, sem, quiet,
+		c, err := consumer.New(e.brokers, group, []string{topic}, sem, copier.With[consumer.Option](e.cfg.conn.opts, quiet,
 			consumer.WithMaxPollRecords(maxPoll),
-			consumer.WithKgoOpts(kgo.MetadataMinAge(metadataAge)))
+			consumer.WithKgoOpts(kgo.MetadataMinAge(metadataAge)))...)
 		if err != nil {
 			return err
 		}
@@ -450,8 +451,8 @@ func (e *demoEnv) consume(ctx context.Context, sem kdeliver.Semantics, topic str
 // output delivers what the pipeline committed.
 func (e *demoEnv) pipeline(ctx context.Context, topic string, t *tally) error {
 	out := topic + "-out" // created by row
-	reader, err := kgo.NewClient(kgo.SeedBrokers(e.brokers...), kgo.ConsumeTopics(out),
-		kgo.FetchIsolationLevel(kgo.ReadCommitted()), kgo.MetadataMinAge(metadataAge))
+	reader, err := kgo.NewClient(append([]kgo.Opt{kgo.SeedBrokers(e.brokers...), kgo.ConsumeTopics(out),
+		kgo.FetchIsolationLevel(kgo.ReadCommitted()), kgo.MetadataMinAge(metadataAge)}, e.cfg.conn.kgo...)...)
 	if err != nil {
 		return err
 	}
@@ -473,13 +474,13 @@ func (e *demoEnv) pipeline(ctx context.Context, topic string, t *tally) error {
 	}
 	var runErr error
 	for ctx.Err() == nil {
-		s, err := eos.New(e.brokers, group, []string{topic}, "kdeliver-demo-pipeline-"+e.runID, quiet,
+		s, err := eos.New(e.brokers, group, []string{topic}, "kdeliver-demo-pipeline-"+e.runID, copier.With[eos.Option](e.cfg.conn.opts, quiet,
 			eos.WithOutputTopic(out),
 			eos.WithCommitEvery(maxPoll, 250*time.Millisecond),
 			eos.WithTransactionTimeout(time.Second),
 			eos.WithSessionTimeout(e.sessionTimeout()),
 			kdeliver.WithBackoff(10*time.Millisecond, 100*time.Millisecond),
-			eos.WithKgoOpts(kgo.MetadataMinAge(metadataAge), kgo.HeartbeatInterval(100*time.Millisecond)))
+			eos.WithKgoOpts(kgo.MetadataMinAge(metadataAge), kgo.HeartbeatInterval(100*time.Millisecond)))...)
 		if err != nil {
 			runErr = err
 			break

@@ -20,8 +20,8 @@ import (
 	"github.com/kdeliver/kdeliver/internal/txnwatch"
 )
 
-const txnsSynopsis = `kdeliver txns list --brokers host:port,... [--hanging [--older-than D]] [--json] [--timeout D]
-       kdeliver txns abort --brokers host:port,... --topic T --partition P [--producer-id ID] [--yes] [--timeout D]
+const txnsSynopsis = `kdeliver txns list --brokers host:port,... [--hanging [--older-than D]] [--json] [--timeout D] [connection flags]
+       kdeliver txns abort --brokers host:port,... --topic T --partition P [--producer-id ID] [--yes] [--timeout D] [connection flags]
 
 txns list lists the open transactions the transaction coordinators know:
 transactional ID, producer ID and epoch, state, partitions, start time and
@@ -75,10 +75,13 @@ func runTxns(args []string, stdout, stderr io.Writer) error {
 type txnsFlags struct {
 	brokers []string
 	timeout time.Duration
+	flags   connFlags
+	conn    conn
 }
 
 func (c *txnsFlags) register(fs *flagSet) *string {
 	fs.DurationVar(&c.timeout, "timeout", 30*time.Second, "give up on the cluster after this long")
+	c.flags.register(fs)
 	return fs.String("brokers", "", "comma-separated seed brokers of the cluster (required)")
 }
 
@@ -96,12 +99,14 @@ func (c *txnsFlags) check(cmd, brokers string) error {
 	if c.timeout <= 0 {
 		return usagef("--timeout %v: use a positive duration", c.timeout)
 	}
-	return nil
+	var err error
+	c.conn, err = c.flags.resolve(os.Getenv)
+	return err
 }
 
 // admin connects to the cluster.
 func (c *txnsFlags) admin() (*kadm.Client, func(), error) {
-	cl, err := kgo.NewClient(kgo.SeedBrokers(c.brokers...), kgo.DialTimeout(5*time.Second))
+	cl, err := kgo.NewClient(append([]kgo.Opt{kgo.SeedBrokers(c.brokers...), kgo.DialTimeout(5 * time.Second)}, c.conn.kgo...)...)
 	if err != nil {
 		return nil, nil, fmt.Errorf("connect to %s: %w", strings.Join(c.brokers, ","), err)
 	}
@@ -110,7 +115,11 @@ func (c *txnsFlags) admin() (*kadm.Client, func(), error) {
 
 // unreachable names what to check when a request to the cluster failed.
 func (c *txnsFlags) unreachable(what string, err error) error {
-	return fmt.Errorf("%s on %s: %w (check --brokers and that the cluster is up)", what, strings.Join(c.brokers, ","), err)
+	check := "--brokers and that the cluster is up"
+	if c.flags.set() {
+		check = "--brokers, that the cluster is up, the --tls and --sasl flags, and the principal's ACLs (README: Connecting to a secured cluster)"
+	}
+	return fmt.Errorf("%s on %s: %w (check %s)", what, strings.Join(c.brokers, ","), err, check)
 }
 
 // ListedTxn is an open transaction in the output of `kdeliver txns list

@@ -16,21 +16,27 @@ import (
 // hang[1] (3 records) and 4 plain records after it.
 func hangingCluster(t *testing.T) (brokers string, pid int64) {
 	t.Helper()
+	return hangingClusterWith(t, nil, nil)
+}
+
+// hangingClusterWith is hangingCluster with more options of the cluster,
+// and the clients' options to connect to it.
+func hangingClusterWith(t *testing.T, cluster []kfake.Opt, conn []kgo.Opt) (brokers string, pid int64) {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(2, "hang"))
+	c, err := kfake.NewCluster(append([]kfake.Opt{kfake.NumBrokers(1), kfake.SeedTopics(2, "hang")}, cluster...)...)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(c.Close)
-	seeds := kgo.SeedBrokers(c.ListenAddrs()...)
-	txn, err := kgo.NewClient(seeds, kgo.TransactionalID("stuck-1"), kgo.TransactionTimeout(10*time.Minute),
-		kgo.DefaultProduceTopic("hang"), kgo.RecordPartitioner(kgo.ManualPartitioner()))
+	opts := append([]kgo.Opt{kgo.SeedBrokers(c.ListenAddrs()...), kgo.DefaultProduceTopic("hang"), kgo.RecordPartitioner(kgo.ManualPartitioner())}, conn...)
+	txn, err := kgo.NewClient(append(opts, kgo.TransactionalID("stuck-1"), kgo.TransactionTimeout(10*time.Minute))...)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(txn.Close)
-	plain, err := kgo.NewClient(seeds, kgo.DefaultProduceTopic("hang"), kgo.RecordPartitioner(kgo.ManualPartitioner()))
+	plain, err := kgo.NewClient(opts...)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -32,7 +32,7 @@ import (
 
 const verifySynopsis = `kdeliver verify [--input IN --output OUT] [--records N] [--keys K] [--no-seed]
                        [--run 'CMD'] [--kills N] [--expect SEMANTICS] [--ordered]
-                       [--brokers host:port,...] [--json] [--timeout D] [--quiet D]
+                       [--brokers host:port,... [connection flags]] [--json] [--timeout D] [--quiet D]
        kdeliver verify copy [--mode eos|alo|amo] [--session-timeout D] [--txn-timeout D] [--delay D]
 
 Checks a pipeline that copies (or transforms) the input topic into the
@@ -69,6 +69,17 @@ topics in the environment:
   KDELIVER_INPUT    the input topic
   KDELIVER_OUTPUT   the output topic
   KDELIVER_GROUP    a consumer group name for this run, the same across restarts
+
+and, with the connection flags, how to connect (empty when off):
+
+  KDELIVER_TLS                 1 for TLS (any --tls flag)
+  KDELIVER_TLS_CA, KDELIVER_TLS_CERT, KDELIVER_TLS_KEY
+                               --tls-ca, --tls-cert, --tls-key, as absolute paths
+  KDELIVER_SASL_MECHANISM, KDELIVER_SASL_USER
+                               --sasl-mechanism, --sasl-user
+  KDELIVER_SASL_PASSWORD_FILE  --sasl-password-file, as an absolute path
+  KDELIVER_SASL_PASSWORD       the password, if verify was given it so
+  KDELIVER_PLAINTEXT_SASL      1 for --plaintext-sasl
 
 Without --run and --brokers, verify runs its own exactly-once copier (kdeliver
 verify copy: an eos.Session) on an embedded cluster (kfake, 3 brokers on
@@ -110,6 +121,7 @@ type verifyConfig struct {
 	timeout    time.Duration
 	quiet      time.Duration
 	partitions int
+	conn       conn // with brokers: how to connect to them
 }
 
 func parseVerify(args []string, stderr io.Writer) (verifyConfig, error) {
@@ -137,6 +149,8 @@ func parseVerify(args []string, stderr io.Writer) (verifyConfig, error) {
 	fs.DurationVar(&cfg.timeout, "timeout", 5*time.Minute, "stop waiting for the output after this long")
 	fs.DurationVar(&cfg.quiet, "quiet", 30*time.Second, "stop waiting when no new input record has reached the committed output for this long")
 	fs.IntVar(&cfg.partitions, "partitions", 6, "partitions of topics verify creates")
+	var cf connFlags
+	cf.register(fs)
 	if err := fs.parse(args); err != nil {
 		return cfg, err
 	}
@@ -195,7 +209,12 @@ func parseVerify(args []string, stderr io.Writer) (verifyConfig, error) {
 			cfg.kills = 3
 		}
 	}
-	return cfg, nil
+	if embedded {
+		return cfg, cf.noConnOnEmbedded("verify")
+	}
+	var err error
+	cfg.conn, err = cf.resolve(os.Getenv)
+	return cfg, err
 }
 
 // VerifyReport is the result of a verify run. Its JSON form is the output
@@ -262,7 +281,7 @@ func runVerify(args []string, stdout, stderr io.Writer) error {
 			builtin = true
 		}
 	} else {
-		if err := exampleenv.CreateTopics(ctx, brokers, int32(cfg.partitions), cfg.input, cfg.output); err != nil {
+		if err := exampleenv.CreateTopicsWith(ctx, brokers, cfg.conn.kgo, int32(cfg.partitions), cfg.input, cfg.output); err != nil {
 			return err
 		}
 		rep.Cluster = "cluster at " + strings.Join(brokers, ",")
@@ -276,19 +295,19 @@ func runVerify(args []string, stdout, stderr io.Writer) error {
 	var want []int64
 	if cfg.seed {
 		rep.Run = newRunID()
-		if want, err = seedInput(ctx, brokers, cfg.input, rep.Run, cfg.records, cfg.keys); err != nil {
+		if want, err = seedInput(ctx, brokers, cfg.conn, cfg.input, rep.Run, cfg.records, cfg.keys); err != nil {
 			return err
 		}
 	} else {
 		var notes []string
-		rep.Run, want, notes, err = readInput(ctx, brokers, cfg.input)
+		rep.Run, want, notes, err = readInput(ctx, brokers, cfg.conn, cfg.input)
 		if err != nil {
 			return err
 		}
 		rep.Notes = append(rep.Notes, notes...)
 	}
 
-	live, err := newLiveReader(brokers, cfg.output, rep.Run, want)
+	live, err := newLiveReader(brokers, cfg.conn, cfg.output, rep.Run, want)
 	if err != nil {
 		return err
 	}
@@ -299,6 +318,7 @@ func runVerify(args []string, stdout, stderr io.Writer) error {
 		pipe = &pipeline{line: cfg.run, out: &prefixWriter{w: errw, prefix: "pipeline: "},
 			env: append(os.Environ(), envBrokers+"="+strings.Join(brokers, ","), envInput+"="+cfg.input,
 				envOutput+"="+cfg.output, envGroup+"=kdeliver-verify-"+rep.Run)}
+		pipe.env = append(pipe.env, cfg.conn.env...)
 		if err := pipe.start(); err != nil {
 			return err
 		}
@@ -321,11 +341,11 @@ func runVerify(args []string, stdout, stderr io.Writer) error {
 
 	rctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
-	committed, err := readAll(rctx, brokers, cfg.output, kgo.ReadCommitted())
+	committed, err := readAll(rctx, brokers, cfg.conn, cfg.output, kgo.ReadCommitted())
 	if err != nil {
 		return err
 	}
-	uncommitted, err := readAll(rctx, brokers, cfg.output, kgo.ReadUncommitted())
+	uncommitted, err := readAll(rctx, brokers, cfg.conn, cfg.output, kgo.ReadUncommitted())
 	if err != nil {
 		return err
 	}
@@ -423,8 +443,8 @@ func newRunID() string { return strconv.FormatUint(rand.Uint64N(1<<40), 36) }
 
 // seedInput writes n marked records of run to topic, acknowledged by every
 // in-sync replica, and returns their sequence numbers.
-func seedInput(ctx context.Context, brokers []string, topic, run string, n, keys int) ([]int64, error) {
-	p, err := producer.New(brokers, kdeliver.AtLeastOnce, quiet, producer.WithKgoOpts(kgo.MetadataMinAge(time.Second)))
+func seedInput(ctx context.Context, brokers []string, c conn, topic, run string, n, keys int) ([]int64, error) {
+	p, err := producer.New(brokers, kdeliver.AtLeastOnce, copier.With[producer.Option](c.opts, quiet, producer.WithKgoOpts(kgo.MetadataMinAge(time.Second)))...)
 	if err != nil {
 		return nil, err
 	}
@@ -450,10 +470,10 @@ func seedInput(ctx context.Context, brokers []string, topic, run string, n, keys
 
 // readInput reads the records of the latest verify run in topic (the run
 // of the newest marked record) for --no-seed.
-func readInput(ctx context.Context, brokers []string, topic string) (run string, want []int64, notes []string, err error) {
+func readInput(ctx context.Context, brokers []string, c conn, topic string) (run string, want []int64, notes []string, err error) {
 	rctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
-	recs, err := kdelivertest.ReadCommittedRecords(rctx, brokers, topic)
+	recs, err := kdelivertest.ReadCommittedRecords(rctx, brokers, topic, c.kgo...)
 	if err != nil {
 		return "", nil, nil, fmt.Errorf("reading the input %s: %w", topic, err)
 	}
@@ -493,8 +513,8 @@ func readInput(ctx context.Context, brokers []string, topic string) (run string,
 
 // readAll reads the whole output topic, up to its last stable offset,
 // with the isolation level.
-func readAll(ctx context.Context, brokers []string, topic string, iso kgo.IsolationLevel) ([]outRecord, error) {
-	recs, err := kdelivertest.ReadCommittedRecords(ctx, brokers, topic, kgo.FetchIsolationLevel(iso))
+func readAll(ctx context.Context, brokers []string, c conn, topic string, iso kgo.IsolationLevel) ([]outRecord, error) {
+	recs, err := kdelivertest.ReadCommittedRecords(ctx, brokers, topic, append(c.kgo[:len(c.kgo):len(c.kgo)], kgo.FetchIsolationLevel(iso))...)
 	if err != nil {
 		return nil, fmt.Errorf("reading the output %s: %w", topic, err)
 	}
@@ -515,9 +535,9 @@ type liveReader struct {
 	done     chan struct{}
 }
 
-func newLiveReader(brokers []string, topic, run string, want []int64) (*liveReader, error) {
-	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.ConsumeTopics(topic),
-		kgo.FetchIsolationLevel(kgo.ReadCommitted()), kgo.MetadataMinAge(time.Second), kgo.DisableClientMetrics())
+func newLiveReader(brokers []string, c conn, topic, run string, want []int64) (*liveReader, error) {
+	cl, err := kgo.NewClient(append([]kgo.Opt{kgo.SeedBrokers(brokers...), kgo.ConsumeTopics(topic),
+		kgo.FetchIsolationLevel(kgo.ReadCommitted()), kgo.MetadataMinAge(time.Second), kgo.DisableClientMetrics()}, c.kgo...)...)
 	if err != nil {
 		return nil, fmt.Errorf("reading the output %s: %w", topic, err)
 	}
@@ -713,7 +733,8 @@ const copySynopsis = `kdeliver verify copy [--mode eos|alo|amo] [--session-timeo
 
 Copies $KDELIVER_INPUT to $KDELIVER_OUTPUT on $KDELIVER_BROKERS (group
 $KDELIVER_GROUP) until SIGTERM or SIGINT: the pipeline kdeliver verify runs
-when it is given none (see kdeliver verify -h).`
+when it is given none (see kdeliver verify -h). It connects as the
+KDELIVER_TLS* and KDELIVER_SASL* variables verify sets say.`
 
 func runVerifyCopy(args []string, stderr io.Writer) error {
 	fs := newFlagSet("verify copy", copySynopsis, stderr)
@@ -744,6 +765,12 @@ func runVerifyCopy(args []string, stderr io.Writer) error {
 	if len(missing) > 0 {
 		return usagef("verify copy needs %s in its environment (kdeliver verify --run sets them)", strings.Join(slices.Sorted(slices.Values(missing)), ", "))
 	}
+	cf := connFromEnv(os.Getenv)
+	c, err := cf.resolve(os.Getenv)
+	if err != nil {
+		return err
+	}
+	cfg.Conn = c.opts
 	cfg.Logger = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()

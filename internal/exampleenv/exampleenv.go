@@ -52,10 +52,16 @@ func Brokers(ctx context.Context, given []string, partitions int32, topics ...st
 
 // CreateTopics creates topics on a real cluster with the broker's default
 // replication factor, after checking within 5 seconds that the brokers
-// answer. A topic that already exists is kept as it is. With no topics it
-// only checks the brokers.
+// answer. A topic that already exists is kept as it is (and needs no
+// Create ACL). With no topics it only checks the brokers.
 func CreateTopics(ctx context.Context, brokers []string, partitions int32, topics ...string) error {
-	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.DisableClientMetrics())
+	return CreateTopicsWith(ctx, brokers, nil, partitions, topics...)
+}
+
+// CreateTopicsWith is [CreateTopics] with conn (TLS, SASL) added to the
+// client's options.
+func CreateTopicsWith(ctx context.Context, brokers []string, conn []kgo.Opt, partitions int32, topics ...string) error {
+	cl, err := kgo.NewClient(append([]kgo.Opt{kgo.SeedBrokers(brokers...), kgo.DisableClientMetrics()}, conn...)...)
 	if err != nil {
 		return fmt.Errorf("brokers %s: %w", strings.Join(brokers, ","), err)
 	}
@@ -67,6 +73,33 @@ func CreateTopics(ctx context.Context, brokers []string, partitions int32, topic
 	}
 	if len(topics) == 0 {
 		return nil
+	}
+	// Only missing topics are created: on a cluster with ACLs a principal
+	// that may use a topic may not be allowed to create it, and Kafka
+	// refuses such a create even when the topic exists.
+	meta := kmsg.NewPtrMetadataRequest()
+	meta.AllowAutoTopicCreation = false
+	for _, topic := range topics {
+		rt := kmsg.NewMetadataRequestTopic()
+		rt.Topic = kmsg.StringPtr(topic)
+		meta.Topics = append(meta.Topics, rt)
+	}
+	if mresp, err := meta.RequestWith(ctx, cl); err == nil {
+		exist := map[string]bool{}
+		for _, rt := range mresp.Topics {
+			if rt.Topic != nil && rt.ErrorCode == 0 {
+				exist[*rt.Topic] = true
+			}
+		}
+		var missing []string
+		for _, topic := range topics {
+			if !exist[topic] {
+				missing = append(missing, topic)
+			}
+		}
+		if topics = missing; len(topics) == 0 {
+			return nil
+		}
 	}
 	req := kmsg.NewPtrCreateTopicsRequest()
 	req.TimeoutMillis = 30000

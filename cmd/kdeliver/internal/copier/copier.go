@@ -68,6 +68,20 @@ type Config struct {
 	// Delay is slept per record copied, to spread a copy over a run.
 	Delay  time.Duration
 	Logger *slog.Logger // nil: slog.Default()
+	// Conn are the connection options (kdeliver.WithTLS, WithSASL, ...)
+	// of every client.
+	Conn []kdeliver.Option
+}
+
+// With returns conn followed by more, as options of one package
+// (producer.Option, consumer.Option or eos.Option): what every kdeliver
+// client of a command takes.
+func With[O any](conn []kdeliver.Option, more ...O) []O {
+	out := make([]O, 0, len(conn)+len(more))
+	for _, o := range conn {
+		out = append(out, any(o).(O)) // a kdeliver.Option is every package's Option
+	}
+	return append(out, more...)
 }
 
 // Run copies until ctx ends, then stops gracefully (EOS and ALO commit what
@@ -91,13 +105,13 @@ func Run(ctx context.Context, cfg Config) error {
 }
 
 func runEOS(ctx context.Context, cfg Config) error {
-	s, err := eos.New(cfg.Brokers, cfg.Group, []string{cfg.Input}, cfg.Group+"-txn",
+	s, err := eos.New(cfg.Brokers, cfg.Group, []string{cfg.Input}, cfg.Group+"-txn", With[eos.Option](cfg.Conn,
 		eos.WithOutputTopic(cfg.Output),
 		eos.WithSessionTimeout(cfg.SessionTimeout),
 		eos.WithTransactionTimeout(cfg.TxnTimeout),
 		eos.WithCommitEvery(250, 100*time.Millisecond),
 		kdeliver.WithLogger(cfg.Logger),
-		eos.WithKgoOpts(kgo.MetadataMinAge(time.Second), kgo.HeartbeatInterval(cfg.SessionTimeout/10)))
+		eos.WithKgoOpts(kgo.MetadataMinAge(time.Second), kgo.HeartbeatInterval(cfg.SessionTimeout/10)))...)
 	if err != nil {
 		return err
 	}
@@ -110,18 +124,18 @@ func runEOS(ctx context.Context, cfg Config) error {
 }
 
 func runPlain(ctx context.Context, cfg Config, sem kdeliver.Semantics) error {
-	p, err := producer.New(cfg.Brokers, sem, kdeliver.WithLogger(cfg.Logger),
-		producer.WithKgoOpts(kgo.MetadataMinAge(time.Second)))
+	p, err := producer.New(cfg.Brokers, sem, With[producer.Option](cfg.Conn, kdeliver.WithLogger(cfg.Logger),
+		producer.WithKgoOpts(kgo.MetadataMinAge(time.Second)))...)
 	if err != nil {
 		return err
 	}
 	defer p.Close(context.WithoutCancel(ctx))
-	c, err := consumer.New(cfg.Brokers, cfg.Group, []string{cfg.Input}, sem,
+	c, err := consumer.New(cfg.Brokers, cfg.Group, []string{cfg.Input}, sem, With[consumer.Option](cfg.Conn,
 		kdeliver.WithLogger(cfg.Logger),
 		consumer.WithCommitInterval(cfg.CommitInterval),
 		consumer.WithKgoOpts(kgo.SessionTimeout(cfg.SessionTimeout), kgo.HeartbeatInterval(cfg.SessionTimeout/10),
 			kgo.RebalanceTimeout(cfg.SessionTimeout),
-			kgo.MetadataMinAge(time.Second)))
+			kgo.MetadataMinAge(time.Second)))...)
 	if err != nil {
 		return err
 	}
