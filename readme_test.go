@@ -91,13 +91,20 @@ func TestReadmeCommandsExist(t *testing.T) {
 	}
 }
 
-// commandFlags returns the flags of each kdeliver command the README runs.
+// commandFlags returns the flags of each kdeliver command the README runs:
+// its own, and the connection flags all three take.
 func commandFlags(t *testing.T) map[string]map[string]bool {
-	return map[string]map[string]bool{
+	flags := map[string]map[string]bool{
 		"demo":   flagNames(t, "cmd/kdeliver/demo.go"),
 		"verify": flagNames(t, "cmd/kdeliver/verify.go"),
 		"txns":   flagNames(t, "cmd/kdeliver/txns.go"),
 	}
+	for name := range flagNames(t, "cmd/kdeliver/connect.go") {
+		for _, f := range flags {
+			f[name] = true
+		}
+	}
+	return flags
 }
 
 func checkGoRun(t *testing.T, cmd string, args []string, flags map[string]map[string]bool) {
