@@ -136,7 +136,14 @@ func (l *loop) handleConcurrently(ctx context.Context, t *txn, fs kgo.Fetches, d
 			f.halt()
 			break
 		}
-		l.pollErrors(fs)
+		if err := l.pollErrors(fs); err != nil {
+			// Nothing of this poll starts; the transaction aborts and
+			// Run returns err.
+			t.abort(reasonFatal)
+			t.fatal = err
+			f.halt()
+			break
+		}
 		f.add(fs)
 		if ctx.Err() != nil || !time.Now().Before(deadline) {
 			f.stop()

@@ -38,7 +38,7 @@ func (s *Session) prepare(ctx context.Context, c *client) error {
 		switch {
 		case err == nil:
 			cl.AddConsumeTopics(s.topics...)
-			c.prepared = true
+			c.prepared.Store(true)
 			return nil
 		case ctx.Err() != nil:
 			return ctx.Err()
@@ -49,7 +49,7 @@ func (s *Session) prepare(ctx context.Context, c *client) error {
 			// which is correct, only slower to resume.
 			s.log.Warn("eos: could not fence earlier producers of the transactional ID before reading; reading anyway (a crashed instance's transaction may delay the first poll until it times out)", "err", err)
 			cl.AddConsumeTopics(s.topics...)
-			c.prepared = true
+			c.prepared.Store(true)
 			return nil
 		}
 		// CONCURRENT_TRANSACTIONS while the old transaction's markers

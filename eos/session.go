@@ -90,6 +90,7 @@ type Session struct {
 	cl      *client // nil after an abandon, until recreated
 	running bool
 	closed  bool
+	fatal   error // what stopped the Run in progress, a failure no retry fixes ([Session.fail])
 	stop    context.CancelFunc
 	hard    context.CancelFunc // cancels the handler's ctx
 	done    chan struct{}
@@ -103,7 +104,7 @@ type client struct {
 	cancel context.CancelFunc
 	// prepared is set once the client fenced earlier producers of the
 	// transactional ID and started consuming.
-	prepared bool
+	prepared atomic.Bool
 }
 
 // New builds a Session that consumes topics as a member of group and
@@ -192,7 +193,11 @@ func New(brokers []string, group string, topics []string, transactionalID string
 		return nil, err
 	}
 	txnTimeout := probe.OptValue(kgo.TransactionTimeout).(time.Duration)
-	s.opts = append(append(kopts, s.watchOpts()...), cfg.kgoOpts...)
+	s.opts = append(append(kopts, s.watchOpts()...),
+		// kgo retries connections whose credentials the brokers refused
+		// without a word to a consumer: Run stops on the first.
+		kgo.WithHooks(fatal.ConnWatch(func(err error) { s.fail(s.scope.Err(err)) })))
+	s.opts = append(s.opts, cfg.kgoOpts...)
 	s.cfg.txnTimeout = txnTimeout
 	// An output not acknowledged within the transaction timeout is no use:
 	// the broker aborts the transaction by then.
@@ -329,7 +334,7 @@ func (s *Session) Run(ctx context.Context, h Handler) error {
 	}
 	hctx, hard := context.WithCancel(context.WithoutCancel(ctx))
 	ctx, cancel := context.WithCancel(ctx)
-	s.running, s.stop, s.hard, s.done = true, cancel, hard, make(chan struct{})
+	s.running, s.stop, s.hard, s.done, s.fatal = true, cancel, hard, make(chan struct{}), nil
 	s.mu.Unlock()
 	defer func() {
 		cancel()
@@ -349,7 +354,52 @@ func (s *Session) Run(ctx context.Context, h Handler) error {
 	if s.hd.Concurrency <= 1 {
 		l.seq = newCaller(l)
 	}
-	return l.run(ctx)
+	topicsDone := make(chan struct{})
+	go func() {
+		defer close(topicsDone)
+		ready.Watch(watchCtx, s.watchedClient, s.scope, s.needed(), s.hd.Start(), s.fail)
+	}()
+	err := l.run(ctx)
+	stopWatch()
+	<-topicsDone
+	if ferr := s.fatalErr(); ferr != nil && err == nil {
+		err = ferr
+	}
+	return err
+}
+
+// fail records err, a failure no retry fixes (nil: nothing), as what the
+// running Run returns, and stops it as a cancellation would (the records
+// handled so far are committed). Safe for concurrent use, kgo hooks
+// included; without a Run in progress it does nothing.
+func (s *Session) fail(err error) {
+	if err == nil {
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.running || s.fatal != nil {
+		return
+	}
+	s.fatal = err
+	s.log.Error("eos: session stopping: a failure no retry fixes", "err", err)
+	s.stop()
+}
+
+func (s *Session) fatalErr() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.fatal
+}
+
+// watchedClient returns the current client's kgo client, nil if none.
+func (s *Session) watchedClient() *kgo.Client {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.cl == nil || !s.cl.prepared.Load() {
+		return nil
+	}
+	return s.cl.gts.Client()
 }
 
 // Close stops a running [Session.Run] (it stops at the next record and

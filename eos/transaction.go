@@ -16,6 +16,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/kdeliver/kdeliver"
+	"github.com/kdeliver/kdeliver/internal/fatal"
 	"github.com/kdeliver/kdeliver/internal/ready"
 )
 
@@ -42,6 +43,7 @@ const (
 	reasonRewind    = "rewind_guard"   // polled below the committed offset; client replaced
 	reasonStop      = "handler_failed" // the handler failed for the last time; Run returns
 	reasonFenced    = "fenced"         // another instance owns the transactional ID
+	reasonFatal     = "fatal_error"    // a failure no retry fixes (a missing ACL); Run returns
 )
 
 // loop is the state of one Run.
@@ -118,7 +120,7 @@ func (l *loop) run(ctx context.Context) error {
 			}
 			return fmt.Errorf("eos: rebuilding the client: %w", err)
 		}
-		if !c.prepared {
+		if !c.prepared.Load() {
 			if err := l.prepare(ctx, c); err != nil {
 				if ctx.Err() != nil {
 					return nil
@@ -157,7 +159,11 @@ func (l *loop) transaction(ctx context.Context, c *client) error {
 		}
 		return nil
 	}
-	l.pollErrors(fs)
+	if err := l.pollErrors(fs); err != nil {
+		// No transaction is open; what this poll returned is read again
+		// from the committed offsets (Run's end closes the client).
+		return err
+	}
 	if fs.Empty() {
 		return nil
 	}
@@ -166,6 +172,10 @@ func (l *loop) transaction(ctx context.Context, c *client) error {
 		// The previous End left the producer unusable.
 		if f := l.fenced(err, t); f != nil {
 			return f
+		}
+		if ferr := s.scope.Err(err); ferr != nil {
+			s.dropClient(c)
+			return fmt.Errorf("eos: beginning a transaction: %w", ferr)
 		}
 		l.replace(ctx, c, "begin failed", err)
 		return nil
@@ -195,7 +205,12 @@ func (l *loop) transaction(ctx context.Context, c *client) error {
 			l.cutRest(t, fs)
 			break
 		}
-		l.pollErrors(fs)
+		if err := l.pollErrors(fs); err != nil {
+			// The open transaction aborts, then Run returns err.
+			t.abort(reasonFatal)
+			t.fatal = err
+			break
+		}
 	}
 	if t.crashed != nil {
 		// A simulated crash: no End, no commit, no leave; the broker
@@ -288,7 +303,11 @@ func (l *loop) end(ctx context.Context, t *txn) error {
 		// broker applied, and only a new producer epoch fences it.
 		t.abort(reasonProduce)
 		t.replace = true
-		if err := l.noteMissing(prodTopic, prodErr); err != nil {
+		if err := s.scope.Err(prodErr, prodTopic); err != nil {
+			// No Write on the output (or the transactional ID): a new
+			// client would be refused the same.
+			t.fatal = fmt.Errorf("eos: producing the output: %w", err)
+		} else if err := l.noteMissing(prodTopic, prodErr); err != nil {
 			t.fatal = err
 		}
 	}
@@ -474,13 +493,38 @@ func (l *loop) fenced(err error, t *txn) error {
 	return fmt.Errorf("eos: %w: another instance owns transactional ID %q; exit: %w", kdeliver.ErrFenced, l.s.txnID, err)
 }
 
-func (l *loop) pollErrors(fs kgo.Fetches) {
+// pollErrors logs the errors of a poll and returns the first failure no
+// retry fixes among them (a missing ACL on an input topic or the group, an
+// unsupported version), naming every topic that failed the same way, or
+// nil. kgo would retry those for ever, one warning a poll.
+func (l *loop) pollErrors(fs kgo.Fetches) error {
+	var first error
+	var topics []string
 	fs.EachError(func(topic string, p int32, err error) {
 		if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
 			return
 		}
-		l.s.log.Warn("eos: fetch error; the client retries", "topic", topic, "partition", p, "err", err)
+		switch {
+		case fatal.Kind(err) == nil:
+			l.s.log.Warn("eos: fetch error; the client retries", "topic", topic, "partition", p, "err", err)
+		case first == nil:
+			first, topics = err, append(topics, topic)
+		case sameCode(err, first):
+			topics = append(topics, topic)
+		}
 	})
+	if first == nil {
+		return nil
+	}
+	err := l.s.scope.Err(first, topics...)
+	l.s.fail(err)
+	return err
+}
+
+// sameCode reports whether a and b carry the same Kafka error code.
+func sameCode(a, b error) bool {
+	var ka, kb *kerr.Error
+	return errors.As(a, &ka) && errors.As(b, &kb) && ka.Code == kb.Code
 }
 
 // checkRewind reports whether r is below the offset its partition was
