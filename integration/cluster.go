@@ -287,7 +287,10 @@ func New(ctx context.Context, opts ...Option) (*Cluster, error) {
 	if kind == BackendExternal {
 		c.rf = int16(min(3, len(c.ids)))
 	}
-	c.cl, err = kgo.NewClient(kgo.SeedBrokers(c.brokers...), kgo.DialTimeout(3*time.Second))
+	// kadm's Metadata answers from kgo's cache while it is younger than
+	// MetadataMinAge (5 s by default): a topic just created, cached
+	// without leaders, would look so for 5 s to the waits below.
+	c.cl, err = kgo.NewClient(kgo.SeedBrokers(c.brokers...), kgo.DialTimeout(3*time.Second), kgo.MetadataMinAge(100*time.Millisecond))
 	if err != nil {
 		_ = c.be.close(context.Background())
 		return nil, fmt.Errorf("integration: admin client: %w", err)

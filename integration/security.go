@@ -252,7 +252,7 @@ func (c *Cluster) setUpSecurity(ctx context.Context) error {
 			return err
 		}
 	}
-	s.cl, err = kgo.NewClient(append(s.KgoOpts(AdminUser, s.sec.adminPass), kgo.SeedBrokers(s.brokers...), kgo.DialTimeout(3*time.Second))...)
+	s.cl, err = kgo.NewClient(append(s.KgoOpts(AdminUser, s.sec.adminPass), kgo.SeedBrokers(s.brokers...), kgo.DialTimeout(3*time.Second), kgo.MetadataMinAge(100*time.Millisecond))...)
 	if err != nil {
 		return fmt.Errorf("integration: secure admin client: %w", err)
 	}

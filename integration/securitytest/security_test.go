@@ -244,8 +244,6 @@ func verifyCopied(t *testing.T, ctx context.Context, n names) {
 // its input if s reads one, and a user with acls.
 func prepare(t *testing.T, ctx context.Context, sec *integration.Security, s subject, n names, acls []integration.ACL) integration.User {
 	t.Helper()
-	t0 := time.Now()
-	defer func() { t.Logf("prepare took %s", time.Since(t0)) }()
 	for _, topic := range []string{n.in, n.out} {
 		if err := cluster.CreateTopic(ctx, topic, 2); err != nil {
 			t.Fatal(err)
@@ -261,9 +259,7 @@ func prepare(t *testing.T, ctx context.Context, sec *integration.Security, s sub
 			t.Fatalf("seed %s: %v", n.in, err)
 		}
 	}
-	t.Logf("topics after %s", time.Since(t0))
 	u, err := sec.CreateUser(ctx, strings.TrimSuffix(n.in, "-in"))
-	t.Logf("user after %s", time.Since(t0))
 	if err != nil {
 		t.Fatal(err)
 	}
