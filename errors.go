@@ -67,7 +67,10 @@ var ErrNotAuthorized = errors.New("kdeliver: not authorized")
 // broker does not speak TLS; the error also matches the crypto/tls or
 // crypto/x509 error). It is fatal at the first failed connection: Run of a
 // consumer or session returns it, Ping returns it, and Produce, Send and
-// Transact fail with it rather than when their delivery timeout passes. A
+// Transact fail with it rather than when their delivery timeout passes (a
+// record produced after the first refusal fails at the client's next
+// connection attempt: kgo makes them at most once per metadata refresh,
+// kgo.MetadataMinAge, 5 s by default). A
 // connection the broker closed at once without saying why
 // (*kgo.ErrFirstReadEOF: often TLS or SASL missing on one side) is only
 // taken for it when it persists for the start timeout. The message says

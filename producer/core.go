@@ -16,6 +16,7 @@ import (
 
 	"github.com/kdeliver/kdeliver"
 	"github.com/kdeliver/kdeliver/internal/deadline"
+	"github.com/kdeliver/kdeliver/internal/fatal"
 	"github.com/kdeliver/kdeliver/internal/preset"
 )
 
@@ -28,7 +29,8 @@ type core struct {
 	timeouts *deadline.Timeouts // nil under AtMostOnce, which never retries
 	dropped  func(*kgo.Record, error)
 	stats    *deliveries
-	unreg    func() // unregisters the metrics
+	unreg    func()      // unregisters the metrics
+	scope    fatal.Scope // for the errors no retry fixes
 
 	msgIDs   bool
 	idPrefix [16]byte
@@ -75,7 +77,20 @@ func build(what string, brokers []string, pre preset.Producer, c *config, ps *pr
 	kopts := append(base, kgo.SeedBrokers(seeds...))
 	kopts = append(kopts, probe.Opts()...)
 	stats := &deliveries{}
-	kopts = append(kopts, kgo.WithHooks(stats))
+	scope := fatal.Scope{Role: fatal.Producer, Brokers: seeds}
+	if sem == kdeliver.ExactlyOnce {
+		scope.Role, scope.TxnID = fatal.Transactional, pre.TransactionalID
+	}
+	var timeouts atomic.Pointer[deadline.Timeouts]
+	refused := fatal.ConnWatch(func(err error) {
+		// kgo retries a connection whose credentials were refused until
+		// the delivery timeout (an idempotent producer: "unable to load
+		// producer ID"); fail what it has not sent at once instead.
+		if ts := timeouts.Load(); ts != nil {
+			ts.Fail(scope.Err(err))
+		}
+	})
+	kopts = append(kopts, kgo.WithHooks(stats, refused))
 	cl := preset.Build(kopts, c.kgoOpts, probe.CheckProducerOnly, ps)
 	if err := ps.Err(what, sem); err != nil {
 		if cl != nil {
@@ -83,10 +98,11 @@ func build(what string, brokers []string, pre preset.Producer, c *config, ps *pr
 		}
 		return nil, err
 	}
-	p := &core{cl: cl, log: c.t.Shared.Log(), msgIDs: c.messageIDs, stats: stats}
+	p := &core{cl: cl, log: c.t.Shared.Log(), msgIDs: c.messageIDs, stats: stats, scope: scope}
 	p.unreg = stats.observe(c.t.Shared.MeterProvider, p.log, sem)
 	if sem != kdeliver.AtMostOnce {
 		p.timeouts = deadline.New(pre.Timeout())
+		timeouts.Store(p.timeouts)
 	}
 	p.dropped = func(r *kgo.Record, err error) {
 		if err := p.settle(r, err); err != nil {
@@ -105,7 +121,11 @@ func (p *core) ping(ctx context.Context) error {
 	if p.closed.Load() {
 		return kdeliver.ErrClosed
 	}
-	return p.cl.Ping(ctx)
+	err := p.cl.Ping(ctx)
+	if ferr := p.scope.Err(err); ferr != nil {
+		return ferr
+	}
+	return err
 }
 
 func (p *core) produceSync(ctx context.Context, rec *kgo.Record) error {
@@ -172,6 +192,11 @@ func (p *core) settle(rec *kgo.Record, err error) error {
 	}
 	if err == nil {
 		return nil
+	}
+	if ferr := p.scope.Err(err, rec.Topic); ferr != nil {
+		// A missing ACL, refused credentials: kgo does not retry them,
+		// and the message says what to grant or fix.
+		err = ferr
 	}
 	return deliveryError(rec, err)
 }

@@ -210,9 +210,17 @@ func (p *Transactional) Transact(ctx context.Context, fn func(ctx context.Contex
 		ferr = tx.firstErr()
 	}
 	if ferr != nil {
+		if errors.Is(ferr, kdeliver.ErrAuthentication) {
+			// The brokers refuse the connections: an abort would wait
+			// out the delivery timeout to fail the same way. The broker
+			// aborts the transaction when it times out.
+			return p.setFatal(ferr)
+		}
 		if err := p.abort(endCtx); err != nil {
 			return err
 		}
+		// A cause no retry fixes (a topic without Write) keeps its
+		// class: errors.As finds it before ErrAborted's.
 		return fmt.Errorf("%w: %w", kdeliver.ErrAborted, ferr)
 	}
 	return p.commit(endCtx)
@@ -264,6 +272,9 @@ func (p *Transactional) abort(ctx context.Context) error {
 // BeginTransaction means the producer ID is in a fatal state (kgo wraps the
 // cause, a fence among them), so every caller of setFatal has such an error.
 func (p *Transactional) setFatal(err error) error {
+	if ferr := p.scope.Err(err); ferr != nil {
+		err = ferr // names the ACL to grant, the credentials to check
+	}
 	if isFenced(err) {
 		p.fatal = fmt.Errorf("%w: another producer with transactional ID %q took over; close this one and exit: %w", kdeliver.ErrFenced, p.txnID, err)
 	} else {

@@ -85,21 +85,21 @@ func (c *capture) text() map[string]string {
 	for _, s := range c.spans.GetSpans() {
 		fmt.Fprintf(&b, "span %q status %q %q\n", s.Name, s.Status.Code, s.Status.Description)
 		for _, a := range s.Attributes {
-			fmt.Fprintf(&b, "  %s=%s\n", a.Key, a.Value.Emit())
+			fmt.Fprintf(&b, "  %s=%s\n", a.Key, a.Value.String())
 		}
 		for _, e := range s.Events {
 			fmt.Fprintf(&b, "  event %q\n", e.Name)
 			for _, a := range e.Attributes {
-				fmt.Fprintf(&b, "    %s=%s\n", a.Key, a.Value.Emit())
+				fmt.Fprintf(&b, "    %s=%s\n", a.Key, a.Value.String())
 			}
 		}
 		for _, l := range s.Links {
 			for _, a := range l.Attributes {
-				fmt.Fprintf(&b, "  link %s=%s\n", a.Key, a.Value.Emit())
+				fmt.Fprintf(&b, "  link %s=%s\n", a.Key, a.Value.String())
 			}
 		}
 		for _, a := range s.Resource.Attributes() {
-			fmt.Fprintf(&b, "  resource %s=%s\n", a.Key, a.Value.Emit())
+			fmt.Fprintf(&b, "  resource %s=%s\n", a.Key, a.Value.String())
 		}
 	}
 	out["spans"] = b.String()

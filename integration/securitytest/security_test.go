@@ -283,9 +283,9 @@ func conn(tlsCfg *tls.Config, user, password string) []kdeliver.Option {
 	}, capt.opts()...)
 }
 
-// within runs fn and returns its error and how long it took; if fn has
+// within runs fn and returns how long it took and its error; if fn has
 // not returned within bound, the test fails: the call hangs.
-func within(t *testing.T, what string, fn func(ctx context.Context) error) (error, time.Duration) {
+func within(t *testing.T, what string, fn func(ctx context.Context) error) (time.Duration, error) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -294,7 +294,7 @@ func within(t *testing.T, what string, fn func(ctx context.Context) error) (erro
 	go func() { done <- fn(ctx) }()
 	select {
 	case err := <-done:
-		return capt.err(err), time.Since(began)
+		return time.Since(began), capt.err(err)
 	case <-time.After(bound):
 		cancel()
 		select {
@@ -303,7 +303,7 @@ func within(t *testing.T, what string, fn func(ctx context.Context) error) (erro
 		case <-time.After(30 * time.Second):
 			t.Fatalf("%s had not returned after %s, nor 30 s after its ctx was cancelled", what, bound)
 		}
-		return nil, 0
+		return 0, nil
 	}
 }
 
@@ -338,7 +338,7 @@ func TestLeastPrivilege(t *testing.T) {
 				n := newNames(s.name, "all")
 				acls := s.acls(n)
 				u := prepare(t, ctx, sec, s, n, acls)
-				err, took := within(t, s.name, func(ctx context.Context) error {
+				took, err := within(t, s.name, func(ctx context.Context) error {
 					return s.run(ctx, n, conn(sec.TLSConfig(), u.Name, u.Password))
 				})
 				if err != nil {
@@ -354,7 +354,7 @@ func TestLeastPrivilege(t *testing.T) {
 				t.Run("without "+strings.SplitN(missing.String(), ":", 2)[0]+" "+missing.Op.String(), func(t *testing.T) {
 					acls := slices.Delete(slices.Clone(all), i, i+1)
 					u := prepare(t, ctx, sec, s, n, acls)
-					err, took := within(t, s.name+" without "+missing.String(), func(ctx context.Context) error {
+					took, err := within(t, s.name+" without "+missing.String(), func(ctx context.Context) error {
 						return s.run(ctx, n, conn(sec.TLSConfig(), u.Name, u.Password))
 					})
 					t.Logf("without %s: after %s: %v", missing, took.Round(time.Millisecond), err)
@@ -381,7 +381,7 @@ func TestLeastPrivilege(t *testing.T) {
 				u := prepare(t, ctx, sec, s, n, s.acls(n))
 				wrong := u.Password[:len(u.Password)-6] + "wrong!"
 				capt.secret(u.Name+" wrong password", []byte(wrong))
-				err, took := within(t, s.name+" with a wrong password", func(ctx context.Context) error {
+				took, err := within(t, s.name+" with a wrong password", func(ctx context.Context) error {
 					return s.run(ctx, n, conn(sec.TLSConfig(), u.Name, wrong))
 				})
 				t.Logf("wrong password: after %s: %v", took.Round(time.Millisecond), err)
@@ -406,7 +406,7 @@ func TestLeastPrivilege(t *testing.T) {
 			t.Run(s.name, func(t *testing.T) {
 				n := newNames(s.name, "badca")
 				u := prepare(t, ctx, sec, s, n, s.acls(n))
-				err, took := within(t, s.name+" trusting another CA", func(ctx context.Context) error {
+				took, err := within(t, s.name+" trusting another CA", func(ctx context.Context) error {
 					return s.run(ctx, n, conn(other, u.Name, u.Password))
 				})
 				t.Logf("wrong CA: after %s: %v", took.Round(time.Millisecond), err)

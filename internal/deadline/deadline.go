@@ -19,6 +19,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -34,6 +35,7 @@ type Timeouts struct {
 	now   func() time.Time
 	cur   atomic.Pointer[window]
 	mu    sync.Mutex // serializes making a new window
+	live  []*window  // the windows handed out and not expired, for Fail; guarded by mu
 }
 
 // New returns Timeouts for a delivery timeout of d (positive).
@@ -85,6 +87,25 @@ func Detach(r *kgo.Record) {
 	}
 }
 
+// Fail ends at once, with cause, the contexts of every record attached so
+// far whose Context ends with its window (all but those that had a
+// cancellable Context of their own, which end at their deadline): kgo then
+// fails those it has not sent (and, for an idempotent producer, only those),
+// and [Err] returns cause for them. Records attached afterwards get new
+// windows. Use it when the client can no longer deliver anything (the
+// brokers refused its credentials) and waiting out the timeout would only
+// delay the failure.
+func (t *Timeouts) Fail(cause error) {
+	t.mu.Lock()
+	live := t.live
+	t.live = nil
+	t.cur.Store(nil)
+	t.mu.Unlock()
+	for _, w := range live {
+		w.end(cause)
+	}
+}
+
 // ErrTimeout is matched (errors.Is) by the error [Err] returns for a
 // record whose delivery timeout passed, in place of the context error kgo
 // reports. That error also matches kgo.ErrRecordTimeout.
@@ -101,15 +122,28 @@ func (e timeoutError) Unwrap() error        { return kgo.ErrRecordTimeout }
 // Err returns the error to report for r failing with err: one matching
 // [ErrTimeout] and kgo.ErrRecordTimeout when the delivery timeout that
 // [Timeouts.Attach] gave r passed, else err. Call it before [Detach].
+//
+// For a record whose window [Timeouts.Fail] ended, it returns the cause
+// given to Fail in place of the cancellation kgo reports.
 func Err(r *kgo.Record, err error) error {
-	if !errors.Is(err, context.DeadlineExceeded) || r.Context == nil {
+	if r.Context == nil {
 		return err
 	}
 	w, _ := r.Context.Value(windowKey{}).(*window)
-	if w == nil || w.Err() == nil {
+	if w == nil {
 		return err
 	}
-	return timeoutError{w.d}
+	switch {
+	case errors.Is(err, context.Canceled):
+		if c := w.cause.Load(); c != nil {
+			return *c
+		}
+	case errors.Is(err, context.DeadlineExceeded):
+		if w.expired.Load() {
+			return timeoutError{w.d}
+		}
+	}
+	return err
 }
 
 func (t *Timeouts) window() *window {
@@ -126,6 +160,9 @@ func (t *Timeouts) window() *window {
 	w := &window{until: until, deadline: until.Add(t.d), d: t.d, done: make(chan struct{})}
 	time.AfterFunc(w.deadline.Sub(now), w.expire)
 	t.cur.Store(w)
+	// At most d/grain+1 windows are live: drop the expired ones.
+	t.live = slices.DeleteFunc(t.live, func(w *window) bool { return !now.Before(w.deadline) })
+	t.live = append(t.live, w)
 	return w
 }
 
@@ -139,18 +176,32 @@ type window struct {
 	d               time.Duration
 	done            chan struct{}
 	expired         atomic.Bool
+	cause           atomic.Pointer[error] // set by Timeouts.Fail
+	once            sync.Once             // closes done
 }
 
 func (w *window) expire() {
-	w.expired.Store(true)
-	close(w.done)
+	w.once.Do(func() {
+		w.expired.Store(true)
+		close(w.done)
+	})
+}
+
+func (w *window) end(cause error) {
+	w.once.Do(func() {
+		w.cause.Store(&cause)
+		close(w.done)
+	})
 }
 
 func (w *window) Deadline() (time.Time, bool) { return w.deadline, true }
 func (w *window) Done() <-chan struct{}       { return w.done }
 func (w *window) Err() error {
-	if w.expired.Load() {
+	switch {
+	case w.expired.Load():
 		return context.DeadlineExceeded
+	case w.cause.Load() != nil:
+		return context.Canceled
 	}
 	return nil
 }

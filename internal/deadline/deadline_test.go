@@ -91,3 +91,47 @@ func TestExpired(t *testing.T) {
 		t.Error("Err changed an error that is not the timeout")
 	}
 }
+
+// TestFail: Fail ends at once the contexts of the records attached so far,
+// and Err gives its cause for them; records attached afterwards, and
+// records with a cancellable Context of their own, keep their deadline.
+func TestFail(t *testing.T) {
+	ts := New(time.Hour)
+	cause := errors.New("credentials refused")
+	own, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	before := []*kgo.Record{{}, {Context: context.WithValue(context.Background(), testKey{}, 1)}}
+	for _, r := range before {
+		ts.Attach(context.Background(), r)
+	}
+	mine := &kgo.Record{Context: own}
+	ts.Attach(context.Background(), mine)
+	ts.Fail(cause)
+	for i, r := range before {
+		select {
+		case <-r.Context.Done():
+		default:
+			t.Fatalf("record %d: its Context did not end", i)
+		}
+		if err := Err(r, r.Context.Err()); err != cause {
+			t.Errorf("record %d: Err = %v, want the cause", i, err)
+		}
+	}
+	if mine.Context.Err() != nil {
+		t.Error("a record with a Context of its own was ended")
+	}
+	after := &kgo.Record{}
+	ts.Attach(context.Background(), after)
+	if after.Context.Err() != nil {
+		t.Fatal("a record attached after Fail was ended")
+	}
+	if err := Err(after, context.Canceled); err != context.Canceled {
+		t.Errorf("Err of a record not failed = %v, want its own error", err)
+	}
+	ts.Fail(cause) // again: the new window too
+	if after.Context.Err() == nil {
+		t.Fatal("a second Fail did not end the record attached after the first")
+	}
+}
+
+type testKey struct{}
