@@ -84,7 +84,10 @@ func TestReadmeCommandsExist(t *testing.T) {
 		case len(f) >= 3 && f[0] == "go" && f[1] == "run":
 			checkGoRun(t, cmd, f[2:], flags)
 		case len(f) >= 3 && f[0] == "go" && f[1] == "test":
-			checkGoTest(t, cmd, f[2:])
+			checkGoTest(t, cmd, "", f[2:])
+		case len(f) >= 6 && f[0] == "cd" && f[2] == "&&" && f[3] == "go" && f[4] == "test":
+			// a test of another module: cd integration && go test ...
+			checkGoTest(t, cmd, f[1], f[5:])
 		default:
 			t.Errorf("README command %q is not one this test knows how to check", cmd)
 		}
@@ -144,7 +147,7 @@ func checkGoRun(t *testing.T, cmd string, args []string, flags map[string]map[st
 	}
 }
 
-func checkGoTest(t *testing.T, cmd string, args []string) {
+func checkGoTest(t *testing.T, cmd, dir string, args []string) {
 	var names, pkgs []string
 	for i := 0; i < len(args); i++ {
 		switch {
@@ -167,7 +170,7 @@ func checkGoTest(t *testing.T, cmd string, args []string) {
 	}
 	var src strings.Builder
 	for _, p := range pkgs {
-		files, _ := filepath.Glob(filepath.Join(p, "*_test.go"))
+		files, _ := filepath.Glob(filepath.Join(dir, p, "*_test.go"))
 		if len(files) == 0 {
 			t.Errorf("%q: %s has no tests", cmd, p)
 		}

@@ -68,6 +68,13 @@ func producerACLs(n names) []integration.ACL {
 	return []integration.ACL{integration.TopicACL(n.out, kadm.OpWrite)}
 }
 
+func transactionalACLs(n names) []integration.ACL {
+	return []integration.ACL{
+		integration.TopicACL(n.out, kadm.OpWrite),
+		integration.TxnIDACL(n.txnID, kadm.OpWrite),
+	}
+}
+
 func consumerACLs(n names) []integration.ACL {
 	return []integration.ACL{
 		integration.TopicACL(n.in, kadm.OpRead),
@@ -91,6 +98,7 @@ func subjects(sec *integration.Security) []subject {
 	return []subject{
 		{name: "producer at-least-once", acls: producerACLs, run: produce(sec, kdeliver.AtLeastOnce), verify: verifyWritten},
 		{name: "producer at-most-once", acls: producerACLs, run: produce(sec, kdeliver.AtMostOnce), verify: verifyWritten},
+		{name: "producer exactly-once", acls: transactionalACLs, run: produceInTransactions(sec), verify: verifyWritten},
 		{name: "consumer at-least-once", acls: consumerACLs, seed: true, run: consume(sec, kdeliver.AtLeastOnce), verify: verifyCommitted},
 		{name: "consumer at-most-once", acls: consumerACLs, seed: true, run: consume(sec, kdeliver.AtMostOnce), verify: verifyCommitted},
 		{name: "eos session", acls: sessionACLs, seed: true, run: copyEOS(sec), verify: verifyCopied},
@@ -118,6 +126,39 @@ func produce(sec *integration.Security, sem kdeliver.Semantics) func(ctx context
 		defer closeWithin(p.Close)
 		for _, v := range values() {
 			if err := p.Produce(ctx, &kgo.Record{Topic: n.out, Key: []byte("k"), Value: []byte(v)}); err != nil {
+				return err
+			}
+		}
+		return p.Close(ctx)
+	}
+}
+
+// produceInTransactions writes the records with a transactional producer,
+// in transactions of 5.
+func produceInTransactions(sec *integration.Security) func(ctx context.Context, n names, opts []kdeliver.Option) error {
+	return func(ctx context.Context, n names, opts []kdeliver.Option) error {
+		var po []producer.Option
+		for _, o := range opts {
+			po = append(po, o)
+		}
+		p, err := producer.NewTransactional(sec.Brokers(), n.txnID, po...)
+		if err != nil {
+			return err
+		}
+		defer closeWithin(p.Close)
+		vs := values()
+		for len(vs) > 0 {
+			batch := vs[:min(5, len(vs))]
+			vs = vs[len(batch):]
+			err := p.Transact(ctx, func(ctx context.Context, tx *producer.Tx) error {
+				for _, v := range batch {
+					if err := tx.Produce(ctx, &kgo.Record{Topic: n.out, Key: []byte("k"), Value: []byte(v)}); err != nil {
+						return err
+					}
+				}
+				return nil
+			})
+			if err != nil {
 				return err
 			}
 		}
