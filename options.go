@@ -13,7 +13,8 @@ import (
 )
 
 // Option is a setting every kdeliver client takes: it is a producer.Option,
-// a consumer.Option, an eos.Option and a dedup.Option at once. Each package
+// a consumer.Option, an eos.Option, a share.Option and a dedup.Option at
+// once. Each package
 // has an Option type of its own, and an option of one package passed to
 // another's constructor does not compile.
 type Option struct {
@@ -31,6 +32,9 @@ func (o Option) ApplySession(t *shared.Target) { apply(o.apply, t) }
 
 // ApplyGuard applies the option; dedup.NewGuard calls it.
 func (o Option) ApplyGuard(t *shared.Target) { apply(o.apply, t) }
+
+// ApplyShare applies the option; share.New calls it.
+func (o Option) ApplyShare(t *shared.Target) { apply(o.apply, t) }
 
 // apply applies an option, refusing the zero value (made without a With
 // function).
@@ -94,7 +98,8 @@ func WithMeterProvider(mp metric.MeterProvider) Option {
 }
 
 // HandlerOption is a setting of what runs a handler: it is a
-// consumer.Option and an eos.Option at once (and not a producer.Option).
+// consumer.Option, an eos.Option and a share.Option at once (and not a
+// producer.Option).
 type HandlerOption struct {
 	apply func(*shared.Target)
 }
@@ -104,6 +109,9 @@ func (o HandlerOption) ApplyConsumer(t *shared.Target) { apply(o.apply, t) }
 
 // ApplySession applies the option; eos.New calls it.
 func (o HandlerOption) ApplySession(t *shared.Target) { apply(o.apply, t) }
+
+// ApplyShare applies the option; share.New calls it.
+func (o HandlerOption) ApplyShare(t *shared.Target) { apply(o.apply, t) }
 
 // Defaults of the handler options.
 const (
