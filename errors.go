@@ -80,7 +80,10 @@ var ErrAuthentication = errors.New("kdeliver: authentication failed")
 // ErrUnsupported is matched by the error returned when the brokers cannot do
 // what the semantics needs: they answered kerr.UnsupportedVersion (also
 // matched), or kgo found them too old for a request (transactions need
-// Kafka 0.11, exactly-once sessions 2.5). It is fatal at first sight.
+// Kafka 0.11, exactly-once sessions 2.5), or a consumer or session built
+// with WithGroupProtocol(ConsumerProtocol) found no KIP-848 consumer group
+// protocol on them (Kafka 4.0+ with the group.version feature at 1 or
+// more). It is fatal at first sight.
 // Upgrade the brokers, or choose a semantics they support. Class: [Fatal].
 var ErrUnsupported = errors.New("kdeliver: not supported by the brokers")
 

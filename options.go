@@ -3,6 +3,7 @@ package kdeliver
 import (
 	"fmt"
 	"log/slog"
+	"strings"
 	"time"
 
 	"go.opentelemetry.io/otel/metric"
@@ -264,3 +265,90 @@ const (
 	HeaderDLQError        = dlq.HeaderError
 	HeaderDLQFirstFailure = dlq.HeaderFirstFailure
 )
+
+// GroupProtocol is the consumer group protocol a consumer or an
+// exactly-once session joins its group with ([WithGroupProtocol]). The
+// names are those of Java's group.protocol setting, classic and consumer.
+type GroupProtocol int
+
+const (
+	// ClassicProtocol is the classic, client-driven group protocol
+	// (JoinGroup/SyncGroup, the members' heartbeats): the default. The
+	// group's leader assigns partitions with kgo's cooperative-sticky
+	// balancer; the client sets the session timeout and heartbeat
+	// interval (kgo's 45 s and 3 s unless a raw option changes them).
+	ClassicProtocol GroupProtocol = iota
+	// ConsumerProtocol is KIP-848's consumer group protocol (Kafka 4.0+,
+	// 4.3+ recommended): the broker's group coordinator assigns
+	// partitions and reconciles them member by member through
+	// ConsumerGroupHeartbeat, with no group-wide stop-the-world
+	// rebalance. It turns into kgo.ServerSideBalancer() with kgo's
+	// default balancer (the broker's "uniform" assignor; a raw
+	// kgo.Balancers(kgo.RangeBalancer()) picks "range"). The broker owns
+	// the session timeout and the heartbeat interval
+	// (group.consumer.session.timeout.ms, default 45 s, and
+	// group.consumer.heartbeat.interval.ms, default 5 s): raw
+	// kgo.SessionTimeout and kgo.HeartbeatInterval options and
+	// eos.WithSessionTimeout are refused. franz-go v1.22 still makes it
+	// opt-in; before Kafka 4.3 a commit racing a member-epoch bump can
+	// fail with STALE_MEMBER_EPOCH, which kdeliver treats as a failed
+	// commit (records redelivered, never lost). A cluster without the
+	// protocol (before Kafka 4.0, or the group.version feature below 1)
+	// makes Run fail with an error matching [ErrUnsupported], where kgo
+	// alone would fall back to the classic protocol unseen.
+	ConsumerProtocol
+)
+
+// String returns the protocol's name as Java's group.protocol spells it:
+// classic or consumer.
+func (p GroupProtocol) String() string {
+	switch p {
+	case ClassicProtocol:
+		return "classic"
+	case ConsumerProtocol:
+		return "consumer"
+	}
+	return fmt.Sprintf("GroupProtocol(%d)", int(p))
+}
+
+// MarshalText implements [encoding.TextMarshaler]: classic or consumer.
+func (p GroupProtocol) MarshalText() ([]byte, error) {
+	if p != ClassicProtocol && p != ConsumerProtocol {
+		return nil, fmt.Errorf("%w: %v is not a group protocol: use kdeliver.ClassicProtocol or kdeliver.ConsumerProtocol", ErrInvalidConfig, p)
+	}
+	return []byte(p.String()), nil
+}
+
+// UnmarshalText implements [encoding.TextUnmarshaler]: it accepts classic
+// and consumer (case-insensitive), Java's group.protocol values.
+func (p *GroupProtocol) UnmarshalText(text []byte) error {
+	switch strings.ToLower(strings.TrimSpace(string(text))) {
+	case "classic":
+		*p = ClassicProtocol
+	case "consumer":
+		*p = ConsumerProtocol
+	default:
+		return fmt.Errorf("%w: group protocol %q: use classic or consumer (Java's group.protocol values)", ErrInvalidConfig, text)
+	}
+	return nil
+}
+
+// WithGroupProtocol sets the group protocol of a consumer (consumer.New,
+// NewWithGuard, NewWithSink) or an exactly-once session (eos.New),
+// overriding the default [ClassicProtocol]. The guarantees are the same
+// under both: see "Group protocols" in the consumer and eos package docs
+// for what changes for revoke, commit and fencing. A share group
+// (share.New) has a protocol of its own and refuses this option.
+func WithGroupProtocol(p GroupProtocol) HandlerOption {
+	return HandlerOption{func(t *shared.Target) {
+		t.Handling.GroupProtocolSet = true
+		switch p {
+		case ClassicProtocol:
+			t.Handling.GroupProtocol = shared.ClassicProtocol
+		case ConsumerProtocol:
+			t.Handling.GroupProtocol = shared.ConsumerProtocol
+		default:
+			t.Reject(fmt.Sprintf("kdeliver.WithGroupProtocol(%v): use kdeliver.ClassicProtocol or kdeliver.ConsumerProtocol", p))
+		}
+	}}
+}

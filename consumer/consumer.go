@@ -145,7 +145,8 @@ func newConsumer(what string, brokers []string, group string, topics []string, s
 	for _, b := range brokers {
 		ps.Add(b == "", "a broker address is empty")
 	}
-	pc := preset.Consumer{Semantics: sem, Group: group, Topics: topics, ReadCommitted: cfg.readCommitted, StartLatest: cfg.startLatest}
+	pc := preset.Consumer{Semantics: sem, Group: group, Topics: topics, ReadCommitted: cfg.readCommitted, StartLatest: cfg.startLatest,
+		ConsumerProtocol: cfg.t.Handling.ConsumerProtocol()}
 	pc.Validate(&ps)
 	ps.Add(refusal != "", refusal)
 	hd := cfg.t.Handling
@@ -349,7 +350,13 @@ func (c *Consumer) run(ctx context.Context, h Handler, bh BatchHandler) error {
 		// commit back for ever: fail at the start instead.
 		topics = append(topics[:len(topics):len(topics)], c.cfg.deadLetter)
 	}
-	if err := ready.Wait(runCtx, cl, c.scope, topics, c.hd.Start(), c.log); err != nil {
+	err = ready.Wait(runCtx, cl, c.scope, topics, c.hd.Start(), c.log)
+	if err == nil && c.hd.ConsumerProtocol() {
+		// kgo falls back to the classic protocol unseen on brokers
+		// without KIP-848: fail instead.
+		err = ready.ConsumerProtocol(runCtx, cl, c.scope)
+	}
+	if err != nil {
 		kill()
 		cl.Close()
 		if runCtx.Err() != nil {

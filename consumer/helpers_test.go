@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"go.uber.org/goleak"
 
@@ -27,11 +28,51 @@ const wait = 20 * time.Second
 // partitions.
 func newCluster(t testing.TB, parts int32) *kdelivertest.Cluster {
 	t.Helper()
-	return kdelivertest.Start(t, kdelivertest.WithTopic("t", parts))
+	cl := kdelivertest.Start(t, kdelivertest.WithTopic("t", parts), kdelivertest.WithKfakeOpts(fast848...))
+	if proto848 {
+		watch848(t, cl)
+	}
+	return cl
+}
+
+// fast848 makes KIP-848 groups react as fast on kfake as fastOpts makes
+// classic ones: the broker owns the heartbeat and session timeout there.
+var fast848 = []kfake.Opt{kfake.BrokerConfigs(map[string]string{
+	"group.consumer.heartbeat.interval.ms": "100",
+	"group.consumer.session.timeout.ms":    "1000",
+})}
+
+// proto848 is set while a test body runs under KIP-848's consumer group
+// protocol (see under848): fastOpts then adds
+// kdeliver.WithGroupProtocol(kdeliver.ConsumerProtocol) and leaves out the
+// classic protocol's member-side timers, which it refuses. Tests of this
+// package do not run in parallel.
+var proto848 bool
+
+// under848 runs body as a subtest with every consumer of fastOpts joining
+// with the consumer group protocol.
+func under848(t *testing.T, body func(*testing.T)) {
+	t.Helper()
+	t.Run("consumer-protocol", func(t *testing.T) {
+		proto848 = true
+		defer func() { proto848 = false }()
+		body(t)
+	})
 }
 
 // fastOpts makes group joins, retries and polls quick on kfake.
 func fastOpts() Option {
+	if proto848 {
+		return option(func(c *config) {
+			kdeliver.WithGroupProtocol(kdeliver.ConsumerProtocol).ApplyConsumer(c.t)
+			WithKgoOpts(
+				kgo.MetadataMinAge(100*time.Millisecond),
+				kgo.RebalanceTimeout(5*time.Second),
+				kgo.FetchMaxWait(100*time.Millisecond),
+				kgo.RetryBackoffFn(func(int) time.Duration { return 20 * time.Millisecond }),
+			).ApplyConsumer(c.t)
+		})
+	}
 	return WithKgoOpts(
 		kgo.MetadataMinAge(100*time.Millisecond),
 		kgo.SessionTimeout(time.Second),

@@ -66,6 +66,13 @@ func (l *loop) prepare(ctx context.Context, c *client) error {
 		if err := ready.Wait(ctx, c.gts.Client(), s.scope, s.needed(), s.hd.Start(), s.log); err != nil {
 			return fmt.Errorf("eos: %w", err)
 		}
+		if s.hd.ConsumerProtocol() {
+			// kgo falls back to the classic protocol unseen on brokers
+			// without KIP-848: fail instead.
+			if err := ready.ConsumerProtocol(ctx, c.gts.Client(), s.scope); err != nil {
+				return fmt.Errorf("eos: %w", err)
+			}
+		}
 		l.checked = true
 	}
 	return s.prepare(ctx, c)

@@ -16,8 +16,35 @@ import (
 // come from package kdelivertest; this file holds what is particular to
 // sessions.
 
+// proto848 is set while a test body runs under KIP-848's consumer group
+// protocol (see under848): fastOpts then adds
+// kdeliver.WithGroupProtocol(kdeliver.ConsumerProtocol) and leaves out
+// WithSessionTimeout and kgo.HeartbeatInterval, which the broker owns there
+// (kdelivertest's kfake heartbeats 848 members every 250 ms). Tests of
+// this package do not run in parallel.
+var proto848 bool
+
+// under848 runs body as a subtest with every session of fastOpts joining
+// with the consumer group protocol.
+func under848(t *testing.T, body func(*testing.T)) {
+	t.Helper()
+	t.Run("consumer-protocol", func(t *testing.T) {
+		proto848 = true
+		defer func() { proto848 = false }()
+		body(t)
+	})
+}
+
 // fastOpts makes a session react in milliseconds on kfake.
 func fastOpts(extra ...Option) []Option {
+	if proto848 {
+		return append([]Option{
+			kdeliver.WithGroupProtocol(kdeliver.ConsumerProtocol),
+			WithTransactionTimeout(5 * time.Second),
+			kdeliver.WithBackoff(10*time.Millisecond, 100*time.Millisecond),
+			WithKgoOpts(kgo.MetadataMinAge(100*time.Millisecond), kgo.FetchMaxWait(200*time.Millisecond), kgo.DisableClientMetrics()),
+		}, extra...)
+	}
 	return append([]Option{
 		WithTransactionTimeout(5 * time.Second),
 		WithSessionTimeout(6 * time.Second),

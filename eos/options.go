@@ -43,6 +43,7 @@ type config struct {
 	commitInterval time.Duration
 	txnTimeout     time.Duration
 	sessionTimeout time.Duration
+	sessionSet     bool // WithSessionTimeout was given
 	outputTopic    string
 	deadLetter     string
 	kgoOpts        []kgo.Opt
@@ -88,11 +89,15 @@ func WithTransactionTimeout(d time.Duration) Option {
 	return option(func(c *config) { c.txnTimeout = d })
 }
 
-// WithSessionTimeout sets the consumer group session timeout, overriding
-// [DefaultSessionTimeout]. It must be above the transaction timeout and within
-// the broker's group.min/max.session.timeout.ms.
+// WithSessionTimeout sets the consumer group session timeout of the classic
+// protocol, overriding [DefaultSessionTimeout]. It must be above the
+// transaction timeout and within the broker's
+// group.min/max.session.timeout.ms. Under
+// kdeliver.WithGroupProtocol(kdeliver.ConsumerProtocol) the broker owns the
+// session timeout (group.consumer.session.timeout.ms) and this option is
+// refused.
 func WithSessionTimeout(d time.Duration) Option {
-	return option(func(c *config) { c.sessionTimeout = d })
+	return option(func(c *config) { c.sessionTimeout, c.sessionSet = d, true })
 }
 
 // WithDeadLetterTopic changes what happens to a record whose handler failed
@@ -146,7 +151,15 @@ func (c *config) validate(ps interface{ Add(bool, string) }) {
 	ps.Add(c.commitRecords < 1, fmt.Sprintf("commit every %d records: the count must be at least 1", c.commitRecords))
 	ps.Add(c.commitInterval <= 0, fmt.Sprintf("commit interval %v: it must be positive", c.commitInterval))
 	ps.Add(c.txnTimeout < time.Second, fmt.Sprintf("transaction timeout %v is below Kafka's 1s minimum", c.txnTimeout))
-	ps.Add(c.txnTimeout >= c.sessionTimeout, fmt.Sprintf("transaction timeout %v must be below the session timeout %v, or a member the group dropped could still commit: lower WithTransactionTimeout or raise WithSessionTimeout", c.txnTimeout, c.sessionTimeout))
+	if c.t.Handling.ConsumerProtocol() {
+		// KIP-848 needs Kafka 4.0+, so KIP-447 holds: a new owner's
+		// offset fetch waits for the old member's open transaction
+		// (RequireStable), and the coordinator refuses TxnOffsetCommit of
+		// a member whose epoch is gone. The classic rule below only adds
+		// a margin on brokers before 2.5.
+		ps.Add(c.sessionSet, fmt.Sprintf("eos.WithSessionTimeout(%v) does nothing under kdeliver.ConsumerProtocol, where the broker owns the session timeout: remove it, and set group.consumer.session.timeout.ms on the brokers (default 45 s) or consumer.session.timeout.ms on the group (kafka-configs.sh --entity-type groups)", c.sessionTimeout))
+	}
+	ps.Add(!c.t.Handling.ConsumerProtocol() && c.txnTimeout >= c.sessionTimeout, fmt.Sprintf("transaction timeout %v must be below the session timeout %v, or a member the group dropped could still commit: lower WithTransactionTimeout or raise WithSessionTimeout", c.txnTimeout, c.sessionTimeout))
 	ps.Add(c.commitInterval > 0 && c.txnTimeout > 0 && c.commitInterval*2 > c.txnTimeout, fmt.Sprintf("commit interval %v leaves no margin below the transaction timeout %v: keep it under half", c.commitInterval, c.txnTimeout))
 	ps.Add(c.t.Handling.MaxInFlight > 0 && c.t.Handling.Concurrency <= 1, "kdeliver.WithMaxInFlight bounds the records of concurrent handlers, and this session handles one record at a time: add kdeliver.WithConcurrency(n > 1, order) or remove it")
 	ps.Add(c.deadLetter != "" && c.t.Handling.MaxAttempts == 0, "WithDeadLetterTopic needs kdeliver.WithMaxAttempts(n): after how many attempts a record goes to the dead-letter topic")

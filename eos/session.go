@@ -120,7 +120,7 @@ type client struct {
 func New(brokers []string, group string, topics []string, transactionalID string, opts ...Option) (*Session, error) {
 	cfg := apply(opts)
 	prod := preset.Producer{Semantics: kdeliver.ExactlyOnce, TransactionalID: transactionalID, TxnIDHint: "a non-empty transactionalID to eos.New"}
-	cons := preset.Consumer{Semantics: kdeliver.ExactlyOnce, Group: group, Topics: topics}
+	cons := preset.Consumer{Semantics: kdeliver.ExactlyOnce, Group: group, Topics: topics, ConsumerProtocol: cfg.t.Handling.ConsumerProtocol()}
 	var ps preset.Problems
 	ps.Add(len(brokers) == 0, "no seed brokers: pass at least one host:port")
 	prod.Validate(&ps)
@@ -143,10 +143,11 @@ func New(brokers []string, group string, topics []string, transactionalID string
 	noTopics := cons
 	noTopics.Topics = nil
 	kopts = append(kopts, noTopics.Opts()...)
-	kopts = append(kopts,
-		kgo.TransactionTimeout(cfg.txnTimeout),
-		kgo.SessionTimeout(cfg.sessionTimeout),
-	)
+	kopts = append(kopts, kgo.TransactionTimeout(cfg.txnTimeout))
+	if !cons.ConsumerProtocol {
+		// Under KIP-848 the broker owns the session timeout.
+		kopts = append(kopts, kgo.SessionTimeout(cfg.sessionTimeout))
+	}
 
 	tp := cfg.t.Shared.TracerProvider
 	if tp == nil {
@@ -179,7 +180,7 @@ func New(brokers []string, group string, topics []string, transactionalID string
 	probe := preset.Build(append(kopts[:len(kopts):len(kopts)], kgo.WithContext(pctx)), cfg.kgoOpts, func(f preset.Facts, ps *preset.Problems) {
 		prod.Check(f, ps)
 		cons.Check(f, ps)
-		ps.Add(f.TxnTimeout >= f.SessionTimeout, fmt.Sprintf("a raw option left the transaction timeout %v not below the session timeout %v: use WithTransactionTimeout and WithSessionTimeout", f.TxnTimeout, f.SessionTimeout))
+		ps.Add(!cons.ConsumerProtocol && f.TxnTimeout >= f.SessionTimeout, fmt.Sprintf("a raw option left the transaction timeout %v not below the session timeout %v: use WithTransactionTimeout and WithSessionTimeout", f.TxnTimeout, f.SessionTimeout))
 		ps.Add(f.BlockRebalance, "a raw option set BlockRebalanceOnPoll, which the session does not release: remove it (a rebalance aborts the open transaction anyway)")
 		ps.Add(f.Consumes, "a raw option set the topics to consume: pass them to eos.New only (the session adds them once it has fenced earlier instances)")
 	}, &ps)

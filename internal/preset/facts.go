@@ -33,6 +33,9 @@ type Facts struct {
 	BlockRebalance  bool
 	TxnTimeout      time.Duration
 	SessionTimeout  time.Duration
+	Heartbeat       time.Duration
+	ServerSide      bool   // kgo.ServerSideBalancer: KIP-848 wanted
+	Balancer        string // the first balancer's Go type, which decides whether kgo runs KIP-848
 }
 
 // FactsOf reads the facts of cl.
@@ -59,7 +62,20 @@ func FactsOf(cl *kgo.Client) Facts {
 		BlockRebalance:  cl.OptValue(kgo.BlockRebalanceOnPoll).(bool),
 		TxnTimeout:      cl.OptValue(kgo.TransactionTimeout).(time.Duration),
 		SessionTimeout:  cl.OptValue(kgo.SessionTimeout).(time.Duration),
+		Heartbeat:       cl.OptValue(kgo.HeartbeatInterval).(time.Duration),
+		ServerSide:      cl.OptValue(kgo.ServerSideBalancer).(bool),
+		Balancer:        firstBalancer(cl),
 	}
+}
+
+// firstBalancer returns the Go type of cl's first group balancer, or "" if
+// it has none.
+func firstBalancer(cl *kgo.Client) string {
+	bs, _ := cl.OptValue(kgo.Balancers).([]kgo.GroupBalancer)
+	if len(bs) == 0 {
+		return ""
+	}
+	return fmt.Sprintf("%T", bs[0])
 }
 
 // with returns f with the fields that differ between from and to set as in

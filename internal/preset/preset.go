@@ -344,7 +344,23 @@ type Consumer struct {
 	ReadCommitted bool
 	// StartLatest starts a group without committed offsets at the end.
 	StartLatest bool
+	// ConsumerProtocol joins the group with KIP-848's consumer protocol
+	// (kdeliver.WithGroupProtocol(kdeliver.ConsumerProtocol)).
+	ConsumerProtocol bool
 }
+
+// kgo's defaults of the classic protocol's member-side timers, which the
+// broker owns under KIP-848 (kgo does not send them there).
+const (
+	kgoSessionTimeout = 45 * time.Second
+	kgoHeartbeat      = 3 * time.Second
+)
+
+// serverSideBalancers are the Go types of the balancers with which kgo
+// runs KIP-848 under kgo.ServerSideBalancer (sticky and cooperative-sticky
+// ask the broker for its uniform assignor, range for range); with any
+// other first balancer kgo falls back to the classic protocol.
+var serverSideBalancers = map[string]bool{"*kgo.stickyBalancer": true, "*kgo.rangeBalancer": true}
 
 func (c Consumer) start() kgo.Offset {
 	if c.StartLatest {
@@ -384,6 +400,11 @@ func (c Consumer) Opts() []kgo.Opt {
 	if c.committedOnly() {
 		opts = append(opts, kgo.FetchIsolationLevel(kgo.ReadCommitted()))
 	}
+	if c.ConsumerProtocol {
+		// kgo's default balancer (cooperative-sticky) makes it ask the
+		// broker for the uniform assignor.
+		opts = append(opts, kgo.ServerSideBalancer())
+	}
 	return opts
 }
 
@@ -399,6 +420,18 @@ func (c Consumer) Check(f Facts, ps *Problems) {
 		"a raw option changed the reset offset, which would skip records whose offset is out of range: remove kgo.ConsumeResetOffset")
 	ps.Add(f.StartOffset != c.start(),
 		"a raw option changed where a group without committed offsets starts: remove kgo.ConsumeStartOffset (consumer.WithStartAtLatest starts at the end without changing the reset)")
+	if !c.ConsumerProtocol {
+		ps.Add(f.ServerSide, "a raw option set kgo.ServerSideBalancer (KIP-848): use kdeliver.WithGroupProtocol(kdeliver.ConsumerProtocol) instead, which also checks the options that conflict with it and that the brokers serve it")
+		return
+	}
+	ps.Add(!f.ServerSide, "a raw option turned kgo.ServerSideBalancer off, but kdeliver.WithGroupProtocol(kdeliver.ConsumerProtocol) needs it: remove that option")
+	ps.Add(f.Balancer != "" && !serverSideBalancers[f.Balancer],
+		fmt.Sprintf("a raw kgo.Balancers option puts a %s first, with which kgo silently runs the classic protocol instead of kdeliver.ConsumerProtocol: "+
+			"remove it (under the consumer protocol the broker assigns partitions: kgo's default asks for its uniform assignor, kgo.Balancers(kgo.RangeBalancer()) for range), or use kdeliver.ClassicProtocol", f.Balancer))
+	ps.Add(f.SessionTimeout != kgoSessionTimeout,
+		fmt.Sprintf("a raw kgo.SessionTimeout(%v) does nothing under kdeliver.ConsumerProtocol, where the broker owns the session timeout: remove it, and set group.consumer.session.timeout.ms on the brokers (default 45 s) or consumer.session.timeout.ms on the group (kafka-configs.sh --entity-type groups)", f.SessionTimeout))
+	ps.Add(f.Heartbeat != kgoHeartbeat,
+		fmt.Sprintf("a raw kgo.HeartbeatInterval(%v) does nothing under kdeliver.ConsumerProtocol, where the broker tells each member when to heartbeat: remove it, and set group.consumer.heartbeat.interval.ms on the brokers (default 5 s) or consumer.heartbeat.interval.ms on the group (kafka-configs.sh --entity-type groups)", f.Heartbeat))
 }
 
 func acksName(a kgo.Acks) string {

@@ -253,3 +253,43 @@ func withBound(err error, bound time.Duration) error {
 func Missing(bound time.Duration, topics ...string) error {
 	return &missingError{topics: topics, bound: bound}
 }
+
+// ConsumerProtocol checks that the brokers serve KIP-848's consumer group
+// protocol: ConsumerGroupHeartbeat v1 or later, and the group.version
+// feature finalized at 1 or more. Without them kgo falls back to the
+// classic protocol without a word; a client built for the consumer
+// protocol fails instead with an error matching [kdeliver.ErrUnsupported].
+func ConsumerProtocol(ctx context.Context, cl *kgo.Client, sc fatal.Scope) error {
+	resp, err := kmsg.NewPtrApiVersionsRequest().RequestWith(ctx, cl)
+	if err == nil {
+		err = kerr.ErrorForCode(resp.ErrorCode)
+	}
+	if err != nil {
+		if ctx.Err() != nil && errors.Is(err, ctx.Err()) {
+			return err
+		}
+		if ferr := sc.Err(err); ferr != nil {
+			return ferr
+		}
+		return unreachable(sc.Brokers, err)
+	}
+	var hb int16 = -1
+	for _, k := range resp.ApiKeys {
+		if k.ApiKey == int16(kmsg.ConsumerGroupHeartbeat) {
+			hb = k.MaxVersion
+		}
+	}
+	var level int16
+	for _, f := range resp.FinalizedFeatures {
+		if f.Name == "group.version" {
+			level = f.MaxVersionLevel
+		}
+	}
+	if hb >= 1 && level >= 1 {
+		return nil
+	}
+	return fmt.Errorf("%w: kdeliver.WithGroupProtocol(kdeliver.ConsumerProtocol) needs KIP-848's consumer group protocol, "+
+		"and the brokers %v answer ConsumerGroupHeartbeat up to version %d (1 needed) with the group.version feature at %d (1 needed): "+
+		"use Kafka 4.0+ (4.3+ recommended) with group.version=1 (kafka-features.sh upgrade --feature group.version=1), or kdeliver.ClassicProtocol",
+		kdeliver.ErrUnsupported, sc.Brokers, hb, level)
+}

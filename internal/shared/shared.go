@@ -68,7 +68,24 @@ type Handling struct {
 	// gets each report.
 	HangBound time.Duration
 	OnHang    func(txnwatch.Report)
+	// GroupProtocol is the root's GroupProtocol (0: classic, 1: consumer,
+	// KIP-848); GroupProtocolSet records that kdeliver.WithGroupProtocol
+	// was given at all. A share group (share.New) has a protocol of its
+	// own and must reject the option when GroupProtocolSet is true.
+	GroupProtocol    int
+	GroupProtocolSet bool
 }
+
+// Protocols of Handling.GroupProtocol, mirrored by the root package's
+// GroupProtocol constants.
+const (
+	ClassicProtocol  = 0
+	ConsumerProtocol = 1
+)
+
+// ConsumerProtocol reports whether the group runs KIP-848's consumer
+// protocol.
+func (h Handling) ConsumerProtocol() bool { return h.GroupProtocol == ConsumerProtocol }
 
 // DefaultMaxInFlight is the bound on records in flight for a concurrency
 // of n: enough queued behind each handler to keep it busy.
