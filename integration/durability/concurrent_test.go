@@ -40,17 +40,20 @@ func TestHelperConcurrentConsumer(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer out.Close()
+	opts, proto, err := helperGroupOpts()
+	if err != nil {
+		t.Fatal(err)
+	}
 	brokers := strings.Split(os.Getenv(integration.EnvBrokers), ",")
 	c, err := consumer.New(brokers, os.Getenv(envGroup), []string{os.Getenv(envTopic)}, kdeliver.AtLeastOnce,
-		kdeliver.WithConcurrency(concurrentHandlers, kdeliver.ByKey), consumer.WithCommitInterval(concurrentCommits),
-		consumer.WithKgoOpts(kgo.SessionTimeout(sessionTimeout), kgo.HeartbeatInterval(time.Second)))
+		append(opts, kdeliver.WithConcurrency(concurrentHandlers, kdeliver.ByKey), consumer.WithCommitInterval(concurrentCommits))...)
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM)
 	defer stop()
 	pid := os.Getpid()
-	fmt.Printf("consumer %d: concurrent by key, group %s\n", pid, os.Getenv(envGroup))
+	fmt.Printf("consumer %d: concurrent by key, %s protocol, group %s\n", pid, proto, os.Getenv(envGroup))
 	err = c.Run(ctx, func(_ context.Context, rec *kgo.Record) error {
 		time.Sleep(concurrentDelay)
 		// One write(2) a line: lines of concurrent handlers do not mix.
@@ -70,7 +73,12 @@ func TestHelperConcurrentConsumer(t *testing.T) {
 // order; and a record handled again after a kill is at or past the offset
 // committed when its first handler was killed (commits are gap-free).
 func TestConcurrentConsumerKills(t *testing.T) {
-	c := integration.Start(t, integration.WithNodes(3))
+	concurrentConsumerKills(t, integration.Start(t, integration.WithNodes(3)), kdeliver.ClassicProtocol)
+}
+
+// concurrentConsumerKills is [TestConcurrentConsumerKills] with the
+// consumers joining with group protocol proto.
+func concurrentConsumerKills(t *testing.T, c *integration.Cluster, proto kdeliver.GroupProtocol) {
 	ctx := timeout(t, 5*time.Minute)
 	if err := c.WaitInSync(ctx); err != nil {
 		t.Fatal(err)
@@ -90,7 +98,7 @@ func TestConcurrentConsumerKills(t *testing.T) {
 	}
 
 	out := filepath.Join(t.TempDir(), "handled")
-	env := append(c.Env(), envGroup+"="+group, envTopic+"="+topic, envOut+"="+out)
+	env := append(c.Env(), envGroup+"="+group, envTopic+"="+topic, envOut+"="+out, envProtocol+"="+proto.String())
 	start := func() *integration.Process {
 		return integration.StartHelper(t, "TestHelperConcurrentConsumer", env...)
 	}
@@ -132,6 +140,9 @@ func TestConcurrentConsumerKills(t *testing.T) {
 		p = start()
 	}
 	if err := waitCommitted(ctx, c, group, topic, p); err != nil {
+		t.Fatal(err)
+	}
+	if err := checkGroupProtocol(ctx, c, group, proto); err != nil {
 		t.Fatal(err)
 	}
 	if err := p.Signal(syscall.SIGTERM); err != nil {
@@ -194,6 +205,7 @@ func TestConcurrentConsumerKills(t *testing.T) {
 		}
 	}
 	r := newResult(c, "concurrent-consumer-kills", kdeliver.AtLeastOnce)
+	r.set("protocol", proto)
 	r.set("records", consumerRecords)
 	r.set("handlers", concurrentHandlers)
 	r.set("order", kdeliver.ByKey)

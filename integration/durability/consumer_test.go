@@ -67,15 +67,18 @@ func TestHelperConsumer(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer out.Close()
+	opts, proto, err := helperGroupOpts()
+	if err != nil {
+		t.Fatal(err)
+	}
 	brokers := strings.Split(os.Getenv(integration.EnvBrokers), ",")
-	c, err := consumer.New(brokers, os.Getenv(envGroup), []string{os.Getenv(envTopic)}, sem,
-		consumer.WithKgoOpts(kgo.SessionTimeout(sessionTimeout), kgo.HeartbeatInterval(time.Second)))
+	c, err := consumer.New(brokers, os.Getenv(envGroup), []string{os.Getenv(envTopic)}, sem, opts...)
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM)
 	defer stop()
-	fmt.Printf("consumer %d: %s, group %s\n", os.Getpid(), sem, os.Getenv(envGroup))
+	fmt.Printf("consumer %d: %s, %s protocol, group %s\n", os.Getpid(), sem, proto, os.Getenv(envGroup))
 	err = c.Run(ctx, func(_ context.Context, rec *kgo.Record) error {
 		time.Sleep(delay)
 		_, err := fmt.Fprintf(out, "%d %d %s\n", rec.Partition, rec.Offset, rec.Value)
@@ -88,12 +91,14 @@ func TestHelperConsumer(t *testing.T) {
 }
 
 // consumerKills runs the commit-order test for AtLeastOnce and AtMostOnce
-// side by side, each with its own topic and group.
-func consumerKills(t *testing.T, c *integration.Cluster) {
+// side by side, each with its own topic and group, the consumers joining
+// with group protocol proto (the consumer protocol needs the cluster's
+// [consumerProtocolBrokers]).
+func consumerKills(t *testing.T, c *integration.Cluster, proto kdeliver.GroupProtocol) {
 	for _, sem := range []kdeliver.Semantics{kdeliver.AtLeastOnce, kdeliver.AtMostOnce} {
 		t.Run(sem.String(), func(t *testing.T) {
 			t.Parallel()
-			consumerKill(t, c, sem)
+			consumerKill(t, c, sem, proto)
 		})
 	}
 }
@@ -102,7 +107,7 @@ func consumerKills(t *testing.T, c *integration.Cluster) {
 // process that is SIGKILLed at each of killAt and replaced, stops the last
 // one with SIGTERM once everything is committed, and counts how often the
 // handlers saw each record.
-func consumerKill(t *testing.T, c *integration.Cluster, sem kdeliver.Semantics) {
+func consumerKill(t *testing.T, c *integration.Cluster, sem kdeliver.Semantics, proto kdeliver.GroupProtocol) {
 	ctx := timeout(t, 5*time.Minute)
 	if err := c.WaitInSync(ctx); err != nil {
 		t.Fatal(err)
@@ -124,7 +129,7 @@ func consumerKill(t *testing.T, c *integration.Cluster, sem kdeliver.Semantics) 
 	out := filepath.Join(t.TempDir(), "handled")
 	env := append(c.Env(),
 		envSemantics+"="+sem.String(), envGroup+"="+group, envTopic+"="+topic,
-		envOut+"="+out, envDelay+"="+consumerDelay.String())
+		envOut+"="+out, envDelay+"="+consumerDelay.String(), envProtocol+"="+proto.String())
 	start := func() *integration.Process { return integration.StartHelper(t, "TestHelperConsumer", env...) }
 	began := time.Now()
 	p := start()
@@ -147,6 +152,9 @@ func consumerKill(t *testing.T, c *integration.Cluster, sem kdeliver.Semantics) 
 		p = start()
 	}
 	if err := waitCommitted(ctx, c, group, topic, p); err != nil {
+		t.Fatal(err)
+	}
+	if err := checkGroupProtocol(ctx, c, group, proto); err != nil {
 		t.Fatal(err)
 	}
 	if err := p.Signal(syscall.SIGTERM); err != nil {
@@ -183,6 +191,7 @@ func consumerKill(t *testing.T, c *integration.Cluster, sem kdeliver.Semantics) 
 		dup += max(0, n-1)
 	}
 	r := newResult(c, "consumer-kills", sem)
+	r.set("protocol", proto)
 	r.set("records", consumerRecords)
 	r.set("handled", len(seen)-lost+dup)
 	r.set("lost", lost)

@@ -14,14 +14,16 @@ import (
 )
 
 // TestThreeNodes runs the suite on three nodes: replication factor 3,
-// min.insync.replicas 2, unclean leader election off.
+// min.insync.replicas 2, unclean leader election off. The consumer kills
+// run under both group protocols, classic and KIP-848's consumer protocol.
 func TestThreeNodes(t *testing.T) {
-	c := integration.Start(t, integration.WithNodes(3))
+	c := integration.Start(t, append([]integration.Option{integration.WithNodes(3)}, consumerProtocolBrokers...)...)
 	t.Run("ProducerLeaderKills", func(t *testing.T) {
 		requireReal(t, c, "kfake keeps no replicas: killing a partition leader proves nothing about durability")
 		producerDurability(t, c, 3)
 	})
-	t.Run("ConsumerKills", func(t *testing.T) { consumerKills(t, c) })
+	t.Run("ConsumerKills", func(t *testing.T) { consumerKills(t, c, kdeliver.ClassicProtocol) })
+	t.Run("ConsumerKills848", func(t *testing.T) { consumerKills(t, c, kdeliver.ConsumerProtocol) })
 	t.Run("NotEnoughReplicas", func(t *testing.T) {
 		requireReal(t, c, "kfake has no in-sync replicas and no min.insync.replicas")
 		brokersDown(t, c, 2)
@@ -33,7 +35,7 @@ func TestThreeNodes(t *testing.T) {
 func TestSingleNode(t *testing.T) {
 	c := integration.Start(t, integration.WithNodes(1))
 	t.Run("Producer", func(t *testing.T) { producerDurability(t, c, 0) })
-	t.Run("ConsumerKills", func(t *testing.T) { consumerKills(t, c) })
+	t.Run("ConsumerKills", func(t *testing.T) { consumerKills(t, c, kdeliver.ClassicProtocol) })
 	t.Run("BrokerDown", func(t *testing.T) {
 		requireReal(t, c, "a removed kfake node keeps its data in the test process: nothing is restarted")
 		brokersDown(t, c, 1)

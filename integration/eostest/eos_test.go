@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kdeliver/kdeliver"
 	"github.com/kdeliver/kdeliver/eos"
 	"github.com/kdeliver/kdeliver/integration"
 	"github.com/kdeliver/kdeliver/kdelivertest"
@@ -19,7 +20,8 @@ import (
 // transaction, a third of the transactions aborted at random by the
 // handler. fault is "copier" (SIGKILL the copier process and start a new one
 // with the same transactional ID) or "brokers" (SIGKILL node 1, 2, 3 in turn
-// and restart it), once at each progress fraction in at.
+// and restart it), once at each progress fraction in at. The copiers join
+// their group with protocol (classic unless set).
 type t1 struct {
 	n                 int
 	inParts, outParts int
@@ -27,12 +29,13 @@ type t1 struct {
 	fault             string
 	at                []float64
 	delay             string
+	protocol          kdeliver.GroupProtocol
 }
 
 func (sc t1) run(t *testing.T) {
 	s := newScenario(t, 15*time.Minute, sc.n, sc.inParts, sc.outParts)
 	txnID := s.in + "-copier"
-	env := []string{envAbortEvery + "=750", envDelay + "=" + sc.delay}
+	env := []string{envAbortEvery + "=750", envDelay + "=" + sc.delay, protocolEnv(sc.protocol)}
 	if sc.ordered {
 		// One input partition, so one output key: the audit checks the
 		// order of the whole output.
@@ -56,7 +59,10 @@ func (sc t1) run(t *testing.T) {
 		}
 	}
 	s.wait(1, p)
-	t.Logf("copied %d records in %s with %d %s faults", sc.n, time.Since(began).Round(time.Second), len(sc.at), sc.fault)
+	t.Logf("copied %d records in %s with %d %s faults (%s protocol)", sc.n, time.Since(began).Round(time.Second), len(sc.at), sc.fault, sc.protocol)
+	if sc.protocol == kdeliver.ConsumerProtocol {
+		checkConsumerGroup(t, s.ctx, s.group)
+	}
 	a, _ := s.finish(p)
 	if sc.ordered && len(a.Reordered) > 0 {
 		t.Fatalf("output order broken: %d records came after a later one, e.g. %q", len(a.Reordered), a.Reordered[:min(5, len(a.Reordered))])
@@ -171,8 +177,19 @@ func lastLines(s string, n int) string {
 
 // T1, clients: the copier process is SIGKILLed 3 times at ≥ 20 % progress.
 func TestT1CopierKilled(t *testing.T) {
-	t1{n: 30000, inParts: 2, outParts: 3, fault: "copier", at: []float64{0.2, 0.45, 0.7}, delay: "100us"}.run(t)
+	t1copierKilled.run(t)
 }
+
+// T1, clients, under KIP-848's consumer group protocol.
+// Half the records, to keep the rerun short: the faults are the same.
+func TestT1CopierKilled848(t *testing.T) {
+	sc := t1copierKilled
+	sc.n /= 2
+	sc.protocol = kdeliver.ConsumerProtocol
+	sc.run(t)
+}
+
+var t1copierKilled = t1{n: 30000, inParts: 2, outParts: 3, fault: "copier", at: []float64{0.2, 0.45, 0.7}, delay: "100us"}
 
 // T1, ordered: 1 → 1 partition, 10,000 records; output equals input in order.
 func TestT1CopierKilledOrdered(t *testing.T) {
@@ -189,9 +206,17 @@ func TestT1BrokersKilled(t *testing.T) {
 // (SIGSTOP) past its session timeout and its transaction timeout, then
 // resumed: the group has moved on, its late commit must fail, and nothing it
 // wrote may become visible. 0 duplicates, 0 lost, per-partition order kept.
-func TestT2GroupZombie(t *testing.T) {
+func TestT2GroupZombie(t *testing.T) { t2GroupZombie(t, kdeliver.ClassicProtocol) }
+
+// T2 under KIP-848's consumer group protocol: the broker removes the frozen
+// member after group.consumer.session.timeout.ms and fences its member
+// epoch; its late offset commit fails on that epoch or on its producer
+// epoch, bumped when the broker aborted its transaction.
+func TestT2GroupZombie848(t *testing.T) { t2GroupZombie(t, kdeliver.ConsumerProtocol) }
+
+func t2GroupZombie(t *testing.T, proto kdeliver.GroupProtocol) {
 	s := newScenario(t, 15*time.Minute, 30000, 6, 6)
-	env := []string{envAbortEvery + "=750", envDelay + "=1ms", envKeyByPart + "=1"}
+	env := []string{envAbortEvery + "=750", envDelay + "=1ms", envKeyByPart + "=1", protocolEnv(proto)}
 	var ps []*integration.Process
 	for i := range 3 {
 		ps = append(ps, s.copier(s.in+"-copier-"+strconv.Itoa(i), env...))
@@ -201,15 +226,18 @@ func TestT2GroupZombie(t *testing.T) {
 	if err := zombie.Pause(); err != nil {
 		t.Fatal(err)
 	}
-	t.Logf("SIGSTOP copier 0 at %.1f%% for 15s (session timeout 10s, transaction timeout 8s)", 100*s.progress())
+	t.Logf("SIGSTOP copier 0 at %.1f%% for 15s (%s protocol, session timeout 10s, transaction timeout 8s)", 100*s.progress(), proto)
 	time.Sleep(15 * time.Second)
 	if err := zombie.Resume(); err != nil {
 		t.Fatal(err)
 	}
 	t.Logf("SIGCONT copier 0 at %.1f%%", 100*s.progress())
 	s.wait(1, ps[1:]...)
+	if proto == kdeliver.ConsumerProtocol {
+		checkConsumerGroup(t, s.ctx, s.group)
+	}
 	a, _ := s.finish(ps...)
-	t.Logf("zombie output:\n%s", lastLines(zombie.Output(), 15))
+	t.Logf("zombie output (without its stats lines):\n%s", lastLines(withoutStats(zombie.Output()), 15))
 	// Each input partition's records went to one output key, in order.
 	if len(a.Reordered) > 0 {
 		t.Fatalf("per input partition order broken: %d records came after a later one of their partition, e.g. %q", len(a.Reordered), a.Reordered[:min(5, len(a.Reordered))])

@@ -43,7 +43,7 @@ func TestMain(m *testing.M) {
 	ctx := context.Background()
 	began := time.Now()
 	var err error
-	cluster, err = integration.New(ctx, integration.WithNodes(3))
+	cluster, err = integration.New(ctx, append([]integration.Option{integration.WithNodes(3)}, consumerProtocolBrokers...)...)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
@@ -69,6 +69,7 @@ const (
 	envSlowFor    = "EOSTEST_SLOW_FOR"
 	envTxnTimeout = "EOSTEST_TXN_TIMEOUT"
 	envKeyByPart  = "EOSTEST_KEY_BY_PARTITION" // output key = input partition (order checks of T1 ordered, T2)
+	envProtocol   = "EOSTEST_PROTOCOL"         // group protocol: classic (unset) or consumer (KIP-848)
 
 	// statsPrefix starts the copier's periodic line of eos.Stats (JSON).
 	statsPrefix = "copier stats: "
@@ -88,15 +89,27 @@ func TestHelperCopier(t *testing.T) {
 	if d, err := time.ParseDuration(os.Getenv(envTxnTimeout)); err == nil {
 		txnTimeout = d
 	}
-	s, err := eos.New(brokers, os.Getenv(envGroup), []string{os.Getenv(envIn)}, os.Getenv(envTxnID),
+	opts := []eos.Option{
 		eos.WithOutputTopic(os.Getenv(envOut)),
 		eos.WithCommitEvery(250, 500*time.Millisecond),
 		eos.WithTransactionTimeout(txnTimeout),
-		eos.WithSessionTimeout(10*time.Second),
 		kdeliver.WithMaxAttempts(20),
 		eos.WithKgoOpts(kgo.MetadataMinAge(time.Second)),
 		kdeliver.WithClientID(os.Getenv(envTxnID)),
-	)
+	}
+	var proto kdeliver.GroupProtocol
+	if v := os.Getenv(envProtocol); v != "" {
+		if err := proto.UnmarshalText([]byte(v)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if proto == kdeliver.ConsumerProtocol {
+		// The brokers set the session timeout: consumerProtocolBrokers.
+		opts = append(opts, kdeliver.WithGroupProtocol(proto))
+	} else {
+		opts = append(opts, eos.WithSessionTimeout(copierSession))
+	}
+	s, err := eos.New(brokers, os.Getenv(envGroup), []string{os.Getenv(envIn)}, os.Getenv(envTxnID), opts...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -113,6 +126,7 @@ func TestHelperCopier(t *testing.T) {
 			fmt.Printf("%s%s\n", statsPrefix, b)
 		}
 	}()
+	fmt.Printf("copier %d: %s protocol, group %s, transactional ID %s\n", os.Getpid(), proto, os.Getenv(envGroup), os.Getenv(envTxnID))
 	var aborts int
 	err = s.Run(context.Background(), func(_ context.Context, in *kgo.Record, emit func(*kgo.Record)) error {
 		if delay > 0 {
