@@ -71,9 +71,14 @@ func TestHelperConcurrentConsumer(t *testing.T) {
 // replaced, the last one stops on SIGTERM once everything is committed.
 // Nothing is lost; each process handles each key's records in offset
 // order; and a record handled again after a kill is at or past the offset
-// committed when its first handler was killed (commits are gap-free).
+// committed when its first handler was killed (commits are gap-free). It
+// runs under each group protocol in turn, on one cluster: classic, then
+// KIP-848's consumer protocol.
 func TestConcurrentConsumerKills(t *testing.T) {
-	concurrentConsumerKills(t, integration.Start(t, integration.WithNodes(3)), kdeliver.ClassicProtocol)
+	c := integration.Start(t, append([]integration.Option{integration.WithNodes(3)}, consumerProtocolBrokers...)...)
+	for _, proto := range []kdeliver.GroupProtocol{kdeliver.ClassicProtocol, kdeliver.ConsumerProtocol} {
+		t.Run(proto.String(), func(t *testing.T) { concurrentConsumerKills(t, c, proto) })
+	}
 }
 
 // concurrentConsumerKills is [TestConcurrentConsumerKills] with the

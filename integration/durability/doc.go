@@ -55,6 +55,16 @@
 // kill). AtMostOnce: no record handled twice, losses counted (at most one
 // poll's worth per kill).
 //
+// Group protocols: the consumer kills of [TestThreeNodes] and
+// [TestConcurrentConsumerKills] run again with
+// kdeliver.WithGroupProtocol(kdeliver.ConsumerProtocol) (KIP-848:
+// TestThreeNodes/ConsumerKills848, TestConcurrentConsumerKills/consumer),
+// with the same bounds. The broker owns the session timeout and heartbeat
+// interval there, so these clusters set group.consumer.session.timeout.ms
+// to 6 s and group.consumer.heartbeat.interval.ms to 1 s (and lower their
+// minimums), the classic helpers' values; each run checks that the broker
+// lists the group as a consumer-protocol group.
+//
 // Not enough replicas: with 2 of 3 nodes SIGKILLed, an AtLeastOnce Produce
 // with a 10 s delivery timeout must return a *kdeliver.DeliveryError (not
 // hang, not succeed); after the nodes restart the same producer writes again
