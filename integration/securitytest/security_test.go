@@ -9,16 +9,19 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"errors"
+	"fmt"
 	"math/big"
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/kmsg"
 
 	"github.com/kdeliver/kdeliver"
 	"github.com/kdeliver/kdeliver/consumer"
@@ -26,6 +29,7 @@ import (
 	"github.com/kdeliver/kdeliver/integration"
 	"github.com/kdeliver/kdeliver/kdelivertest"
 	"github.com/kdeliver/kdeliver/producer"
+	"github.com/kdeliver/kdeliver/share"
 )
 
 const (
@@ -102,6 +106,7 @@ func subjects(sec *integration.Security) []subject {
 		{name: "consumer at-least-once", acls: consumerACLs, seed: true, run: consume(sec, kdeliver.AtLeastOnce), verify: verifyCommitted},
 		{name: "consumer at-most-once", acls: consumerACLs, seed: true, run: consume(sec, kdeliver.AtMostOnce), verify: verifyCommitted},
 		{name: "eos session", acls: sessionACLs, seed: true, run: copyEOS(sec), verify: verifyCopied},
+		{name: "share consumer", acls: consumerACLs, seed: true, run: consumeShare(sec), verify: func(*testing.T, context.Context, names) {}},
 	}
 }
 
@@ -182,6 +187,72 @@ func consume(sec *integration.Security, sem kdeliver.Semantics) func(ctx context
 		go stopWhenCommitted(rctx, stop, n.group, n.in)
 		return c.Run(rctx, func(context.Context, *kgo.Record) error { return nil })
 	}
+}
+
+// consumeShare reads n.in as a share group, at least once, and returns
+// nil once every record was handled. The group starts at the earliest
+// offset, set by the super user (share.WithStartAtEarliest would need
+// AlterConfigs on the group too).
+func consumeShare(sec *integration.Security) func(ctx context.Context, n names, opts []kdeliver.Option) error {
+	return func(ctx context.Context, n names, opts []kdeliver.Option) error {
+		if err := startEarliest(ctx, n.group); err != nil {
+			return fmt.Errorf("setting share.auto.offset.reset on %s as the super user: %w", n.group, err)
+		}
+		var so []share.Option
+		for _, o := range opts {
+			so = append(so, o)
+		}
+		c, err := share.New(sec.Brokers(), n.group, []string{n.in}, kdeliver.AtLeastOnce, so...)
+		if err != nil {
+			return err
+		}
+		defer closeWithin(c.Close)
+		rctx, stop := context.WithCancel(ctx)
+		defer stop()
+		var mu sync.Mutex
+		seen := map[string]bool{}
+		err = c.Run(rctx, func(_ context.Context, r *kgo.Record) error {
+			mu.Lock()
+			defer mu.Unlock()
+			seen[string(r.Value)] = true
+			if len(seen) == records {
+				stop()
+			}
+			return nil
+		})
+		if err == nil && len(seen) != records {
+			return fmt.Errorf("the share consumer stopped with %d of %d records handled", len(seen), records)
+		}
+		return err
+	}
+}
+
+// startEarliest sets group's share.auto.offset.reset to earliest through
+// the PLAINTEXT listener.
+func startEarliest(ctx context.Context, group string) error {
+	cl, err := cluster.NewClient()
+	if err != nil {
+		return err
+	}
+	defer cl.Close()
+	req := kmsg.NewPtrIncrementalAlterConfigsRequest()
+	res := kmsg.NewIncrementalAlterConfigsRequestResource()
+	res.ResourceType, res.ResourceName = kmsg.ConfigResourceTypeGroupConfig, group
+	c := kmsg.NewIncrementalAlterConfigsRequestResourceConfig()
+	v := "earliest"
+	c.Name, c.Value, c.Op = "share.auto.offset.reset", &v, kmsg.IncrementalAlterConfigOpSet
+	res.Configs = append(res.Configs, c)
+	req.Resources = append(req.Resources, res)
+	resp, err := req.RequestWith(ctx, cl)
+	if err != nil {
+		return err
+	}
+	for _, r := range resp.Resources {
+		if err := kerr.ErrorForCode(r.ErrorCode); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func copyEOS(sec *integration.Security) func(ctx context.Context, n names, opts []kdeliver.Option) error {
