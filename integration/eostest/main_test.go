@@ -173,10 +173,24 @@ func timeout(t *testing.T, d time.Duration) context.Context {
 	return ctx
 }
 
-// topics creates input and output topics with fresh names for one test.
+// runs counts the runs of each test in this process: with -count=N the
+// cluster outlives a test, and a rerun needs topics of its own.
+var runs = struct {
+	sync.Mutex
+	n map[string]int
+}{n: map[string]int{}}
+
+// topics creates input and output topics with fresh names for one test:
+// the test's name, and from its second run on (-count) the run's number.
 func topics(t *testing.T, ctx context.Context, inParts, outParts int) (in, out string) {
 	t.Helper()
 	name := strings.NewReplacer("/", "-", " ", "-").Replace(t.Name())
+	runs.Lock()
+	runs.n[name]++
+	if n := runs.n[name]; n > 1 {
+		name += "-run" + strconv.Itoa(n)
+	}
+	runs.Unlock()
 	in, out = name+"-in", name+"-out"
 	if err := cluster.CreateTopic(ctx, in, inParts); err != nil {
 		t.Fatal(err)
