@@ -31,36 +31,68 @@ func brokerProps(node, nodes int, listeners map[string]string, sec *securityConf
 		minISR = 2
 	}
 	props := map[string]string{
-		"process.roles":                                    "broker,controller",
-		"node.id":                                          strconv.Itoa(node),
-		"log.dirs":                                         logDir,
-		"num.network.threads":                              "2",
-		"num.io.threads":                                   "2",
-		"num.replica.fetchers":                             "1",
-		"num.recovery.threads.per.data.dir":                "1",
-		"background.threads":                               "2",
-		"log.cleaner.threads":                              "1",
-		"log.cleaner.dedupe.buffer.size":                   strconv.Itoa(16 << 20),
-		"group.initial.rebalance.delay.ms":                 "0",
-		"num.partitions":                                   "1",
-		"default.replication.factor":                       strconv.Itoa(rf),
-		"min.insync.replicas":                              strconv.Itoa(minISR),
-		"unclean.leader.election.enable":                   "false",
-		"auto.create.topics.enable":                        "false",
-		"offsets.topic.replication.factor":                 strconv.Itoa(rf),
-		"offsets.topic.num.partitions":                     "6",
-		"transaction.state.log.replication.factor":         strconv.Itoa(rf),
-		"transaction.state.log.min.isr":                    strconv.Itoa(minISR),
-		"transaction.state.log.num.partitions":             "6",
-		"share.coordinator.state.topic.replication.factor": strconv.Itoa(rf),
-		"share.coordinator.state.topic.min.isr":            strconv.Itoa(minISR),
+		"process.roles":                            "broker,controller",
+		"node.id":                                  strconv.Itoa(node),
+		"log.dirs":                                 logDir,
+		"num.network.threads":                      "2",
+		"num.io.threads":                           "2",
+		"num.replica.fetchers":                     "1",
+		"num.recovery.threads.per.data.dir":        "1",
+		"background.threads":                       "2",
+		"log.cleaner.threads":                      "1",
+		"log.cleaner.dedupe.buffer.size":           strconv.Itoa(16 << 20),
+		"group.initial.rebalance.delay.ms":         "0",
+		"num.partitions":                           "1",
+		"default.replication.factor":               strconv.Itoa(rf),
+		"min.insync.replicas":                      strconv.Itoa(minISR),
+		"unclean.leader.election.enable":           "false",
+		"auto.create.topics.enable":                "false",
+		"offsets.topic.replication.factor":         strconv.Itoa(rf),
+		"offsets.topic.num.partitions":             "6",
+		"transaction.state.log.replication.factor": strconv.Itoa(rf),
+		"transaction.state.log.min.isr":            strconv.Itoa(minISR),
+		"transaction.state.log.num.partitions":     "6",
 	}
+	maps.Copy(props, shareGroupProps(rf, minISR))
 	maps.Copy(props, listeners)
 	if sec != nil {
 		maps.Copy(props, sec.brokerProps())
 	}
 	maps.Copy(props, extra)
 	return props
+}
+
+// shareGroupProps are the broker settings of share groups (KIP-932),
+// sized for tests. Kafka 4.2+ finalizes share.version when it formats the
+// log directory (4.4.0 formats share.version=2: StorageTool
+// version-mapping, and ApiVersions of a running node, say so), so share
+// groups need no --feature flag and no group.coordinator.rebalance.protocols
+// or unstable-API setting; what is set here:
+//
+//   - __share_group_state, where the share coordinator keeps each
+//     share-partition's state, replicated like the offsets topic (rf,
+//     min.insync.replicas) and with 6 partitions instead of 50 (50 × rf
+//     replicas are slow to create on two cores);
+//   - group.share.heartbeat.interval.ms 1 s instead of 5 s: a member gets
+//     its assignment with a heartbeat, so this is most of the first
+//     record's wait after a join (5.4 s → 3.4 s measured on one node);
+//   - group.share.session.timeout.ms 10 s instead of 45 s: a member that
+//     died (SIGKILL) keeps its assignment until its session expires (the
+//     records it held are released when its connection closes);
+//   - the minimums lowered (heartbeat 500 ms, session 3 s, record lock
+//     1 s) so that a test may set shorter share.* configs on its group;
+//     the record acquisition lock stays at Kafka's 30 s.
+func shareGroupProps(rf, minISR int) map[string]string {
+	return map[string]string{
+		"share.coordinator.state.topic.replication.factor": strconv.Itoa(rf),
+		"share.coordinator.state.topic.min.isr":            strconv.Itoa(minISR),
+		"share.coordinator.state.topic.num.partitions":     "6",
+		"group.share.heartbeat.interval.ms":                "1000",
+		"group.share.min.heartbeat.interval.ms":            "500",
+		"group.share.session.timeout.ms":                   "10000",
+		"group.share.min.session.timeout.ms":               "3000",
+		"group.share.min.record.lock.duration.ms":          "1000",
+	}
 }
 
 // loopbackListeners are the listeners of node when every node shares the
