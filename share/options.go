@@ -62,11 +62,15 @@ func apply(opts []Option) *config {
 	return c
 }
 
-// WithMaxRecords caps the records of one poll (and of one ShareFetch),
-// overriding [DefaultMaxRecords]. A poll's records are all acknowledged
-// before the next poll (franz-go accepts what is left at the next poll), so
-// it is also the most records in flight: under AtMostOnce the most a crash
-// can lose, under AtLeastOnce the most a crash can deliver again.
+// WithMaxRecords caps the records of one poll (and of one ShareFetch:
+// the broker splits batches to keep to it), overriding
+// [DefaultMaxRecords]. A consumer holds the poll in hand and at most one
+// poll more, fetched ahead. Under AtMostOnce a poll's records are accepted
+// before its handlers run, so a crash loses at most the poll in hand.
+// Under AtLeastOnce a crash delivers again what the consumer held (at most
+// two polls, their delivery counts raised) and the records handled in
+// about the last second, whose accepts franz-go had not sent yet (it sends
+// them with the next fetch, or on their own after 1 s).
 func WithMaxRecords(n int) Option {
 	return option(func(c *config) {
 		if n < 1 {

@@ -14,8 +14,15 @@
 //     ([kdeliver.WithMaxAttempts], default [DefaultMaxDeliveries]) it is
 //     written to the dead-letter topic ([WithDeadLetterTopic]), which all
 //     in-sync replicas acknowledge before the record is rejected. A crash
-//     delivers the records it held again once their acquisition lock
-//     (group.share.record.lock.duration.ms) expires.
+//     delivers the records it held again (at most two polls, see
+//     [WithMaxRecords]) when its connections close, or at the latest once
+//     their acquisition lock (group.share.record.lock.duration.ms)
+//     expires. Deliveries are counted by the broker, not handler calls:
+//     each crash raises the count of the records the consumer held, so a
+//     record may meet its last delivery at its first handler call, and a
+//     record held by group.share.delivery.count.limit (5) crashed
+//     consumers is archived by the broker unhandled. Consumers that crash
+//     in a loop should have that limit raised.
 //   - [kdeliver.ExactlyOnce] is refused: share acknowledgements are not
 //     part of Kafka transactions (Kafka 4.4), so no write can commit with
 //     them. [NewWithGuard] gives the effect of each record once: an
@@ -210,7 +217,16 @@ func newConsumer(brokers []string, group string, topics []string, sem kdeliver.S
 	c.tracer = tracer
 	c.kopts = append(base, kgo.SeedBrokers(brokers...),
 		kgo.ShareGroup(group), kgo.ConsumeTopics(topics...),
-		kgo.ShareMaxRecords(int32(min(cfg.maxRecords, 1<<30))))
+		kgo.ShareMaxRecords(int32(min(cfg.maxRecords, 1<<30))),
+		// What a consumer holds acquired is bounded: a fetch returns at
+		// most a poll's records (KIP-1206's record-limit mode, the broker
+		// splits batches), and one fetch at a time is in flight or
+		// buffered, so a consumer holds the poll in hand and at most one
+		// more. Unbounded, kgo buffered thousands; a crash releases them
+		// all with their delivery count raised, and a record held by
+		// group.share.delivery.count.limit crashed consumers is archived
+		// by the broker without reaching a handler.
+		kgo.ShareMaxRecordsStrict(), kgo.MaxConcurrentFetches(1))
 	if cfg.deadLetter != "" {
 		// Dead letters: acks=all and idempotent (kgo's defaults, set
 		// again), cancellable so that a stop is not held by a write.
