@@ -1,0 +1,221 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"fmt"
+	"io"
+	"os"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/kdeliver/kdeliver/integration"
+)
+
+// env is what every turn gets.
+type env struct {
+	cfg     config
+	c       *integration.Cluster
+	brokers []string
+	payload *payload
+	javaCP  string // classpath of Kafka's tools; "" without -java
+	seq     int    // names topics, groups and transactional IDs uniquely
+	topic   string // the topic of the turn running
+	// javaBase is the CPU of each Java tool on a tiny input, by class.
+	javaBase map[string]time.Duration
+}
+
+// name returns a new unique name with prefix.
+func (e *env) name(prefix string) string {
+	e.seq++
+	return fmt.Sprintf("%s-%d-%d", prefix, os.Getpid(), e.seq)
+}
+
+// payload is random bytes that record values are cut from: each 1 KiB value
+// is incompressible, and no two values in a batch are the same.
+type payload struct{ b []byte }
+
+const payloadSize = 16 << 20
+
+func newPayload() *payload {
+	b := make([]byte, payloadSize+recordSize)
+	_, _ = rand.Read(b) // never fails (crypto/rand)
+	return &payload{b: b}
+}
+
+// value returns the value of record i.
+func (p *payload) value(i int) []byte {
+	off := (i * recordSize) % payloadSize
+	return p.b[off : off+recordSize : off+recordSize]
+}
+
+// result is one turn's measure.
+type result struct {
+	records int
+	wall    time.Duration // from the first record to the last acknowledged / handled (and committed)
+	cpu     time.Duration // the client's user + system CPU over the turn
+}
+
+// side is one client in a section.
+type side struct {
+	name string
+	// base names the side its ratios are to (raw kgo with the same
+	// semantics); "" for a side that is its own base.
+	base string
+	// note is printed under the table (e.g. "no idempotence").
+	note string
+	// run does one turn of n records.
+	run func(ctx context.Context, e *env, n int) (result, error)
+}
+
+type section struct {
+	name    string
+	records int
+	sides   []side
+	// after runs after every turn (deletes the turn's topic).
+	cleanup func(ctx context.Context)
+}
+
+// cpuNow is this process's user and system CPU time so far.
+func cpuNow() time.Duration {
+	var ru syscall.Rusage
+	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru) // cannot fail for RUSAGE_SELF
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// meter measures a Go turn: start at the first record, stop at the end.
+type meter struct {
+	t0   time.Time
+	cpu0 time.Duration
+}
+
+func startMeter() meter { return meter{t0: time.Now(), cpu0: cpuNow()} }
+
+func (m meter) stop(n int) result {
+	return result{records: n, wall: time.Since(m.t0), cpu: cpuNow() - m.cpu0}
+}
+
+// runSection runs a warm-up turn of every side (a tenth of the records),
+// then cfg.rounds rounds of one turn per side, in order.
+func runSection(ctx context.Context, e *env, sec section) ([][]result, error) {
+	sides := sec.sides
+	res := make([][]result, len(sides))
+	turn := func(round string, k, n int) (result, error) {
+		s := sides[k]
+		runtime.GC() // the previous turn's garbage is not this turn's cost
+		tctx, cancel := context.WithTimeout(ctx, e.cfg.turnLimit)
+		r, err := s.run(tctx, e, n)
+		cancel()
+		if sec.cleanup != nil {
+			sec.cleanup(ctx)
+		}
+		if err != nil {
+			return r, fmt.Errorf("%s, %s, round %s: %w", sec.name, s.name, round, err)
+		}
+		if r.records != n {
+			return r, fmt.Errorf("%s, %s, round %s: measured %d records, want %d", sec.name, s.name, round, r.records, n)
+		}
+		fmt.Fprintf(os.Stderr, "%s round %s %-28s %9.0f rec/s %7.1f MB/s %6.3f CPU-s/100k  (%.1fs, load %s)\n",
+			sec.name, round, s.name, rate(r), mbps(r), cpuPer100k(r), r.wall.Seconds(), loadAvg())
+		return r, nil
+	}
+	warm := max(sec.records/10, 1000)
+	for k := range sides {
+		if _, err := turn("warm-up", k, warm); err != nil {
+			return nil, err
+		}
+	}
+	for i := range e.cfg.rounds {
+		for k := range sides {
+			r, err := turn(strconv.Itoa(i+1), k, sec.records)
+			if err != nil {
+				return nil, err
+			}
+			res[k] = append(res[k], r)
+		}
+	}
+	return res, nil
+}
+
+func rate(r result) float64 { return float64(r.records) / r.wall.Seconds() }
+func mbps(r result) float64 { return float64(r.records) * recordSize / 1e6 / r.wall.Seconds() }
+func cpuPer100k(r result) float64 {
+	return r.cpu.Seconds() / float64(r.records) * 100_000
+}
+
+func median(xs []float64) float64 {
+	s := slices.Clone(xs)
+	slices.Sort(s)
+	m := s[len(s)/2]
+	if len(s)%2 == 0 {
+		m = (s[len(s)/2-1] + m) / 2
+	}
+	return m
+}
+
+// spread formats the median of xs and its min–max.
+func spread(xs []float64, prec int) string {
+	if len(xs) == 1 {
+		return strconv.FormatFloat(xs[0], 'f', prec, 64)
+	}
+	return fmt.Sprintf("%s (%s–%s)", strconv.FormatFloat(median(xs), 'f', prec, 64),
+		strconv.FormatFloat(slices.Min(xs), 'f', prec, 64), strconv.FormatFloat(slices.Max(xs), 'f', prec, 64))
+}
+
+func printTable(w io.Writer, sec section, res [][]result) {
+	idx := map[string]int{}
+	for k, s := range sec.sides {
+		idx[s.name] = k
+	}
+	fmt.Fprintf(w, "\n%s: %d records of %d B, %d partitions, %d rounds; median (min–max over rounds); ratios are per round to the base in the same round\n\n",
+		sec.name, sec.records, recordSize, partitions, len(res[0]))
+	fmt.Fprintln(w, "| client | records/s | MB/s | CPU s / 100k records | throughput × base | CPU/record × base | base |")
+	fmt.Fprintln(w, "|---|---|---|---|---|---|---|")
+	var notes []string
+	for k, s := range sec.sides {
+		var rs, ms, cs, tr, cr []float64
+		b, hasBase := idx[s.base]
+		for i, r := range res[k] {
+			rs = append(rs, rate(r))
+			ms = append(ms, mbps(r))
+			cs = append(cs, cpuPer100k(r))
+			if hasBase {
+				br := res[b][i]
+				tr = append(tr, rate(r)/rate(br))
+				cr = append(cr, cpuPer100k(r)/cpuPer100k(br))
+			}
+		}
+		trs, crs, base := "1 (base)", "1 (base)", "—"
+		if hasBase {
+			trs, crs, base = spread(tr, 2), spread(cr, 2), s.base
+		}
+		fmt.Fprintf(w, "| %s | %s | %s | %s | %s | %s | %s |\n", s.name, spread(rs, 0), spread(ms, 1), spread(cs, 3), trs, crs, base)
+		if s.note != "" {
+			notes = append(notes, fmt.Sprintf("- %s: %s", s.name, s.note))
+		}
+	}
+	if len(notes) > 0 {
+		fmt.Fprintln(w)
+		fmt.Fprintln(w, strings.Join(notes, "\n"))
+	}
+}
+
+// keep filters sides by -only, keeping every side that is a base.
+func keep(e *env, sides []side) []side {
+	if len(e.cfg.only) == 0 {
+		return sides
+	}
+	bases := map[string]bool{}
+	for _, s := range sides {
+		if slices.Contains(e.cfg.only, s.name) && s.base != "" {
+			bases[s.base] = true
+		}
+	}
+	return slices.DeleteFunc(slices.Clone(sides), func(s side) bool {
+		return !slices.Contains(e.cfg.only, s.name) && !bases[s.name]
+	})
+}
