@@ -100,6 +100,9 @@ func javaRun(ctx context.Context, e *env, class string, args ...string) (string,
 	if err != nil {
 		return "", 0, 0, fmt.Errorf("%s %s: %w\n%s%s", class, strings.Join(args, " "), err, tail(out.String()), tail(errb.String()))
 	}
+	if os.Getenv("BENCH_JAVA_OUTPUT") != "" {
+		fmt.Fprintf(os.Stderr, "--- %s output:\n%s%s", class, out.String(), errb.String())
+	}
 	ru, ok := cmd.ProcessState.SysUsage().(*syscall.Rusage)
 	if !ok {
 		return "", 0, 0, errors.New("no rusage for the Java process on this OS")

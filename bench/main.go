@@ -34,6 +34,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime"
+	"runtime/pprof"
 	"slices"
 	"strings"
 	"syscall"
@@ -57,6 +58,7 @@ type config struct {
 	only           []string // client names; empty: all
 	java           bool
 	turnLimit      time.Duration
+	cpuProfile     string
 }
 
 func main() {
@@ -66,10 +68,11 @@ func main() {
 	flag.IntVar(&cfg.produceRecords, "produce-records", 2_000_000, "records each producer turn writes")
 	flag.IntVar(&cfg.consumeRecords, "consume-records", 1_000_000, "records each consumer turn reads")
 	flag.IntVar(&cfg.copyRecords, "copy-records", 300_000, "records each exactly-once copy turn copies")
-	flag.StringVar(&sections, "sections", "produce", "sections to run, comma separated")
+	flag.StringVar(&sections, "sections", "produce,consume,copy", "sections to run, comma separated")
 	flag.StringVar(&only, "only", "", "run only these clients (comma separated names from the table; raw kgo is always kept)")
 	flag.BoolVar(&cfg.java, "java", true, "include Kafka's Java tools (needs java and mvn)")
 	flag.DurationVar(&cfg.turnLimit, "turn-limit", 5*time.Minute, "bound on each turn")
+	flag.StringVar(&cfg.cpuProfile, "cpuprofile", "", "write a CPU profile of the whole run to this file; each turn is labelled side=<client> and section=<section>")
 	flag.Parse()
 	cfg.sections = split(sections)
 	cfg.only = split(only)
@@ -118,6 +121,17 @@ func run(ctx context.Context, cfg config) error {
 	}()
 	if c.Kind() == integration.BackendKfake {
 		return errors.New("only kfake is available: set KDELIVER_KAFKA_HOME to Kafka's jars (.ci/kafka/fetch prints the folder)")
+	}
+	if cfg.cpuProfile != "" {
+		f, err := os.Create(cfg.cpuProfile)
+		if err != nil {
+			return fmt.Errorf("-cpuprofile: %w", err)
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return fmt.Errorf("-cpuprofile: %w", err)
+		}
+		defer pprof.StopCPUProfile()
 	}
 	env := &env{cfg: cfg, c: c, brokers: c.Brokers(), payload: newPayload()}
 	if cfg.java {

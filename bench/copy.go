@@ -1,0 +1,354 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"math"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	ckafka "github.com/confluentinc/confluent-kafka-go/v2/kafka"
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/kdeliver/kdeliver"
+	"github.com/kdeliver/kdeliver/eos"
+)
+
+// txnInterval is how long each exactly-once copy transaction stays open.
+const txnInterval = 100 * time.Millisecond
+
+func copySection(ctx context.Context, e *env) (section, error) {
+	in := e.name("bench-copy-in")
+	if err := seed(ctx, e, in, e.cfg.copyRecords); err != nil {
+		return section{}, err
+	}
+	var outs []string
+	copyTo := func(run func(ctx context.Context, e *env, in, out, group string, n int) (result, error)) func(ctx context.Context, e *env, n int) (result, error) {
+		return func(ctx context.Context, e *env, n int) (result, error) {
+			out := e.name("bench-copy-out")
+			if err := e.c.CreateTopic(ctx, out, partitions); err != nil {
+				return result{}, fmt.Errorf("create topic %s: %w", out, err)
+			}
+			outs = append(outs, out)
+			return run(ctx, e, in, out, e.name("bench-copy-group"), n)
+		}
+	}
+	var rawRate atomic.Int64 // records/s of the last raw turn, for Java's transaction size
+	sides := []side{
+		{name: "raw kgo GroupTransactSession", run: copyTo(func(ctx context.Context, e *env, in, out, group string, n int) (result, error) {
+			r, err := rawKgoCopy(ctx, e, in, out, group, n)
+			if err == nil {
+				rawRate.Store(int64(rate(r)))
+			}
+			return r, err
+		}), note: "Begin, poll and produce until 100 ms passed, End(TryCommit); read_committed (kgo always requires stable offsets)"},
+		{name: "kdeliver eos", base: "raw kgo GroupTransactSession", run: copyTo(kdeliverCopy),
+			note: "eos.New with WithCommitEvery(1,000,000 records, 100 ms); measured to the Stats().Records that reach n"},
+		{name: "confluent-kafka-go", base: "raw kgo GroupTransactSession", run: copyTo(confluentCopy),
+			note: "transactional producer + read_committed consumer: BeginTransaction, Poll and Produce until 100 ms passed, SendOffsetsToTransaction(Position, group metadata), CommitTransaction"},
+		{name: "Java TransactionalMessageCopier", base: "raw kgo GroupTransactSession", run: copyTo(func(ctx context.Context, e *env, in, out, group string, n int) (result, error) {
+			return javaCopy(ctx, e, in, out, group, n, int(rawRate.Load()))
+		}), note: "--group-mode --use-group-metadata, --transaction-size = the raw kgo turn's records/s × 0.1 s (it counts records, not time); timed from its RebalanceComplete to its ShutdownComplete status lines; CPU minus a run on an empty topic"},
+	}
+	if e.javaCP == "" {
+		sides = deleteSide(sides, "Java TransactionalMessageCopier")
+	}
+	return section{name: "exactly-once copy", records: e.cfg.copyRecords, sides: keep(e, sides), cleanup: func(ctx context.Context) {
+		deleteTopics(ctx, e, outs...)
+		outs = outs[:0]
+	}}, nil
+}
+
+func rawKgoCopy(ctx context.Context, e *env, in, out, group string, n int) (result, error) {
+	s, err := kgo.NewGroupTransactSession(kgo.SeedBrokers(e.brokers...), kgo.TransactionalID(e.name("bench-raw-txn")),
+		kgo.ConsumerGroup(group), kgo.ConsumeTopics(in), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
+		kgo.FetchIsolationLevel(kgo.ReadCommitted()),
+		kgo.RequiredAcks(kgo.AllISRAcks()), kgo.DefaultProduceTopic(out), kgo.RecordPartitioner(kgo.ManualPartitioner()))
+	if err != nil {
+		return result{}, err
+	}
+	defer s.Close()
+	var m meter
+	var failed atomic.Pointer[error]
+	promise := func(_ *kgo.Record, err error) {
+		if err != nil {
+			failed.CompareAndSwap(nil, &err)
+		}
+	}
+	committed, pending := 0, 0
+	for committed < n {
+		if err := s.Begin(); err != nil {
+			return result{}, fmt.Errorf("begin: %w", err)
+		}
+		var t0 time.Time
+		for pending+committed < n && (t0.IsZero() || time.Since(t0) < txnInterval) {
+			fs := s.PollRecords(ctx, n-committed-pending)
+			if err := ctx.Err(); err != nil {
+				return result{}, fmt.Errorf("after %d records committed: %w", committed, err)
+			}
+			if errs := fs.Errors(); len(errs) > 0 {
+				return result{}, fmt.Errorf("fetch %s[%d]: %w", errs[0].Topic, errs[0].Partition, errs[0].Err)
+			}
+			fs.EachRecord(func(r *kgo.Record) {
+				if committed == 0 && pending == 0 {
+					m = startMeter()
+				}
+				if t0.IsZero() {
+					t0 = time.Now()
+				}
+				s.Produce(ctx, &kgo.Record{Key: r.Key, Value: r.Value, Partition: r.Partition}, promise)
+				pending++
+			})
+		}
+		ok, err := s.End(ctx, kgo.TryCommit)
+		if err != nil {
+			return result{}, fmt.Errorf("end transaction: %w", err)
+		}
+		if p := failed.Load(); p != nil {
+			return result{}, fmt.Errorf("produce: %w", *p)
+		}
+		if !ok {
+			return result{}, fmt.Errorf("transaction of %d records aborted (rebalance?) after %d committed", pending, committed)
+		}
+		committed += pending
+		pending = 0
+	}
+	return m.stop(n), nil
+}
+
+func kdeliverCopy(ctx context.Context, e *env, in, out, group string, n int) (result, error) {
+	s, err := eos.New(e.brokers, group, []string{in}, e.name("bench-eos-txn"), eos.WithOutputTopic(out),
+		eos.WithCommitEvery(1_000_000, txnInterval), kdeliver.WithLogger(slog.New(slog.DiscardHandler)))
+	if err != nil {
+		return result{}, err
+	}
+	defer s.Close(context.Background())
+	rctx, stop := context.WithCancel(ctx)
+	defer stop()
+	var m atomic.Pointer[meter]
+	var res atomic.Pointer[result]
+	go func() { // stop at the commit that reaches n records
+		for rctx.Err() == nil {
+			if s.Stats().Records >= int64(n) {
+				if mp := m.Load(); mp != nil {
+					r := mp.stop(n)
+					res.Store(&r)
+				}
+				stop()
+				return
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}()
+	err = s.Run(rctx, func(_ context.Context, r *kgo.Record, emit func(*kgo.Record)) error {
+		if m.Load() == nil {
+			mt := startMeter()
+			m.CompareAndSwap(nil, &mt)
+		}
+		emit(&kgo.Record{Key: r.Key, Value: r.Value, Partition: r.Partition})
+		return nil
+	})
+	if err != nil {
+		return result{}, err
+	}
+	r := res.Load()
+	if r == nil {
+		return result{}, fmt.Errorf("kdeliver Run returned with %d of %d records committed: %v", s.Stats().Records, n, ctx.Err())
+	}
+	if st := s.Stats(); st.Aborted > 0 {
+		return result{}, fmt.Errorf("%d transactions aborted (%+v)", st.Aborted, st)
+	}
+	return *r, nil
+}
+
+func confluentCopy(ctx context.Context, e *env, in, out, group string, n int) (result, error) {
+	cs, err := ckafka.NewConsumer(&ckafka.ConfigMap{
+		"bootstrap.servers":  e.brokers[0],
+		"group.id":           group,
+		"auto.offset.reset":  "earliest",
+		"enable.auto.commit": false,
+		"isolation.level":    "read_committed",
+	})
+	if err != nil {
+		return result{}, err
+	}
+	defer cs.Close()
+	p, err := ckafka.NewProducer(&ckafka.ConfigMap{
+		"bootstrap.servers":         e.brokers[0],
+		"transactional.id":          e.name("bench-confluent-txn"),
+		"enable.idempotence":        true,
+		"acks":                      "all",
+		"linger.ms":                 int(linger / time.Millisecond),
+		"batch.size":                batchBytes,
+		"go.delivery.report.fields": "none",
+	})
+	if err != nil {
+		return result{}, err
+	}
+	defer p.Close()
+	var failed atomic.Pointer[error]
+	go func() {
+		for ev := range p.Events() {
+			if msg, ok := ev.(*ckafka.Message); ok && msg.TopicPartition.Error != nil {
+				err := msg.TopicPartition.Error
+				failed.CompareAndSwap(nil, &err)
+			}
+		}
+	}()
+	if err := p.InitTransactions(ctx); err != nil {
+		return result{}, fmt.Errorf("init transactions: %w", err)
+	}
+	if err := cs.Subscribe(in, nil); err != nil {
+		return result{}, err
+	}
+	var m meter
+	committed, pending := 0, 0
+	for committed < n {
+		if err := p.BeginTransaction(); err != nil {
+			return result{}, fmt.Errorf("begin: %w", err)
+		}
+		var t0 time.Time
+		for pending+committed < n && (t0.IsZero() || time.Since(t0) < txnInterval) {
+			if err := ctx.Err(); err != nil {
+				return result{}, fmt.Errorf("after %d records committed: %w", committed, err)
+			}
+			switch ev := cs.Poll(10).(type) {
+			case *ckafka.Message:
+				if ev.TopicPartition.Error != nil {
+					return result{}, ev.TopicPartition.Error
+				}
+				if committed == 0 && pending == 0 {
+					m = startMeter()
+				}
+				if t0.IsZero() {
+					t0 = time.Now()
+				}
+				for {
+					err := p.Produce(&ckafka.Message{TopicPartition: ckafka.TopicPartition{Topic: &out, Partition: ev.TopicPartition.Partition},
+						Key: ev.Key, Value: ev.Value}, nil)
+					if kerr, ok := err.(ckafka.Error); ok && kerr.Code() == ckafka.ErrQueueFull {
+						p.Flush(1)
+						continue
+					}
+					if err != nil {
+						return result{}, fmt.Errorf("produce: %w", err)
+					}
+					break
+				}
+				pending++
+			case ckafka.Error:
+				if ev.IsFatal() {
+					return result{}, ev
+				}
+			}
+		}
+		parts, err := cs.Assignment()
+		if err != nil {
+			return result{}, err
+		}
+		pos, err := cs.Position(parts)
+		if err != nil {
+			return result{}, fmt.Errorf("position: %w", err)
+		}
+		meta, err := cs.GetConsumerGroupMetadata()
+		if err != nil {
+			return result{}, err
+		}
+		if err := p.SendOffsetsToTransaction(ctx, pos, meta); err != nil {
+			return result{}, fmt.Errorf("send offsets: %w", err)
+		}
+		if err := p.CommitTransaction(ctx); err != nil {
+			return result{}, fmt.Errorf("commit: %w", err)
+		}
+		if f := failed.Load(); f != nil {
+			return result{}, fmt.Errorf("produce: %w", *f)
+		}
+		committed += pending
+		pending = 0
+	}
+	return m.stop(n), nil
+}
+
+func javaCopierArgs(e *env, in, out, group string, n, txnSize int) []string {
+	return []string{"--broker-list", strings.Join(e.brokers, ","), "--input-topic", in, "--input-partition", "0",
+		"--output-topic", out, "--consumer-group", group, "--transactional-id", e.name("bench-java-txn"),
+		"--group-mode", "--use-group-metadata", "--max-messages", strconv.Itoa(n), "--transaction-size", strconv.Itoa(txnSize)}
+}
+
+// copierStatus is one of the copier's JSON status lines.
+type copierStatus struct {
+	Stage          string `json:"stage"`
+	Time           string `json:"time"`
+	TotalProcessed int    `json:"totalProcessed"`
+}
+
+// copierSpan returns the time from the copier's last RebalanceComplete
+// (its group join done) to its ShutdownComplete, and the records it copied.
+func copierSpan(out string) (time.Duration, int, error) {
+	var t0, t1 time.Time
+	processed := 0
+	for l := range strings.Lines(out) {
+		var st copierStatus
+		if json.Unmarshal([]byte(l), &st) != nil {
+			continue
+		}
+		// "2026/12/06 21:29:51:396": milliseconds after a colon.
+		ts := st.Time
+		if i := strings.LastIndexByte(ts, ':'); i > 0 {
+			ts = ts[:i] + "." + ts[i+1:]
+		}
+		t, err := time.Parse("2006/01/02 15:04:05.000", ts)
+		if err != nil {
+			return 0, 0, fmt.Errorf("copier status time %q: %w", st.Time, err)
+		}
+		switch st.Stage {
+		case "RebalanceComplete":
+			t0 = t
+		case "ShutdownComplete":
+			t1, processed = t, st.TotalProcessed
+		}
+	}
+	if t0.IsZero() || t1.IsZero() || !t1.After(t0) {
+		return 0, 0, fmt.Errorf("no RebalanceComplete and later ShutdownComplete in the copier's output:\n%s", tail(out))
+	}
+	return t1.Sub(t0), processed, nil
+}
+
+func javaCopy(ctx context.Context, e *env, in, out, group string, n, rawRate int) (result, error) {
+	txnSize := max(int(math.Round(float64(rawRate)*txnInterval.Seconds())), 100)
+	if rawRate == 0 {
+		txnSize = 1000
+	}
+	// The baseline copies an empty topic: JVM start, group join, shutdown.
+	// (--max-messages does not bound the copier in group mode.)
+	base, err := javaBaseline(ctx, e, "TransactionalMessageCopier", func() (time.Duration, error) {
+		empty := e.name("bench-copy-empty")
+		if err := e.c.CreateTopic(ctx, empty, partitions); err != nil {
+			return 0, fmt.Errorf("create topic %s: %w", empty, err)
+		}
+		defer deleteTopics(ctx, e, empty)
+		_, _, cpu, err := javaRun(ctx, e, "TransactionalMessageCopier", javaCopierArgs(e, empty, out, e.name("bench-copy-group"), 0, txnSize)...)
+		return cpu, err
+	})
+	if err != nil {
+		return result{}, err
+	}
+	outs, _, cpu, err := javaRun(ctx, e, "TransactionalMessageCopier", javaCopierArgs(e, in, out, group, n, txnSize)...)
+	if err != nil {
+		return result{}, err
+	}
+	span, got, err := copierSpan(outs)
+	if err != nil {
+		return result{}, err
+	}
+	if got < n {
+		return result{}, fmt.Errorf("TransactionalMessageCopier copied %d of %d records:\n%s", got, n, tail(outs))
+	}
+	// In group mode the copier copies the whole input (warm-up turns
+	// ask for a tenth).
+	return result{records: got, wall: span, cpu: max(cpu-base, 0)}, nil
+}
