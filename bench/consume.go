@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -13,7 +12,6 @@ import (
 	"time"
 
 	"github.com/IBM/sarama"
-	ckafka "github.com/confluentinc/confluent-kafka-go/v2/kafka"
 	segkafka "github.com/segmentio/kafka-go"
 	"github.com/twmb/franz-go/pkg/kgo"
 
@@ -51,6 +49,9 @@ func consumeSection(ctx context.Context, e *env) (section, error) {
 		{name: "raw kgo at-most-once", run: read(rawKgoConsume(kdeliver.AtMostOnce)),
 			note: "poll, CommitUncommittedOffsets (synchronous), then handle the records"},
 		{name: "kdeliver at-most-once", base: "raw kgo at-most-once", run: read(kdeliverConsume(kdeliver.AtMostOnce))},
+	}
+	if !confluentBuilt {
+		sides = deleteSide(sides, "confluent-kafka-go")
 	}
 	if e.javaCP == "" {
 		sides = deleteSide(sides, "Java ConsumerPerformance")
@@ -257,51 +258,6 @@ func kafkaGoConsume(ctx context.Context, e *env, topic, group string, n int) (re
 	closed = true
 	if err := r.Close(); err != nil { // flushes the queued commits
 		return result{}, fmt.Errorf("close (final commit): %w", err)
-	}
-	return c.m.stop(n), nil
-}
-
-func confluentConsume(ctx context.Context, e *env, topic, group string, n int) (result, error) {
-	cs, err := ckafka.NewConsumer(&ckafka.ConfigMap{
-		"bootstrap.servers":        e.brokers[0],
-		"group.id":                 group,
-		"auto.offset.reset":        "earliest",
-		"enable.auto.commit":       true,
-		"auto.commit.interval.ms":  int(autoCommitInterval / time.Millisecond),
-		"enable.auto.offset.store": false,
-	})
-	if err != nil {
-		return result{}, err
-	}
-	defer cs.Close()
-	if err := cs.Subscribe(topic, nil); err != nil {
-		return result{}, err
-	}
-	c := newCounter(n)
-	for c.count() < n {
-		if err := ctx.Err(); err != nil {
-			return result{}, fmt.Errorf("after %d records: %w", c.count(), err)
-		}
-		switch ev := cs.Poll(100).(type) {
-		case *ckafka.Message:
-			if ev.TopicPartition.Error != nil {
-				return result{}, ev.TopicPartition.Error
-			}
-			if _, err := cs.StoreMessage(ev); err != nil {
-				return result{}, fmt.Errorf("store offset: %w", err)
-			}
-			c.add()
-		case ckafka.Error:
-			if ev.IsFatal() {
-				return result{}, ev
-			}
-		}
-	}
-	if _, err := cs.Commit(); err != nil {
-		var kerr ckafka.Error
-		if !errors.As(err, &kerr) || kerr.Code() != ckafka.ErrNoOffset {
-			return result{}, fmt.Errorf("final commit: %w", err)
-		}
 	}
 	return c.m.stop(n), nil
 }

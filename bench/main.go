@@ -142,6 +142,9 @@ func run(ctx context.Context, cfg config) error {
 	fmt.Printf("Kafka %s, %s backend, %s; %s/%s, %d CPUs, %s\n", c.Version(), c.Kind(), strings.Join(env.brokers, ","),
 		runtime.GOOS, runtime.GOARCH, runtime.NumCPU(), runtime.Version())
 	fmt.Printf("load at start: %s\n", loadAvg())
+	if !confluentBuilt {
+		fmt.Println("confluent-kafka-go left out: built without cgo (it needs a C compiler for librdkafka)")
+	}
 	for _, s := range cfg.sections {
 		var sec section
 		switch s {

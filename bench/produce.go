@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"sync"
@@ -10,7 +9,6 @@ import (
 	"time"
 
 	"github.com/IBM/sarama"
-	ckafka "github.com/confluentinc/confluent-kafka-go/v2/kafka"
 	segkafka "github.com/segmentio/kafka-go"
 	"github.com/twmb/franz-go/pkg/kgo"
 
@@ -43,6 +41,9 @@ func produceSection(e *env) section {
 			note: "idempotent, acks=all; its own rate (send of the first record to the last ack); CPU minus a 1-record run's; values are random A–Z letters, partitioner Kafka's default (sticky: no keys)"},
 		{name: "raw kgo at-most-once", run: rawKgoProduce(kdeliver.AtMostOnce)},
 		{name: "kdeliver at-most-once", base: "raw kgo at-most-once", run: kdeliverProduce(kdeliver.AtMostOnce)},
+	}
+	if !confluentBuilt {
+		sides = deleteSide(sides, "confluent-kafka-go")
 	}
 	if e.javaCP == "" {
 		sides = deleteSide(sides, "Java ProducerPerformance")
@@ -304,66 +305,6 @@ func kafkaGoProduce(ctx context.Context, e *env, n int) (result, error) {
 				return result{}, err
 			}
 			msgs = make([]segkafka.Message, 0, kafkaGoChunk)
-		}
-	}
-	if err := a.wait(ctx); err != nil {
-		return result{}, err
-	}
-	return m.stop(n), nil
-}
-
-func confluentVersion() string {
-	_, v := ckafka.LibraryVersion()
-	return v
-}
-
-func confluentProduce(ctx context.Context, e *env, n int) (result, error) {
-	p, err := ckafka.NewProducer(&ckafka.ConfigMap{
-		"bootstrap.servers":                     e.brokers[0],
-		"client.id":                             "bench-confluent",
-		"enable.idempotence":                    true,
-		"acks":                                  "all",
-		"max.in.flight.requests.per.connection": inFlight,
-		"linger.ms":                             int(linger / time.Millisecond),
-		"batch.size":                            batchBytes,
-		"compression.type":                      "none",
-		"message.timeout.ms":                    int(deliveryLimit / time.Millisecond),
-		"go.delivery.report.fields":             "none",
-	})
-	if err != nil {
-		return result{}, err
-	}
-	defer p.Close()
-	a := newAcks(n)
-	freed := make(chan struct{}, 1)
-	go func() {
-		for ev := range p.Events() {
-			if m, ok := ev.(*ckafka.Message); ok {
-				a.ack(m.TopicPartition.Error)
-				select {
-				case freed <- struct{}{}:
-				default:
-				}
-			}
-		}
-	}()
-	topic := e.topic
-	m := startMeter()
-	for i := 0; i < n; {
-		msg := &ckafka.Message{TopicPartition: ckafka.TopicPartition{Topic: &topic, Partition: int32(i % partitions)}, Value: e.payload.value(i)}
-		err := p.Produce(msg, nil)
-		var kerr ckafka.Error
-		switch {
-		case err == nil:
-			i++
-		case errors.As(err, &kerr) && kerr.Code() == ckafka.ErrQueueFull:
-			select { // wait for a delivery to free room
-			case <-freed:
-			case <-ctx.Done():
-				return result{}, fmt.Errorf("after %d records: %w", i, ctx.Err())
-			}
-		default:
-			return result{}, fmt.Errorf("record %d: %w", i, err)
 		}
 	}
 	if err := a.wait(ctx); err != nil {
