@@ -13,6 +13,9 @@
 //     writes (consumer.NewWithSink), each a required argument;
 //   - package eos: the transactional read-process-write loop (consume,
 //     process, produce and commit offsets in one transaction);
+//   - package share: a share group (KIP-932, a queue: more consumers than
+//     partitions, each record acknowledged on its own) with the at-most-once
+//     and at-least-once presets, and each side effect once through a guard;
 //   - package dedup: the store and guard that make a side effect outside
 //     Kafka happen once;
 //   - package kdelivertest: an embedded cluster, seeding, an exact
@@ -41,7 +44,7 @@
 // passed to another's constructor does not compile. The options of this
 // package work in every package where they apply: an [Option] (logger,
 // client ID, tracing and metrics) everywhere, a [HandlerOption] (retries of a
-// failing handler, the start timeout) in package consumer and package eos.
+// failing handler, the start timeout) in packages consumer, eos and share.
 // Presets apply in order: kgo defaults, then the preset of the semantics,
 // then the caller's options, then one validation pass. Every problem is
 // reported at once in a [*ConfigError] wrapping [ErrInvalidConfig], and
@@ -54,8 +57,8 @@
 // A producer is ready when its constructor returns (it connects lazily:
 // Ping checks the brokers), and Close(ctx) flushes within ctx and ends it.
 //
-// A consumer (consumer.Consumer, consumer.SinkConsumer) and an exactly-once
-// session (eos.Session) follow the same rules:
+// A consumer (consumer.Consumer, consumer.SinkConsumer, share.Consumer) and
+// an exactly-once session (eos.Session) follow the same rules:
 //
 //   - The constructor checks everything and connects to nothing.
 //   - Run(ctx, ...) blocks. It waits up to the start timeout
