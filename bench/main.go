@@ -23,6 +23,7 @@
 // ~/.cache/kdeliver/kafka-*, made by .ci/kafka/fetch) with the process
 // backend unless KDELIVER_KAFKA_BACKEND says otherwise; Java's tools are
 // fetched once with Maven into ~/.cache/kdeliver/kafka-tools-4.4.0.
+// BENCH_JAVA_OUTPUT=1 copies each Java tool's output to stderr.
 package main
 
 import (
@@ -67,7 +68,7 @@ func main() {
 	flag.IntVar(&cfg.rounds, "rounds", 3, "measured rounds (each client once per round)")
 	flag.IntVar(&cfg.produceRecords, "produce-records", 2_000_000, "records each producer turn writes")
 	flag.IntVar(&cfg.consumeRecords, "consume-records", 1_000_000, "records each consumer turn reads")
-	flag.IntVar(&cfg.copyRecords, "copy-records", 300_000, "records each exactly-once copy turn copies")
+	flag.IntVar(&cfg.copyRecords, "copy-records", 1_000_000, "records each exactly-once copy turn copies")
 	flag.StringVar(&sections, "sections", "produce,consume,copy", "sections to run, comma separated")
 	flag.StringVar(&only, "only", "", "run only these clients (comma separated names from the table; raw kgo is always kept)")
 	flag.BoolVar(&cfg.java, "java", true, "include Kafka's Java tools (needs java and mvn)")
