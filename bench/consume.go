@@ -35,7 +35,7 @@ func consumeSection(ctx context.Context, e *env) (section, error) {
 		}
 	}
 	sides := []side{
-		{name: "raw kgo at-least-once", run: read(rawKgoConsume(kdeliver.AtLeastOnce)),
+		{name: "raw kgo at-least-once", run: read(rawKgoConsume(kdeliver.AtLeastOnce, 0)),
 			note: "poll, handle each record, CommitUncommittedOffsets (synchronous) after each poll"},
 		{name: "kdeliver at-least-once", base: "raw kgo at-least-once", run: read(kdeliverConsume(kdeliver.AtLeastOnce))},
 		{name: "sarama", base: "raw kgo at-least-once", run: read(saramaConsume),
@@ -46,9 +46,11 @@ func consumeSection(ctx context.Context, e *env) (section, error) {
 			note: "Poll, StoreMessage after each record (enable.auto.offset.store=false), auto-commit of stored offsets every 1 s, Commit at the end"},
 		{name: "Java ConsumerPerformance", base: "raw kgo at-least-once", run: read(javaConsume),
 			note: "Kafka's defaults: auto-commit every 5 s of what poll returned (at-least-once in its poll loop); its fetch rate (join excluded); CPU minus a 1-record run's"},
-		{name: "raw kgo at-most-once", run: read(rawKgoConsume(kdeliver.AtMostOnce)),
-			note: "poll, CommitUncommittedOffsets (synchronous), then handle the records"},
-		{name: "kdeliver at-most-once", base: "raw kgo at-most-once", run: read(kdeliverConsume(kdeliver.AtMostOnce))},
+		{name: "raw kgo at-most-once", run: read(rawKgoConsume(kdeliver.AtMostOnce, 0)),
+			note: "poll (all that is buffered), CommitUncommittedOffsets (synchronous), then handle the records"},
+		{name: "raw kgo at-most-once, 500 a poll", run: read(rawKgoConsume(kdeliver.AtMostOnce, consumer.DefaultMaxPollRecords)),
+			note: "the same with PollRecords(500): kdeliver's default poll bound (consumer.WithMaxPollRecords), which bounds what a crash loses"},
+		{name: "kdeliver at-most-once", base: "raw kgo at-most-once, 500 a poll", run: read(kdeliverConsume(kdeliver.AtMostOnce))},
 	}
 	if !confluentBuilt {
 		sides = deleteSide(sides, "confluent-kafka-go")
@@ -109,7 +111,10 @@ func (c *counter) add() bool {
 
 func (c *counter) count() int { return int(atomic.LoadInt64(&c.n)) }
 
-func rawKgoConsume(sem kdeliver.Semantics) func(ctx context.Context, e *env, topic, group string, n int) (result, error) {
+// rawKgoConsume is the raw poll-and-commit loop of sem; maxPoll > 0 polls
+// at most that many records at a time (PollRecords), 0 all that is
+// buffered (PollFetches).
+func rawKgoConsume(sem kdeliver.Semantics, maxPoll int) func(ctx context.Context, e *env, topic, group string, n int) (result, error) {
 	return func(ctx context.Context, e *env, topic, group string, n int) (result, error) {
 		cl, err := kgo.NewClient(kgo.SeedBrokers(e.brokers...), kgo.ConsumerGroup(group), kgo.ConsumeTopics(topic),
 			kgo.DisableAutoCommit(), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
@@ -119,7 +124,12 @@ func rawKgoConsume(sem kdeliver.Semantics) func(ctx context.Context, e *env, top
 		defer cl.Close()
 		c := newCounter(n)
 		for c.count() < n {
-			fs := cl.PollFetches(ctx)
+			var fs kgo.Fetches
+			if maxPoll > 0 {
+				fs = cl.PollRecords(ctx, maxPoll)
+			} else {
+				fs = cl.PollFetches(ctx)
+			}
 			if err := ctx.Err(); err != nil {
 				return result{}, fmt.Errorf("after %d records: %w", c.count(), err)
 			}
