@@ -11,7 +11,6 @@ import (
 
 	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/plugin/kotel"
-	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
 
 	"github.com/kdeliver/kdeliver"
@@ -70,7 +69,7 @@ type Consumer struct {
 	hd      shared.Handling
 	kopts   []kgo.Opt // the client's options, but for the per-Run callbacks and root context
 	tracer  *kotel.Tracer
-	spans   *spanGate // whether a record's process span can be seen
+	spans   *preset.SpanGate // whether a record's process span can be seen
 	log     *slog.Logger
 	scope   fatal.Scope  // for the errors no retry fixes
 	guard   *dedup.Guard // NewWithGuard
@@ -193,11 +192,7 @@ func newConsumer(what string, brokers []string, group string, topics []string, s
 		[]attribute.KeyValue{metrics.KeySystem.String("kafka"), metrics.KeyGroup.String(group), metrics.KeySemantics.String(sem.String())}, "ok", "error")
 	base, tracer := preset.Base(&cfg.t.Shared, group)
 	c.tracer = tracer
-	if tp := cfg.t.Shared.TracerProvider; tp != nil {
-		c.spans = newSpanGate(tp, false)
-	} else {
-		c.spans = newSpanGate(otel.GetTracerProvider(), true)
-	}
+	c.spans = preset.NewSpanGate(&cfg.t.Shared)
 	c.kopts = append(base, kgo.SeedBrokers(brokers...))
 	c.kopts = append(c.kopts, pc.Opts()...)
 	// Rebalances wait until a polled batch is committed (AtMostOnce) or

@@ -10,16 +10,13 @@ import (
 	"time"
 
 	"github.com/cenkalti/backoff/v4"
-	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
-	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/kdeliver/kdeliver"
 	"github.com/kdeliver/kdeliver/dedup"
 	"github.com/kdeliver/kdeliver/internal/crash"
-	"github.com/kdeliver/kdeliver/internal/fatal"
 	"github.com/kdeliver/kdeliver/internal/ready"
 	"github.com/kdeliver/kdeliver/internal/txnwatch"
 )
@@ -78,37 +75,11 @@ func (r *run) fatalErr() error {
 }
 
 // fetchErrors logs the errors of a poll and returns the first failure no
-// retry fixes among them (a missing ACL on a topic or the group, an
-// unsupported version), naming every topic that failed the same way, or nil.
-// kgo keeps retrying them, one warning a poll, so they must end Run.
+// retry fixes among them ([fatal.Scope.Fetches]), or nil.
 func (r *run) fetchErrors(fetches kgo.Fetches) error {
-	var first error
-	var topics []string
-	fetches.EachError(func(t string, p int32, err error) {
-		if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
-			return
-		}
-		kind := fatal.Kind(err)
-		switch {
-		case kind == nil:
-			r.c.log.Warn("fetch error", "topic", t, "partition", p, "err", err)
-		case first == nil:
-			first = err
-			topics = append(topics, t)
-		case sameCause(err, first):
-			topics = append(topics, t)
-		}
+	return r.c.scope.Fetches(fetches, func(t string, p int32, err error) {
+		r.c.log.Warn("fetch error", "topic", t, "partition", p, "err", err)
 	})
-	if first == nil {
-		return nil
-	}
-	return r.c.scope.Err(first, topics...)
-}
-
-// sameCause reports whether a and b carry the same Kafka error code.
-func sameCause(a, b error) bool {
-	var ka, kb *kerr.Error
-	return errors.As(a, &ka) && errors.As(b, &kb) && ka.Code == kb.Code
 }
 
 // watchTopics checks, every start timeout while the loop runs, that the
@@ -326,7 +297,7 @@ func (r *run) call(ctx context.Context, h Handler, rec *kgo.Record, attempt int)
 			r.c.stats.failed.Add(1)
 		}
 	}()
-	if !r.c.spans.needed(rec) {
+	if r.c.spans != nil && !r.c.spans.Needed(rec) {
 		defer func() {
 			if v := recover(); v != nil {
 				r.c.log.Error("handler panicked", "topic", rec.Topic, "partition", rec.Partition, "offset", rec.Offset, "panic", fmt.Sprint(v), "stack", string(debug.Stack()))
@@ -351,30 +322,4 @@ func (r *run) call(ctx context.Context, h Handler, rec *kgo.Record, attempt int)
 		span.AddEvent("retry")
 	}
 	return h(trace.ContextWithSpan(ctx, span), rec)
-}
-
-// spanGate says whether a record's "process" span can be seen by anyone:
-// kotel makes one (and a context for it) for every record, which costs a
-// good part of a cheap handler's time when no OpenTelemetry SDK is set up
-// (the provider's spans are not valid) and the record carries no trace to
-// pass on. A global provider set after the consumer was built is noticed.
-type spanGate struct {
-	recording bool                 // the provider makes valid spans
-	global    trace.TracerProvider // the unset global provider, nil if not global
-}
-
-func newSpanGate(tp trace.TracerProvider, global bool) *spanGate {
-	// An SDK's span is valid even when not sampled; the probe span is not
-	// ended, so it is never exported.
-	_, probe := tp.Tracer("github.com/kdeliver/kdeliver").Start(context.Background(), "kdeliver probe")
-	g := &spanGate{recording: probe.SpanContext().IsValid()}
-	if global && !g.recording {
-		g.global = tp
-	}
-	return g
-}
-
-func (g *spanGate) needed(rec *kgo.Record) bool {
-	return g == nil || g.recording || (g.global != nil && otel.GetTracerProvider() != g.global) ||
-		(rec.Context != nil && trace.SpanContextFromContext(rec.Context).IsValid())
 }

@@ -16,7 +16,6 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/kdeliver/kdeliver"
-	"github.com/kdeliver/kdeliver/internal/fatal"
 	"github.com/kdeliver/kdeliver/internal/ready"
 )
 
@@ -494,37 +493,16 @@ func (l *loop) fenced(err error, t *txn) error {
 }
 
 // pollErrors logs the errors of a poll and returns the first failure no
-// retry fixes among them (a missing ACL on an input topic or the group, an
-// unsupported version), naming every topic that failed the same way, or
-// nil. kgo would retry those for ever, one warning a poll.
+// retry fixes among them ([fatal.Scope.Fetches]), after failing the
+// session with it, or nil.
 func (l *loop) pollErrors(fs kgo.Fetches) error {
-	var first error
-	var topics []string
-	fs.EachError(func(topic string, p int32, err error) {
-		if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
-			return
-		}
-		switch {
-		case fatal.Kind(err) == nil:
-			l.s.log.Warn("eos: fetch error; the client retries", "topic", topic, "partition", p, "err", err)
-		case first == nil:
-			first, topics = err, append(topics, topic)
-		case sameCode(err, first):
-			topics = append(topics, topic)
-		}
+	err := l.s.scope.Fetches(fs, func(topic string, p int32, err error) {
+		l.s.log.Warn("eos: fetch error; the client retries", "topic", topic, "partition", p, "err", err)
 	})
-	if first == nil {
-		return nil
+	if err != nil {
+		l.s.fail(err)
 	}
-	err := l.s.scope.Err(first, topics...)
-	l.s.fail(err)
 	return err
-}
-
-// sameCode reports whether a and b carry the same Kafka error code.
-func sameCode(a, b error) bool {
-	var ka, kb *kerr.Error
-	return errors.As(a, &ka) && errors.As(b, &kb) && ka.Code == kb.Code
 }
 
 // checkRewind reports whether r is below the offset its partition was

@@ -3,12 +3,17 @@ package share
 import (
 	"context"
 	"errors"
+	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kgo"
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 	"go.opentelemetry.io/otel/sdk/metric/metricdata"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/kdeliver/kdeliver"
 )
@@ -113,5 +118,55 @@ func TestMetricsCountDeliveries(t *testing.T) {
 	}
 	if st.Handled != int64(len(want)) || st.Redelivered != 6 {
 		t.Errorf("stats %+v: want %d handled, 6 redelivered", st, len(want))
+	}
+}
+
+// TestProcessSpans: with an OpenTelemetry SDK each handled record gets
+// kotel's process span and the handler's ctx carries it; without one the
+// span is skipped (SpanGate) and the ctx carries none.
+func TestProcessSpans(t *testing.T) {
+	for _, sdk := range []bool{true, false} {
+		t.Run(map[bool]string{true: "sdk", false: "no sdk"}[sdk], func(t *testing.T) {
+			cl := newCluster(t, 1, 30*time.Second)
+			startAll(cl, "g")
+			want := produce(t, cl, 0, 3)
+			rec := tracetest.NewSpanRecorder()
+			opts := []Option{quiet(), fast()}
+			if sdk {
+				tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec))
+				defer func() { _ = tp.Shutdown(context.Background()) }()
+				opts = append(opts, kdeliver.WithTracerProvider(tp))
+			}
+			c, err := New(cl.Brokers(), "g", []string{"t"}, kdeliver.AtLeastOnce, opts...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			s := newSeen()
+			var valid atomic.Int64
+			stop := runBG(t, c, func(ctx context.Context, r *kgo.Record) error {
+				if trace.SpanContextFromContext(ctx).IsValid() {
+					valid.Add(1)
+				}
+				s.add(string(r.Value))
+				return nil
+			})
+			waitFor(t, "every record handled", func() bool { return s.distinct() == len(want) })
+			if err := stop(); err != nil {
+				t.Fatal(err)
+			}
+			process := 0
+			for _, sp := range rec.Ended() {
+				if strings.HasSuffix(sp.Name(), "process") {
+					process++
+				}
+			}
+			n := 0
+			if sdk {
+				n = len(want)
+			}
+			if process != n || valid.Load() != int64(n) {
+				t.Fatalf("%d process spans ended, %d handler contexts with a span; want %d each", process, valid.Load(), n)
+			}
+		})
 	}
 }

@@ -107,6 +107,7 @@ type Consumer struct {
 	maxDeliveries int
 	kopts         []kgo.Opt
 	tracer        *kotel.Tracer
+	spans         *preset.SpanGate // whether a record's process span can be seen
 	log           *slog.Logger
 	scope         fatal.Scope
 	guard         *dedup.Guard
@@ -215,6 +216,7 @@ func newConsumer(brokers []string, group string, topics []string, sem kdeliver.S
 	}
 	base, tracer := preset.Base(&cfg.t.Shared, group)
 	c.tracer = tracer
+	c.spans = preset.NewSpanGate(&cfg.t.Shared)
 	c.kopts = append(base, kgo.SeedBrokers(brokers...),
 		kgo.ShareGroup(group), kgo.ConsumeTopics(topics...),
 		kgo.ShareMaxRecords(int32(min(cfg.maxRecords, 1<<30))),
@@ -566,28 +568,11 @@ func (r *run) loop(loopCtx, hardCtx context.Context) error {
 }
 
 // fetchErrors logs the errors of a poll and returns the first failure no
-// retry fixes among them, or nil.
+// retry fixes among them ([fatal.Scope.Fetches]), or nil.
 func (r *run) fetchErrors(fetches kgo.Fetches) error {
-	var first error
-	var topics []string
-	fetches.EachError(func(t string, p int32, err error) {
-		if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
-			return
-		}
-		switch {
-		case fatal.Kind(err) == nil:
-			r.c.log.Warn("fetch error", "topic", t, "partition", p, "err", err)
-		case first == nil:
-			first = err
-			topics = append(topics, t)
-		default:
-			topics = append(topics, t)
-		}
+	return r.c.scope.Fetches(fetches, func(t string, p int32, err error) {
+		r.c.log.Warn("fetch error", "topic", t, "partition", p, "err", err)
 	})
-	if first == nil {
-		return nil
-	}
-	return r.c.scope.Err(first, topics...)
 }
 
 // release releases recs: the broker delivers them again.
@@ -806,7 +791,13 @@ func (r *run) call(ctx context.Context, rec *kgo.Record) (err error) {
 	if rec.DeliveryCount() > 1 {
 		r.c.stats.retried.Add(1)
 	}
-	_, span := r.c.tracer.WithProcessSpan(rec)
+	// kotel's process span costs several allocations a record: only when
+	// someone can see it.
+	span := trace.SpanFromContext(context.Background()) // a no-op span
+	if r.c.spans.Needed(rec) {
+		_, span = r.c.tracer.WithProcessSpan(rec)
+		ctx = trace.ContextWithSpan(ctx, span)
+	}
 	defer func() {
 		if v := recover(); v != nil {
 			r.c.log.Error("handler panicked", "topic", rec.Topic, "partition", rec.Partition, "offset", rec.Offset, "panic", fmt.Sprint(v), "stack", string(debug.Stack()))
@@ -821,7 +812,7 @@ func (r *run) call(ctx context.Context, rec *kgo.Record) (err error) {
 		}
 		span.End()
 	}()
-	return r.h(trace.ContextWithSpan(ctx, span), rec)
+	return r.h(ctx, rec)
 }
 
 // Ping checks once, bounded by ctx, that a broker answers and that every

@@ -9,6 +9,7 @@
 package fatal
 
 import (
+	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
@@ -115,6 +116,40 @@ func (s Scope) Err(err error, topics ...string) error {
 		return &Error{kind: kdeliver.ErrUnsupported, msg: s.unsupported(err), err: err}
 	}
 	return nil
+}
+
+// Fetches returns the first failure no retry fixes among the errors of a
+// poll (a missing ACL on a topic or the group, an unsupported version),
+// naming every topic that failed with the same Kafka error, or nil. The
+// other errors, which kgo retries, go to warn; cancellations are dropped.
+// kgo retries the failures too, one error a poll for ever, so a loop that
+// polls must end on them.
+func (s Scope) Fetches(fs kgo.Fetches, warn func(topic string, partition int32, err error)) error {
+	var first error
+	var topics []string
+	fs.EachError(func(t string, p int32, err error) {
+		if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+			return
+		}
+		switch {
+		case Kind(err) == nil:
+			warn(t, p, err)
+		case first == nil:
+			first, topics = err, append(topics, t)
+		case sameCode(err, first):
+			topics = append(topics, t)
+		}
+	})
+	if first == nil {
+		return nil
+	}
+	return s.Err(first, topics...)
+}
+
+// sameCode reports whether a and b carry the same Kafka error code.
+func sameCode(a, b error) bool {
+	var ka, kb *kerr.Error
+	return errors.As(a, &ka) && errors.As(b, &kb) && ka.Code == kb.Code
 }
 
 // Persisting returns the error of a suspect failure ([Suspect]) that lasted

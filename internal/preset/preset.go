@@ -97,13 +97,47 @@ func Connection(opts ...kdeliver.Option) ([]kgo.Opt, error) {
 	return Dial(t.Shared.Conn), nil
 }
 
+// SpanGate says whether a record's span can be seen by anyone: the tracer
+// provider makes valid spans (an OpenTelemetry SDK is set up), a global
+// provider was set after the client was built, or the record's context
+// carries a span to pass on. Otherwise kotel's per-record spans (produce,
+// receive, process) are no-op spans that cost several allocations a record.
+// It is safe for concurrent use.
+type SpanGate struct {
+	recording bool                 // the provider makes valid spans
+	global    trace.TracerProvider // the unset global provider, nil if not global
+}
+
+// NewSpanGate returns the gate of the tracer provider of s (the global
+// one when s sets none).
+func NewSpanGate(s *shared.Settings) *SpanGate {
+	if s.TracerProvider != nil {
+		return newSpanGate(s.TracerProvider, false)
+	}
+	return newSpanGate(otel.GetTracerProvider(), true)
+}
+
+func newSpanGate(tp trace.TracerProvider, global bool) *SpanGate {
+	// An SDK's span is valid even when not sampled. The probe span is not
+	// ended, so it is never exported.
+	_, probe := tp.Tracer("github.com/kdeliver/kdeliver").Start(context.Background(), "kdeliver probe")
+	g := &SpanGate{recording: probe.SpanContext().IsValid()}
+	if global && !g.recording {
+		g.global = tp
+	}
+	return g
+}
+
+// Needed reports whether r's span can be seen.
+func (g *SpanGate) Needed(r *kgo.Record) bool {
+	return g.recording || (g.global != nil && otel.GetTracerProvider() != g.global) ||
+		(r.Context != nil && trace.SpanContextFromContext(r.Context).IsValid())
+}
+
 // recordTracer runs kotel's produce hooks, except when they could not trace
-// anything: the tracer provider makes no valid spans (no OpenTelemetry SDK is
-// set up) and the record's context carries no span to pass on. kotel would
-// then spend about eight allocations a produced record (more than the rest of
-// the produce path) making no-op spans. Context a caller passes in is still
-// propagated into the headers, and a global provider set after the client was
-// built is noticed.
+// anything ([SpanGate]): kotel would then spend about eight allocations a
+// produced record (more than the rest of the produce path) making no-op
+// spans. Context a caller passes in is still propagated into the headers.
 //
 // Fetched records get kotel's receive spans ([fetchTracer]) only when the
 // provider makes valid spans when the client is built: kgo walks every polled
@@ -112,28 +146,17 @@ func Connection(opts ...kdeliver.Option) ([]kgo.Opt, error) {
 // record's headers carry into its context, so that the handler's span (and
 // what it produces) joins the producer's trace.
 type recordTracer struct {
-	t         *kotel.Tracer
-	recording bool                 // the provider makes valid spans
-	global    trace.TracerProvider // the unset global provider, nil if not global
-	prop      propagation.TextMapPropagator
-	fields    []string // the header keys prop reads
+	t      *kotel.Tracer
+	gate   *SpanGate
+	prop   propagation.TextMapPropagator
+	fields []string // the header keys prop reads
 }
 
 func newRecordTracer(t *kotel.Tracer, tp trace.TracerProvider, global bool, prop propagation.TextMapPropagator) *recordTracer {
-	// An SDK's span is valid even when not sampled. The probe span is not
-	// ended, so it is never exported.
-	_, probe := tp.Tracer("github.com/kdeliver/kdeliver").Start(context.Background(), "kdeliver probe")
-	rt := &recordTracer{t: t, recording: probe.SpanContext().IsValid(), prop: prop, fields: prop.Fields()}
-	if global && !rt.recording {
-		rt.global = tp
-	}
-	return rt
+	return &recordTracer{t: t, gate: newSpanGate(tp, global), prop: prop, fields: prop.Fields()}
 }
 
-func (rt *recordTracer) active(r *kgo.Record) bool {
-	return rt.recording || (rt.global != nil && otel.GetTracerProvider() != rt.global) ||
-		(r.Context != nil && trace.SpanContextFromContext(r.Context).IsValid())
-}
+func (rt *recordTracer) active(r *kgo.Record) bool { return rt.gate.Needed(r) }
 
 func (rt *recordTracer) OnProduceRecordBuffered(r *kgo.Record) {
 	if rt.active(r) {
@@ -150,7 +173,7 @@ func (rt *recordTracer) OnProduceRecordUnbuffered(r *kgo.Record, err error) {
 // fetchHook returns the hook for fetched records: kotel's receive spans when
 // the provider makes valid spans, else only the header's trace.
 func (rt *recordTracer) fetchHook() kgo.Hook {
-	if rt.recording {
+	if rt.gate.recording {
 		return fetchTracer{rt}
 	}
 	return fetchCarrier{rt}

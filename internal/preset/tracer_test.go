@@ -25,7 +25,7 @@ func noopRecordTracer() *recordTracer {
 // its context, and a record produced under that context carries it on.
 func TestFetchKeepsUpstreamTraceWithoutSDK(t *testing.T) {
 	rt := noopRecordTracer()
-	if rt.recording {
+	if rt.gate.recording {
 		t.Fatal("the noop provider was taken for a recording one")
 	}
 	fh := rt.fetchHook()
