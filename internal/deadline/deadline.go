@@ -34,8 +34,12 @@ type Timeouts struct {
 	grain time.Duration
 	now   func() time.Time
 	cur   atomic.Pointer[window]
-	mu    sync.Mutex // serializes making a new window
-	live  []*window  // the windows handed out and not expired, for Fail; guarded by mu
+	// shared is the last recordCtx made for a record without a Context
+	// of its own: immutable, so records with the same ctx and window
+	// share it.
+	shared atomic.Pointer[recordCtx]
+	mu     sync.Mutex // serializes making a new window
+	live   []*window  // the windows handed out and not expired, for Fail; guarded by mu
 }
 
 // New returns Timeouts for a delivery timeout of d (positive).
@@ -55,15 +59,30 @@ func (t *Timeouts) Timeout() time.Duration { return t.d }
 // just before handing r to the client. A Context r had that can itself be
 // cancelled keeps its cancellation too; ctx's cancellation kgo watches
 // anyway.
+//
+// A record without a Timestamp gets the time of the hand-over, read once
+// for both (kgo would read the clock again to set it).
 func (t *Timeouts) Attach(ctx context.Context, r *kgo.Record) {
-	w := t.window()
+	now := t.now()
+	if r.Timestamp.IsZero() {
+		r.Timestamp = now
+	}
+	w := t.window(now)
 	switch {
 	case r.Context == nil && (ctx == nil || ctx == context.Background()):
 		r.Context = w
 	case r.Context == nil:
-		// ctx's values, for tracing hooks: no timer, one small
-		// allocation.
-		r.Context = &recordCtx{orig: ctx, end: w, w: w}
+		// ctx's values, for tracing hooks: no timer, and one small
+		// allocation for all the records handed over with the same ctx
+		// in the same window (the common case: a loop producing under
+		// one ctx), which share it.
+		if c := t.shared.Load(); c != nil && c.orig == ctx && c.w == w {
+			r.Context = c
+			return
+		}
+		c := &recordCtx{orig: ctx, end: w, w: w}
+		t.shared.Store(c)
+		r.Context = c
 	case r.Context.Done() == nil:
 		r.Context = &recordCtx{orig: r.Context, end: w, w: w, restore: r.Context}
 	default:
@@ -146,8 +165,7 @@ func Err(r *kgo.Record, err error) error {
 	return err
 }
 
-func (t *Timeouts) window() *window {
-	now := t.now()
+func (t *Timeouts) window(now time.Time) *window {
 	if w := t.cur.Load(); w != nil && now.Before(w.until) {
 		return w
 	}
@@ -221,7 +239,13 @@ type recordCtx struct {
 	w       *window
 	restore context.Context // r's Context before Attach
 	cancel  context.CancelFunc
+	// last caches the last value looked up in orig: kgo's tracing hooks
+	// ask for the span of every record (twice), and a shared recordCtx
+	// answers from here instead of walking orig's chain each time.
+	last atomic.Pointer[lookup]
 }
+
+type lookup struct{ key, val any }
 
 func (c *recordCtx) Deadline() (time.Time, bool) { return c.end.Deadline() }
 func (c *recordCtx) Done() <-chan struct{}       { return c.end.Done() }
@@ -230,5 +254,10 @@ func (c *recordCtx) Value(key any) any {
 	if key == (windowKey{}) {
 		return c.w
 	}
-	return c.orig.Value(key)
+	if l := c.last.Load(); l != nil && l.key == key {
+		return l.val
+	}
+	v := c.orig.Value(key)
+	c.last.Store(&lookup{key, v})
+	return v
 }

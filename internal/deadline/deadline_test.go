@@ -135,3 +135,65 @@ func TestFail(t *testing.T) {
 }
 
 type testKey struct{}
+
+// TestSharedRecordCtx: records handed over with the same ctx in the same
+// window share one Context, which still carries ctx's values (cached after
+// the first lookup) and nothing of another ctx's.
+func TestSharedRecordCtx(t *testing.T) {
+	ts := New(time.Hour)
+	now := time.Now()
+	ts.now = func() time.Time { return now }
+	type key struct{}
+	ctxA := context.WithValue(context.Background(), key{}, "a")
+	ctxB := context.WithValue(context.Background(), key{}, "b")
+	a1, a2, b := &kgo.Record{}, &kgo.Record{}, &kgo.Record{}
+	ts.Attach(ctxA, a1)
+	ts.Attach(ctxA, a2)
+	ts.Attach(ctxB, b)
+	if a1.Context != a2.Context {
+		t.Error("two records with the same ctx in the same window got different Contexts")
+	}
+	if a1.Context == b.Context {
+		t.Error("records with different ctxs share a Context")
+	}
+	for range 2 { // the second lookup is answered from the cache
+		if got := a2.Context.Value(key{}); got != "a" {
+			t.Errorf("value %v, want a", got)
+		}
+		if got := b.Context.Value(key{}); got != "b" {
+			t.Errorf("value %v, want b", got)
+		}
+		if got := a1.Context.Value("other"); got != nil {
+			t.Errorf("value of an absent key: %v", got)
+		}
+	}
+	now = now.Add(ts.grain)
+	a3 := &kgo.Record{}
+	ts.Attach(ctxA, a3)
+	if a3.Context == a1.Context {
+		t.Error("a record a window later shares the old window's Context")
+	}
+	Detach(a1)
+	if a1.Context != nil || a2.Context.Value(key{}) != "a" {
+		t.Error("Detach of one record changed another's Context")
+	}
+}
+
+// TestAttachTimestamp: a record without a Timestamp gets the hand-over
+// time; one with a Timestamp (an event time, a dead letter's) keeps it.
+func TestAttachTimestamp(t *testing.T) {
+	ts := New(time.Hour)
+	now := time.Now()
+	ts.now = func() time.Time { return now }
+	fresh := &kgo.Record{}
+	ts.Attach(context.Background(), fresh)
+	if !fresh.Timestamp.Equal(now) {
+		t.Errorf("timestamp %v, want the hand-over time %v", fresh.Timestamp, now)
+	}
+	old := now.Add(-time.Hour)
+	kept := &kgo.Record{Timestamp: old}
+	ts.Attach(context.Background(), kept)
+	if !kept.Timestamp.Equal(old) {
+		t.Errorf("timestamp %v, want the record's own %v", kept.Timestamp, old)
+	}
+}
