@@ -127,7 +127,8 @@ func rawKgoCopy(ctx context.Context, e *env, in, out, group string, n int) (resu
 
 func kdeliverCopy(ctx context.Context, e *env, in, out, group string, n int) (result, error) {
 	s, err := eos.New(e.brokers, group, []string{in}, e.name("bench-eos-txn"), eos.WithOutputTopic(out),
-		eos.WithCommitEvery(1_000_000, txnInterval), kdeliver.WithLogger(slog.New(slog.DiscardHandler)))
+		eos.WithCommitEvery(1_000_000, txnInterval), kdeliver.WithLogger(slog.New(slog.DiscardHandler)),
+		eos.WithKgoOpts(kgo.RecordPartitioner(kgo.ManualPartitioner()))) // each copy to its input's partition, as the other clients
 	if err != nil {
 		return result{}, err
 	}

@@ -385,7 +385,7 @@ func (f *fan) work(r *kgo.Record) {
 		pctx, span := l.processSpan(t, r)
 		began := time.Now()
 		out, err := c.call(pctx, r)
-		took := time.Since(began)
+		ended := time.Now()
 		f.mu.Lock()
 		p := f.parts[tp{r.Topic, r.Partition}]
 		done := false
@@ -394,7 +394,9 @@ func (f *fan) work(r *kgo.Record) {
 		case t.reason != "" && err == nil:
 			// The transaction aborts: its outputs are no use.
 		default:
-			done = l.settle(f.ctx, t, r, pctx, span, took, out, err)
+			// settle produces under f.mu, which this handler may have
+			// waited for: read the clock again.
+			done = l.settle(f.ctx, t, r, pctx, span, ended.Sub(began), time.Now(), out, err)
 		}
 		if done {
 			p.offs.Done(r.Offset)

@@ -17,20 +17,24 @@ import (
 	"github.com/kdeliver/kdeliver/internal/dlq"
 )
 
-func (l *loop) handle(ctx context.Context, t *txn, r *kgo.Record) {
+// handle handles r and returns the time its handler call ended (or the
+// time it was given, prev, when r was not handled).
+func (l *loop) handle(ctx context.Context, t *txn, r *kgo.Record, prev time.Time) time.Time {
 	s := l.s
 	if l.checkRewind(r) {
 		s.log.Error("eos: polled a record below the committed offset after an abort; replacing the client", "topic", r.Topic, "partition", r.Partition, "offset", r.Offset)
 		s.stats.rewind.Add(1)
 		t.abort(reasonRewind)
 		t.replace = true
-		return
+		return prev
 	}
 	pctx, span := l.processSpan(t, r)
 	defer span.End()
 	began := time.Now()
 	out, err := l.seq.call(pctx, r)
-	l.settle(ctx, t, r, pctx, span, time.Since(began), out, err)
+	ended := time.Now()
+	l.settle(ctx, t, r, pctx, span, ended.Sub(began), ended, out, err)
+	return ended
 }
 
 // processSpan returns the handler's ctx for r and its process span (a no-op
@@ -47,11 +51,12 @@ func (l *loop) processSpan(t *txn, r *kgo.Record) (context.Context, trace.Span) 
 	return pctx, span
 }
 
-// settle acts on the outcome of r's handler call, which took took: it
-// produces r's outputs, or counts the failure and aborts, dead-letters or
-// stops. It reports whether r is done (its outputs, or its dead letter, are
-// in t). Concurrent handlers call it one at a time.
-func (l *loop) settle(ctx context.Context, t *txn, r *kgo.Record, pctx context.Context, span trace.Span, took time.Duration, out []*kgo.Record, err error) bool {
+// settle acts on the outcome of r's handler call, which took took and
+// ended at ended (a clock read just taken): it produces r's outputs, or
+// counts the failure and aborts, dead-letters or stops. It reports whether
+// r is done (its outputs, or its dead letter, are in t). Concurrent
+// handlers call it one at a time.
+func (l *loop) settle(ctx context.Context, t *txn, r *kgo.Record, pctx context.Context, span trace.Span, took time.Duration, ended time.Time, out []*kgo.Record, err error) bool {
 	s := l.s
 	if took > t.slowestTook {
 		t.slowest, t.slowestTook = recordKey{r.Topic, r.Partition, r.Offset}, took
@@ -62,11 +67,17 @@ func (l *loop) settle(ctx context.Context, t *txn, r *kgo.Record, pctx context.C
 			l.solo = recordKey{}
 		}
 		octx := l.outputContext(t, pctx, r)
-		for _, o := range out {
+		for i, o := range out {
 			if o.Context == nil {
 				o.Context = octx
 			}
-			l.produce(t, o)
+			if i == 0 {
+				l.produceAt(t, o, ended)
+			} else {
+				// The previous Produce may have blocked on a full
+				// buffer: ended is no longer now.
+				l.produce(t, o)
+			}
 		}
 		return true
 	}
@@ -156,7 +167,11 @@ func (c *caller) call(ctx context.Context, r *kgo.Record) (out []*kgo.Record, er
 	c.out = c.out[:0]
 	c.handling = true
 	c.mu.Unlock()
+	returned := false
 	defer func() {
+		if returned {
+			return
+		}
 		c.mu.Lock()
 		c.handling = false
 		c.mu.Unlock()
@@ -164,11 +179,14 @@ func (c *caller) call(ctx context.Context, r *kgo.Record) (out []*kgo.Record, er
 			out, err = nil, fmt.Errorf("%w: %v", kdeliver.ErrPanic, v)
 		}
 	}()
-	if err = l.h(ctx, r, c.emit); err != nil {
+	err = l.h(ctx, r, c.emit)
+	returned = true
+	c.mu.Lock() // once for both: the end of handling and the check
+	defer c.mu.Unlock()
+	c.handling = false
+	if err != nil {
 		return nil, err
 	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
 	for _, o := range c.out {
 		if o == nil {
 			return nil, errors.New("emitted a nil record")
@@ -200,14 +218,17 @@ func (l *loop) outputContext(t *txn, pctx context.Context, in *kgo.Record) conte
 
 // produce writes r in t. Its delivery timeout counts from now, not from its
 // Timestamp (which an output or dead letter may copy from an old input).
-func (l *loop) produce(t *txn, r *kgo.Record) {
+func (l *loop) produce(t *txn, r *kgo.Record) { l.produceAt(t, r, time.Now()) }
+
+// produceAt is produce with now, a clock read just taken.
+func (l *loop) produceAt(t *txn, r *kgo.Record, now time.Time) {
 	if t.promise == nil {
 		t.makePromise()
 	}
 	if t.firstOut.IsZero() {
-		t.firstOut = time.Now()
+		t.firstOut = now
 	}
-	l.s.timeouts.Attach(context.Background(), r)
+	l.s.timeouts.AttachAt(context.Background(), r, now)
 	t.sess.Produce(context.Background(), r, t.promise)
 }
 

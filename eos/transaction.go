@@ -231,19 +231,20 @@ func (l *loop) transaction(ctx context.Context, c *client) error {
 // [txn.cut]); after an abort reason is set the rest are left for the rewind.
 func (l *loop) handleAll(ctx context.Context, t *txn, fs kgo.Fetches, deadline time.Time) {
 	s := l.s
+	now := time.Now() // then the end of the last handler call
 	fs.EachPartition(func(p kgo.FetchTopicPartition) {
 		for i, r := range p.Records {
 			if t.reason != "" || t.crashed != nil {
 				return
 			}
 			stop := t.cut != nil || ctx.Err() != nil ||
-				t.records > 0 && (t.records >= s.cfg.commitRecords || !time.Now().Before(deadline) ||
+				t.records > 0 && (t.records >= s.cfg.commitRecords || !now.Before(deadline) ||
 					l.solo == recordKey{r.Topic, r.Partition, r.Offset})
 			if stop {
 				t.cutAt(p.Records[i])
 				return
 			}
-			l.handle(ctx, t, r)
+			now = l.handle(ctx, t, r, now)
 		}
 	})
 }

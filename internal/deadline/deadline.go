@@ -62,8 +62,14 @@ func (t *Timeouts) Timeout() time.Duration { return t.d }
 //
 // A record without a Timestamp gets the time of the hand-over, read once
 // for both (kgo would read the clock again to set it).
-func (t *Timeouts) Attach(ctx context.Context, r *kgo.Record) {
-	now := t.now()
+func (t *Timeouts) Attach(ctx context.Context, r *kgo.Record) { t.AttachAt(ctx, r, t.now()) }
+
+// AttachAt is [Timeouts.Attach] for a caller that read the clock itself
+// just before: now must be no earlier than a moment ago, or r gets less
+// than the delivery timeout (it is counted from now, not from the
+// hand-over). Do not pass one reading for records produced one after the
+// other: kgo's Produce can block while its buffer is full.
+func (t *Timeouts) AttachAt(ctx context.Context, r *kgo.Record, now time.Time) {
 	if r.Timestamp.IsZero() {
 		r.Timestamp = now
 	}
