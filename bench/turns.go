@@ -67,6 +67,9 @@ type side struct {
 	// base names the side its ratios are to (raw kgo with the same
 	// semantics); "" for a side that is its own base.
 	base string
+	// also names a second side to compare with, printed under the table
+	// (kdeliver eos against the at-least-once copy loop).
+	also string
 	// note is printed under the table (e.g. "no idempotence").
 	note string
 	// run does one turn of n records.
@@ -181,8 +184,16 @@ func printTable(w io.Writer, sec section, res [][]result) {
 		sec.name, sec.records, recordSize, partitions, len(res[0]))
 	fmt.Fprintln(w, "| client | records/s | MB/s | CPU s / 100k records | throughput × base | CPU/record × base | base |")
 	fmt.Fprintln(w, "|---|---|---|---|---|---|---|")
-	var notes []string
+	var notes, also []string
 	for k, s := range sec.sides {
+		if a, ok := idx[s.also]; ok {
+			var tr, cr []float64
+			for i, r := range res[k] {
+				tr = append(tr, rate(r)/rate(res[a][i]))
+				cr = append(cr, cpuPer100k(r)/cpuPer100k(res[a][i]))
+			}
+			also = append(also, fmt.Sprintf("- %s × %s, per round: throughput %s, CPU/record %s", s.name, s.also, spread(tr, 2), spread(cr, 2)))
+		}
 		var rs, ms, cs, tr, cr []float64
 		b, hasBase := idx[s.base]
 		for i, r := range res[k] {
@@ -204,21 +215,30 @@ func printTable(w io.Writer, sec section, res [][]result) {
 			notes = append(notes, fmt.Sprintf("- %s: %s", s.name, s.note))
 		}
 	}
+	if len(also) > 0 {
+		fmt.Fprintln(w)
+		fmt.Fprintln(w, strings.Join(also, "\n"))
+	}
 	if len(notes) > 0 {
 		fmt.Fprintln(w)
 		fmt.Fprintln(w, strings.Join(notes, "\n"))
 	}
 }
 
-// keep filters sides by -only, keeping every side that is a base.
+// keep filters sides by -only, keeping every side that is a base (or the
+// second comparison, also) of a side kept.
 func keep(e *env, sides []side) []side {
 	if len(e.cfg.only) == 0 {
 		return sides
 	}
 	bases := map[string]bool{}
 	for _, s := range sides {
-		if slices.Contains(e.cfg.only, s.name) && s.base != "" {
-			bases[s.base] = true
+		if slices.Contains(e.cfg.only, s.name) {
+			for _, b := range []string{s.base, s.also} {
+				if b != "" {
+					bases[b] = true
+				}
+			}
 		}
 	}
 	return slices.DeleteFunc(slices.Clone(sides), func(s side) bool {
