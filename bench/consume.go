@@ -35,9 +35,11 @@ func consumeSection(ctx context.Context, e *env) (section, error) {
 		}
 	}
 	sides := []side{
-		{name: "raw kgo at-least-once", run: read(rawKgoConsume(kdeliver.AtLeastOnce, 0)),
+		{name: "raw kgo at-least-once", run: read(rawKgoConsume(kdeliver.AtLeastOnce, 0, 0)),
 			note: "poll, handle each record, CommitUncommittedOffsets (synchronous) after each poll"},
-		{name: "kdeliver at-least-once", base: "raw kgo at-least-once", run: read(kdeliverConsume(kdeliver.AtLeastOnce))},
+		{name: "raw kgo at-least-once, 500 a poll, commit every 1 s", run: read(rawKgoConsume(kdeliver.AtLeastOnce, consumer.DefaultMaxPollRecords, consumer.DefaultCommitInterval)),
+			note: "kdeliver's policy on a bare client: PollRecords(500) (consumer.WithMaxPollRecords, which bounds how long a poll's records hold a rebalance), handle, CommitUncommittedOffsets (synchronous) once 1 s (consumer.WithCommitInterval) has passed since the last, and at the end"},
+		{name: "kdeliver at-least-once", base: "raw kgo at-least-once", also: "raw kgo at-least-once, 500 a poll, commit every 1 s", run: read(kdeliverConsume(kdeliver.AtLeastOnce))},
 		{name: "sarama", base: "raw kgo at-least-once", run: read(saramaConsume),
 			note: "consumer group, MarkMessage after each record, auto-commit of marks every 1 s, Commit at the end"},
 		{name: "kafka-go", base: "raw kgo at-least-once", run: read(kafkaGoConsume),
@@ -46,9 +48,9 @@ func consumeSection(ctx context.Context, e *env) (section, error) {
 			note: "Poll, StoreMessage after each record (enable.auto.offset.store=false), auto-commit of stored offsets every 1 s, Commit at the end"},
 		{name: "Java ConsumerPerformance", base: "raw kgo at-least-once", run: read(javaConsume),
 			note: "Kafka's defaults: auto-commit every 5 s of what poll returned (at-least-once in its poll loop); its fetch rate (join excluded); CPU minus a 1-record run's"},
-		{name: "raw kgo at-most-once", run: read(rawKgoConsume(kdeliver.AtMostOnce, 0)),
+		{name: "raw kgo at-most-once", run: read(rawKgoConsume(kdeliver.AtMostOnce, 0, 0)),
 			note: "poll (all that is buffered), CommitUncommittedOffsets (synchronous), then handle the records"},
-		{name: "raw kgo at-most-once, 500 a poll", run: read(rawKgoConsume(kdeliver.AtMostOnce, consumer.DefaultMaxPollRecords)),
+		{name: "raw kgo at-most-once, 500 a poll", run: read(rawKgoConsume(kdeliver.AtMostOnce, consumer.DefaultMaxPollRecords, 0)),
 			note: "the same with PollRecords(500): kdeliver's default poll bound (consumer.WithMaxPollRecords), which bounds what a crash loses"},
 		{name: "kdeliver at-most-once", base: "raw kgo at-most-once, 500 a poll", run: read(kdeliverConsume(kdeliver.AtMostOnce))},
 	}
@@ -114,7 +116,11 @@ func (c *counter) count() int { return int(atomic.LoadInt64(&c.n)) }
 // rawKgoConsume is the raw poll-and-commit loop of sem; maxPoll > 0 polls
 // at most that many records at a time (PollRecords), 0 all that is
 // buffered (PollFetches).
-func rawKgoConsume(sem kdeliver.Semantics, maxPoll int) func(ctx context.Context, e *env, topic, group string, n int) (result, error) {
+// rawKgoConsume is a bare kgo loop: polls of at most maxPoll records (0:
+// all that is buffered), committing synchronously before handling
+// (AtMostOnce) or after it, after every poll, or, with commitEvery, once
+// commitEvery has passed since the last commit and at the end.
+func rawKgoConsume(sem kdeliver.Semantics, maxPoll int, commitEvery time.Duration) func(ctx context.Context, e *env, topic, group string, n int) (result, error) {
 	return func(ctx context.Context, e *env, topic, group string, n int) (result, error) {
 		cl, err := kgo.NewClient(kgo.SeedBrokers(e.brokers...), kgo.ConsumerGroup(group), kgo.ConsumeTopics(topic),
 			kgo.DisableAutoCommit(), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
@@ -123,6 +129,7 @@ func rawKgoConsume(sem kdeliver.Semantics, maxPoll int) func(ctx context.Context
 		}
 		defer cl.Close()
 		c := newCounter(n)
+		lastCommit := time.Now()
 		for c.count() < n {
 			var fs kgo.Fetches
 			if maxPoll > 0 {
@@ -145,10 +152,11 @@ func rawKgoConsume(sem kdeliver.Semantics, maxPoll int) func(ctx context.Context
 				_ = it.Next()
 				c.add()
 			}
-			if sem != kdeliver.AtMostOnce {
+			if sem != kdeliver.AtMostOnce && (commitEvery == 0 || c.count() >= n || time.Since(lastCommit) >= commitEvery) {
 				if err := cl.CommitUncommittedOffsets(ctx); err != nil {
 					return result{}, fmt.Errorf("commit: %w", err)
 				}
+				lastCommit = time.Now()
 			}
 		}
 		return c.m.stop(n), nil
