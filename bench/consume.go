@@ -113,9 +113,6 @@ func (c *counter) add() bool {
 
 func (c *counter) count() int { return int(atomic.LoadInt64(&c.n)) }
 
-// rawKgoConsume is the raw poll-and-commit loop of sem; maxPoll > 0 polls
-// at most that many records at a time (PollRecords), 0 all that is
-// buffered (PollFetches).
 // rawKgoConsume is a bare kgo loop: polls of at most maxPoll records (0:
 // all that is buffered), committing synchronously before handling
 // (AtMostOnce) or after it, after every poll, or, with commitEvery, once

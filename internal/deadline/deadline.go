@@ -19,6 +19,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"reflect"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -82,7 +83,7 @@ func (t *Timeouts) AttachAt(ctx context.Context, r *kgo.Record, now time.Time) {
 		// allocation for all the records handed over with the same ctx
 		// in the same window (the common case: a loop producing under
 		// one ctx), which share it.
-		if c := t.shared.Load(); c != nil && c.orig == ctx && c.w == w {
+		if c := t.shared.Load(); c != nil && c.w == w && same(c.orig, ctx) {
 			r.Context = c
 			return
 		}
@@ -252,6 +253,15 @@ type recordCtx struct {
 }
 
 type lookup struct{ key, val any }
+
+// same reports whether a and b are the same context. Comparing two
+// interfaces whose dynamic type cannot be compared (a Context implemented
+// by a struct value holding a map or slice) panics, so such contexts are
+// never the same.
+func same(a, b context.Context) bool {
+	ta := reflect.TypeOf(a)
+	return ta == reflect.TypeOf(b) && ta.Comparable() && a == b
+}
 
 func (c *recordCtx) Deadline() (time.Time, bool) { return c.end.Deadline() }
 func (c *recordCtx) Done() <-chan struct{}       { return c.end.Done() }

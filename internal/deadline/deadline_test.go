@@ -197,3 +197,33 @@ func TestAttachTimestamp(t *testing.T) {
 		t.Errorf("timestamp %v, want the record's own %v", kept.Timestamp, old)
 	}
 }
+
+// valueCtx is a Context implemented by a struct value that cannot be
+// compared (it holds a map): Attach must not compare two of them.
+type valueCtx struct {
+	context.Context
+	m map[string]string
+}
+
+func (c valueCtx) Value(key any) any {
+	if k, ok := key.(string); ok {
+		if v, ok := c.m[k]; ok {
+			return v
+		}
+	}
+	return c.Context.Value(key)
+}
+
+// TestUncomparableCtx: records produced under a Context whose type cannot
+// be compared get their own record contexts, with its values, instead of
+// a panic.
+func TestUncomparableCtx(t *testing.T) {
+	ts := New(time.Hour)
+	ctx := valueCtx{context.Background(), map[string]string{"k": "v"}}
+	a, b := &kgo.Record{}, &kgo.Record{}
+	ts.Attach(ctx, a)
+	ts.Attach(ctx, b)
+	if a.Context.Value("k") != "v" || b.Context.Value("k") != "v" {
+		t.Error("the ctx's values are not in the records' Contexts")
+	}
+}
