@@ -145,6 +145,17 @@ func TestCancellationReleases(t *testing.T) {
 				if string(r.Value) == want[5] {
 					once.Do(func() { close(inHand) })
 					<-release
+				} else {
+					// With concurrent handlers, one started after the
+					// record in hand waits with it: else the other
+					// handlers can finish the whole poll before Run's
+					// ctx is cancelled, leaving nothing to release (seen
+					// in CI).
+					select {
+					case <-inHand:
+						<-release
+					default:
+					}
 				}
 				s.add(string(r.Value))
 				return nil
