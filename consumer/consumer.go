@@ -190,9 +190,8 @@ func newConsumer(what string, brokers []string, group string, topics []string, s
 	c.commitDur = metrics.NewDurations(metrics.Meter(cfg.t.Shared.MeterProvider), c.log, "kdeliver.consumer.commit.duration",
 		"How long an offset commit took, by outcome (ok, error)",
 		[]attribute.KeyValue{metrics.KeySystem.String("kafka"), metrics.KeyGroup.String(group), metrics.KeySemantics.String(sem.String())}, "ok", "error")
-	base, tracer := preset.Base(&cfg.t.Shared, group)
-	c.tracer = tracer
-	c.spans = preset.NewSpanGate(&cfg.t.Shared)
+	base, tr := preset.Base(&cfg.t.Shared, group)
+	c.tracer, c.spans = tr.Tracer, tr.Spans
 	c.kopts = append(base, kgo.SeedBrokers(brokers...))
 	c.kopts = append(c.kopts, pc.Opts()...)
 	// Rebalances wait until a polled batch is committed (AtMostOnce) or

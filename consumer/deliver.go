@@ -297,7 +297,7 @@ func (r *run) call(ctx context.Context, h Handler, rec *kgo.Record, attempt int)
 			r.c.stats.failed.Add(1)
 		}
 	}()
-	if r.c.spans != nil && !r.c.spans.Needed(rec) {
+	if !r.c.spans.Needed(rec) {
 		defer func() {
 			if v := recover(); v != nil {
 				r.c.log.Error("handler panicked", "topic", rec.Topic, "partition", rec.Partition, "offset", rec.Offset, "panic", fmt.Sprint(v), "stack", string(debug.Stack()))

@@ -385,7 +385,7 @@ func (f *fan) work(r *kgo.Record) {
 		pctx, span := l.processSpan(t, r)
 		began := time.Now()
 		out, err := c.call(pctx, r)
-		ended := time.Now()
+		took := time.Since(began)
 		f.mu.Lock()
 		p := f.parts[tp{r.Topic, r.Partition}]
 		done := false
@@ -396,7 +396,7 @@ func (f *fan) work(r *kgo.Record) {
 		default:
 			// settle produces under f.mu, which this handler may have
 			// waited for: read the clock again.
-			done = l.settle(f.ctx, t, r, pctx, span, ended.Sub(began), time.Now(), out, err)
+			done = l.settle(f.ctx, t, r, pctx, span, took, time.Now(), out, err)
 		}
 		if done {
 			p.offs.Done(r.Offset)

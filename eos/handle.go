@@ -51,12 +51,12 @@ func (l *loop) processSpan(t *txn, r *kgo.Record) (context.Context, trace.Span) 
 	return pctx, span
 }
 
-// settle acts on the outcome of r's handler call, which took took and
-// ended at ended (a clock read just taken): it produces r's outputs, or
-// counts the failure and aborts, dead-letters or stops. It reports whether
-// r is done (its outputs, or its dead letter, are in t). Concurrent
-// handlers call it one at a time.
-func (l *loop) settle(ctx context.Context, t *txn, r *kgo.Record, pctx context.Context, span trace.Span, took time.Duration, ended time.Time, out []*kgo.Record, err error) bool {
+// settle acts on the outcome of r's handler call, which took took: it
+// produces r's outputs, the first with now (a clock read just taken) as its
+// hand-over, or counts the failure and aborts, dead-letters or stops. It
+// reports whether r is done (its outputs, or its dead letter, are in t).
+// Concurrent handlers call it one at a time.
+func (l *loop) settle(ctx context.Context, t *txn, r *kgo.Record, pctx context.Context, span trace.Span, took time.Duration, now time.Time, out []*kgo.Record, err error) bool {
 	s := l.s
 	if took > t.slowestTook {
 		t.slowest, t.slowestTook = recordKey{r.Topic, r.Partition, r.Offset}, took
@@ -72,10 +72,10 @@ func (l *loop) settle(ctx context.Context, t *txn, r *kgo.Record, pctx context.C
 				o.Context = octx
 			}
 			if i == 0 {
-				l.produceAt(t, o, ended)
+				l.produceAt(t, o, now)
 			} else {
 				// The previous Produce may have blocked on a full
-				// buffer: ended is no longer now.
+				// buffer: now is no longer now.
 				l.produce(t, o)
 			}
 		}

@@ -133,7 +133,7 @@ func New(brokers []string, group string, topics []string, transactionalID string
 		return nil, err
 	}
 
-	base, kt := preset.Base(&cfg.t.Shared, group)
+	base, tr := preset.Base(&cfg.t.Shared, group)
 	kopts := append([]kgo.Opt{kgo.SeedBrokers(brokers...)}, base...)
 	kopts = append(kopts, prod.Opts()...)
 	// The input topics are added once the session's producer has fenced
@@ -160,7 +160,7 @@ func New(brokers []string, group string, topics []string, transactionalID string
 		topics:  topics,
 		txnID:   transactionalID,
 		group:   group,
-		kotel:   kt,
+		kotel:   tr.Tracer,
 		tracer:  tp.Tracer("github.com/kdeliver/kdeliver/eos"),
 		log:     cfg.t.Shared.Log().With("transactional_id", transactionalID, "group", group),
 		hd:      cfg.t.Handling,

@@ -214,9 +214,8 @@ func newConsumer(brokers []string, group string, topics []string, sem kdeliver.S
 	if cfg.deadLetter != "" {
 		c.scope.Writes = []string{cfg.deadLetter}
 	}
-	base, tracer := preset.Base(&cfg.t.Shared, group)
-	c.tracer = tracer
-	c.spans = preset.NewSpanGate(&cfg.t.Shared)
+	base, tr := preset.Base(&cfg.t.Shared, group)
+	c.tracer, c.spans = tr.Tracer, tr.Spans
 	c.kopts = append(base, kgo.SeedBrokers(brokers...),
 		kgo.ShareGroup(group), kgo.ConsumeTopics(topics...),
 		kgo.ShareMaxRecords(int32(min(cfg.maxRecords, 1<<30))),

@@ -26,10 +26,19 @@ import (
 // DefaultClientID is the Kafka client ID when none is set.
 const DefaultClientID = "kdeliver"
 
+// Tracing is what a client's handler loop needs of its tracing: kotel's
+// tracer, to start process spans joined to the record traces, and the gate
+// that says when such a span can be seen (the one the client's produce
+// hooks use).
+type Tracing struct {
+	*kotel.Tracer
+	Spans *SpanGate
+}
+
 // Base returns the options every kdeliver client gets from the shared
-// settings: client ID, logger and OpenTelemetry hooks. The tracer is returned
-// so callers can start process spans joined to the record traces.
-func Base(s *shared.Settings, group string) ([]kgo.Opt, *kotel.Tracer) {
+// settings: client ID, logger and OpenTelemetry hooks, and the client's
+// tracing.
+func Base(s *shared.Settings, group string) ([]kgo.Opt, Tracing) {
 	id := s.ClientID
 	if id == "" {
 		id = DefaultClientID
@@ -59,7 +68,7 @@ func Base(s *shared.Settings, group string) ([]kgo.Opt, *kotel.Tracer) {
 		hooks = append(hooks, kotel.NewMeter(kotel.MeterProvider(mp)))
 	}
 	opts := []kgo.Opt{kgo.ClientID(id), kgo.WithHooks(hooks...), kgo.WithLogger(slogLogger{s.Log()})}
-	return append(opts, Dial(s.Conn)...), tracer
+	return append(opts, Dial(s.Conn)...), Tracing{Tracer: tracer, Spans: rt.gate}
 }
 
 // Dial returns the kgo options that connect as c says: TLS, SASL.
@@ -106,15 +115,6 @@ func Connection(opts ...kdeliver.Option) ([]kgo.Opt, error) {
 type SpanGate struct {
 	recording bool                 // the provider makes valid spans
 	global    trace.TracerProvider // the unset global provider, nil if not global
-}
-
-// NewSpanGate returns the gate of the tracer provider of s (the global
-// one when s sets none).
-func NewSpanGate(s *shared.Settings) *SpanGate {
-	if s.TracerProvider != nil {
-		return newSpanGate(s.TracerProvider, false)
-	}
-	return newSpanGate(otel.GetTracerProvider(), true)
 }
 
 func newSpanGate(tp trace.TracerProvider, global bool) *SpanGate {
