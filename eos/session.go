@@ -105,6 +105,11 @@ type client struct {
 	// prepared is set once the client fenced earlier producers of the
 	// transactional ID and started consuming.
 	prepared atomic.Bool
+	// closeOnce starts the one kgo Close of gts (kgo's Close is not safe
+	// to run twice at once: Run's leave and Session.Close may both close
+	// the client); closed is closed when it returned.
+	closeOnce sync.Once
+	closed    chan struct{}
 }
 
 // New builds a Session that consumes topics as a member of group and
@@ -456,16 +461,19 @@ func (s *Session) closeClient(ctx context.Context) error {
 // close leaves the group and closes the client, cancelling the client's
 // root context when ctx ends first or when the client never joined (its
 // join may wait on the broker until the rebalance timeout, and kgo's Close
-// waits for it).
+// waits for it). Callers at once share the one Close.
 func (c *client) close(ctx context.Context) error {
 	if _, gen := c.gts.Client().GroupMetadata(); gen < 0 {
 		c.cancel()
 	}
-	done := make(chan struct{})
-	go func() {
-		c.gts.Close()
-		close(done)
-	}()
+	c.closeOnce.Do(func() {
+		c.closed = make(chan struct{})
+		go func() {
+			c.gts.Close()
+			close(c.closed)
+		}()
+	})
+	done := c.closed
 	var err error
 	select {
 	case <-done:
