@@ -11,6 +11,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"time"
+	"unsafe"
 
 	"github.com/twmb/franz-go/pkg/kgo"
 
@@ -35,6 +36,38 @@ type core struct {
 	msgIDs   bool
 	idPrefix [16]byte
 	idSeq    atomic.Uint64
+
+	// async is the promise made for the last done callback
+	// ProduceAsync got ([core.promiseFor]).
+	async atomic.Pointer[asyncPromise]
+}
+
+// asyncPromise is the promise kgo calls for a record produced with done: it
+// settles the record, then calls done.
+type asyncPromise struct {
+	done    func(*kgo.Record, error)
+	promise func(*kgo.Record, error)
+}
+
+// promiseFor returns the promise that settles a record and then calls done:
+// the same one as long as callers pass the same done (a loop producing with
+// one callback), not a new closure a record.
+func (p *core) promiseFor(done func(*kgo.Record, error)) func(*kgo.Record, error) {
+	if a := p.async.Load(); a != nil && funcID(a.done) == funcID(done) {
+		return a.promise
+	}
+	a := &asyncPromise{done: done}
+	a.promise = func(r *kgo.Record, err error) { done(r, p.settle(r, err)) }
+	p.async.Store(a)
+	return a.promise
+}
+
+// funcID identifies a func value. Go cannot compare funcs, but a func value
+// is a pointer to its closure (its code and captured variables): two func
+// values are the same closure exactly when their IDs are equal, as long as
+// both are alive (the cached one is kept alive by the cache).
+func funcID(f func(*kgo.Record, error)) unsafe.Pointer {
+	return *(*unsafe.Pointer)(unsafe.Pointer(&f))
 }
 
 // build validates pre and c and builds the client. Every contradiction is
@@ -162,6 +195,8 @@ func (p *core) produceAsync(ctx context.Context, rec *kgo.Record, done func(*kgo
 		p.cl.Produce(ctx, rec, promise) // allocated once per transaction
 	case done == nil:
 		p.cl.Produce(ctx, rec, p.dropped)
+	case fail == nil:
+		p.cl.Produce(ctx, rec, p.promiseFor(done))
 	default:
 		p.cl.Produce(ctx, rec, func(r *kgo.Record, err error) {
 			err = p.settle(r, err)

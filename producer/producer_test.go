@@ -3,6 +3,8 @@ package producer_test
 import (
 	"context"
 	"errors"
+	"strconv"
+	"sync"
 	"testing"
 	"time"
 
@@ -279,5 +281,69 @@ func TestPing(t *testing.T) {
 	defer down.Close(testCtx(t))
 	if err := down.Ping(testCtx(t)); err == nil {
 		t.Fatal("Ping on an address nothing listens on succeeded")
+	}
+}
+
+// TestProduceAsyncCallbacks: each record's outcome reaches the callback it
+// was produced with, and only that one, whether records share a callback,
+// alternate between two, or each has a closure of its own.
+func TestProduceAsyncCallbacks(t *testing.T) {
+	c := cluster(t)
+	for _, sem := range []kdeliver.Semantics{kdeliver.AtMostOnce, kdeliver.AtLeastOnce} {
+		t.Run(sem.String(), func(t *testing.T) {
+			var opts []producer.Option
+			if sem == kdeliver.AtMostOnce {
+				opts = append(opts, producer.WithLeaderAck()) // acks=1: Flush waits for the leader
+			}
+			p := newProducer(t, c, sem, opts...)
+			ctx := testCtx(t)
+			const n = 300
+			var mu sync.Mutex
+			calls := make(map[string][]int) // callback name → record numbers
+			note := func(name string, r *kgo.Record, err error) {
+				if err != nil {
+					t.Errorf("record %s: %v", r.Value, err)
+				}
+				i, _ := strconv.Atoi(string(r.Value))
+				mu.Lock()
+				calls[name] = append(calls[name], i)
+				mu.Unlock()
+			}
+			even := func(r *kgo.Record, err error) { note("even", r, err) }
+			odd := func(r *kgo.Record, err error) { note("odd", r, err) }
+			for i := range n {
+				r := &kgo.Record{Topic: topic, Value: []byte(strconv.Itoa(i))}
+				switch {
+				case i < n/3 && i%2 == 0:
+					p.ProduceAsync(ctx, r, even)
+				case i < n/3:
+					p.ProduceAsync(ctx, r, odd)
+				default:
+					name := "own " + strconv.Itoa(i)
+					p.ProduceAsync(ctx, r, func(r *kgo.Record, err error) { note(name, r, err) })
+				}
+			}
+			if err := p.Flush(ctx); err != nil {
+				t.Fatal(err)
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			total := 0
+			for name, got := range calls {
+				total += len(got)
+				for _, i := range got {
+					want := "own " + strconv.Itoa(i)
+					if i < n/3 {
+						want = map[bool]string{true: "even", false: "odd"}[i%2 == 0]
+					}
+					if name != want {
+						t.Errorf("record %d's outcome went to callback %q, want %q", i, name, want)
+					}
+				}
+			}
+			if total != n {
+				t.Errorf("%d callbacks for %d records", total, n)
+			}
+		})
 	}
 }

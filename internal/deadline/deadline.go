@@ -26,6 +26,7 @@ import (
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kgo"
+	"go.opentelemetry.io/otel/trace"
 )
 
 // Timeouts hands out record contexts that end d after the hand-over. The
@@ -246,10 +247,41 @@ type recordCtx struct {
 	w       *window
 	restore context.Context // r's Context before Attach
 	cancel  context.CancelFunc
-	// last caches the last value looked up in orig: kgo's tracing hooks
-	// ask for the span of every record (twice), and a shared recordCtx
+	// last caches the last value looked up in orig: kotel's hooks look
+	// up the span of every record they trace, and a shared recordCtx
 	// answers from here instead of walking orig's chain each time.
 	last atomic.Pointer[lookup]
+	// span caches whether orig carries a valid span (see [CarriesSpan]):
+	// 0 not known yet, 1 no, 2 yes.
+	span atomic.Int32
+}
+
+// CarriesSpan reports whether the Context [Timeouts.Attach] gave r carries
+// a valid trace span, from a cache kept with the context (shared by every
+// record handed over with it): known is false when r's Context is not one
+// Attach gave it (a tracing hook wrapped it, or it was never attached), and
+// the caller must look for itself. The tracing hooks' gate asks this twice
+// a record, before and after its delivery.
+func CarriesSpan(r *kgo.Record) (carries, known bool) {
+	switch c := r.Context.(type) {
+	case *window:
+		return false, true // no values but the window's own
+	case *recordCtx:
+		switch c.span.Load() {
+		case 1:
+			return false, true
+		case 2:
+			return true, true
+		}
+		carries = trace.SpanContextFromContext(c.orig).IsValid()
+		if carries {
+			c.span.Store(2)
+		} else {
+			c.span.Store(1)
+		}
+		return carries, true
+	}
+	return false, false
 }
 
 type lookup struct{ key, val any }

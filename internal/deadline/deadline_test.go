@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kgo"
+	"go.opentelemetry.io/otel/trace"
 )
 
 func TestAttachDetach(t *testing.T) {
@@ -225,5 +226,49 @@ func TestUncomparableCtx(t *testing.T) {
 	ts.Attach(ctx, b)
 	if a.Context.Value("k") != "v" || b.Context.Value("k") != "v" {
 		t.Error("the ctx's values are not in the records' Contexts")
+	}
+}
+
+func TestCarriesSpan(t *testing.T) {
+	ts := New(time.Hour)
+	sc := trace.NewSpanContext(trace.SpanContextConfig{TraceID: trace.TraceID{1}, SpanID: trace.SpanID{2}, TraceFlags: trace.FlagsSampled})
+	traced := trace.ContextWithSpanContext(context.Background(), sc)
+	type key struct{}
+	untraced := context.WithValue(context.Background(), key{}, "v")
+	for _, tc := range []struct {
+		name     string
+		own, ctx context.Context // the record's Context, the produce ctx
+		want     bool
+	}{
+		{"no Context, Background", nil, context.Background(), false},
+		{"no Context, produced under a span", nil, traced, true},
+		{"no Context, produced under values", nil, untraced, false},
+		{"own Context with a span", traced, context.Background(), true},
+		{"own Context without", untraced, traced, false},
+	} {
+		// Twice: the second answer comes from the cache, and records
+		// sharing the context get the same.
+		for i := range 2 {
+			r := &kgo.Record{Context: tc.own}
+			ts.Attach(tc.ctx, r)
+			carries, known := CarriesSpan(r)
+			if !known || carries != tc.want {
+				t.Errorf("%s (%d): CarriesSpan = %v, %v; want %v, true", tc.name, i, carries, known, tc.want)
+			}
+		}
+	}
+	// A Context wrapped after Attach (a tracing hook's span), or never
+	// attached, is for the caller to look at.
+	r := &kgo.Record{}
+	ts.Attach(untraced, r)
+	r.Context = trace.ContextWithSpanContext(r.Context, sc)
+	if _, known := CarriesSpan(r); known {
+		t.Error("CarriesSpan answered for a Context wrapped after Attach")
+	}
+	if _, known := CarriesSpan(&kgo.Record{Context: traced}); known {
+		t.Error("CarriesSpan answered for a record never attached")
+	}
+	if _, known := CarriesSpan(&kgo.Record{}); known {
+		t.Error("CarriesSpan answered for a record without a Context")
 	}
 }

@@ -20,6 +20,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/kdeliver/kdeliver"
+	"github.com/kdeliver/kdeliver/internal/deadline"
 	"github.com/kdeliver/kdeliver/internal/shared"
 )
 
@@ -130,8 +131,16 @@ func newSpanGate(tp trace.TracerProvider, global bool) *SpanGate {
 
 // Needed reports whether r's span can be seen.
 func (g *SpanGate) Needed(r *kgo.Record) bool {
-	return g.recording || (g.global != nil && otel.GetTracerProvider() != g.global) ||
-		(r.Context != nil && trace.SpanContextFromContext(r.Context).IsValid())
+	if g.recording || (g.global != nil && otel.GetTracerProvider() != g.global) {
+		return true
+	}
+	if r.Context == nil {
+		return false
+	}
+	if carries, known := deadline.CarriesSpan(r); known {
+		return carries
+	}
+	return trace.SpanContextFromContext(r.Context).IsValid()
 }
 
 // recordTracer runs kotel's produce hooks, except when they could not trace
