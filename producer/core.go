@@ -28,6 +28,7 @@ type core struct {
 	log      *slog.Logger
 	closed   atomic.Bool
 	timeouts *deadline.Timeouts // nil under AtMostOnce, which never retries
+	shared   deadline.Shared    // record contexts under AtMostOnce
 	dropped  func(*kgo.Record, error)
 	stats    *deliveries
 	unreg    func()      // unregisters the metrics
@@ -208,23 +209,24 @@ func (p *core) produceAsync(ctx context.Context, rec *kgo.Record, done func(*kgo
 	}
 }
 
-// prepare stamps rec's message ID and starts its delivery timeout.
+// prepare stamps rec's message ID and starts its delivery timeout (under
+// AtMostOnce: gives it the shared context that caches its span lookup).
 func (p *core) prepare(ctx context.Context, rec *kgo.Record) {
 	p.stamp(rec)
 	if p.timeouts != nil {
 		p.timeouts.Attach(ctx, rec)
+	} else {
+		p.shared.Attach(ctx, rec)
 	}
 }
 
 // settle takes every record's outcome from the client: it restores the
 // record's Context and turns a failure into a *kdeliver.DeliveryError.
 func (p *core) settle(rec *kgo.Record, err error) error {
-	if p.timeouts != nil {
-		if err != nil {
-			err = deadline.Err(rec, err)
-		}
-		deadline.Detach(rec)
+	if p.timeouts != nil && err != nil {
+		err = deadline.Err(rec, err)
 	}
+	deadline.Detach(rec)
 	if err == nil {
 		return nil
 	}

@@ -2,6 +2,7 @@ package producer_test
 
 import (
 	"context"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -13,6 +14,7 @@ import (
 	"go.opentelemetry.io/otel/trace/noop"
 
 	"github.com/kdeliver/kdeliver"
+	"github.com/kdeliver/kdeliver/producer"
 )
 
 // recordingTP is the smallest tracer provider whose spans have valid
@@ -82,28 +84,46 @@ func TestTraceContextInHeaders(t *testing.T) {
 // in the ctx passed to Produce (say from an incoming request) still reaches
 // the record's headers, so a downstream service can continue the trace.
 func TestTraceContextPassThrough(t *testing.T) {
-	c := cluster(t)
-	p := newProducer(t, c, kdeliver.AtLeastOnce, kdeliver.WithTracerProvider(noop.NewTracerProvider()))
-	parent := trace.NewSpanContext(trace.SpanContextConfig{TraceID: testTraceID, SpanID: trace.SpanID{9}, TraceFlags: trace.FlagsSampled, Remote: true})
-	ctx := trace.ContextWithRemoteSpanContext(testCtx(t), parent)
-	if err := p.Produce(ctx, &kgo.Record{Topic: topic, Value: []byte("passed")}); err != nil {
-		t.Fatal(err)
-	}
-	if err := p.Produce(testCtx(t), &kgo.Record{Topic: topic, Value: []byte("untraced")}); err != nil {
-		t.Fatal(err)
-	}
-	for _, r := range readLog(t, c) {
-		parent := headerValue(r, "traceparent")
-		switch string(r.Value) {
-		case "passed":
-			if !strings.Contains(parent, testTraceID.String()) {
-				t.Errorf("traceparent %q does not carry the caller's trace", parent)
+	for _, sem := range []kdeliver.Semantics{kdeliver.AtMostOnce, kdeliver.AtLeastOnce} {
+		t.Run(sem.String(), func(t *testing.T) {
+			c := cluster(t)
+			opts := []producer.Option{kdeliver.WithTracerProvider(noop.NewTracerProvider())}
+			if sem == kdeliver.AtMostOnce {
+				opts = append(opts, producer.WithLeaderAck()) // Produce waits for the write
 			}
-		case "untraced":
-			if parent != "" {
-				t.Errorf("untraced record got traceparent %q", parent)
+			p := newProducer(t, c, sem, opts...)
+			parent := trace.NewSpanContext(trace.SpanContextConfig{TraceID: testTraceID, SpanID: trace.SpanID{9}, TraceFlags: trace.FlagsSampled, Remote: true})
+			traced := trace.ContextWithRemoteSpanContext(testCtx(t), parent)
+			untraced := testCtx(t)
+			// Alternating, and twice in a row each: the record contexts
+			// shared by records produced with the same ctx answer for
+			// each of them.
+			for i, ctx := range []context.Context{traced, traced, untraced, untraced, traced, untraced} {
+				v := "untraced " + strconv.Itoa(i)
+				if ctx == traced {
+					v = "passed " + strconv.Itoa(i)
+				}
+				if err := p.Produce(ctx, &kgo.Record{Topic: topic, Value: []byte(v)}); err != nil {
+					t.Fatal(err)
+				}
 			}
-		}
+			got := 0
+			for _, r := range readLog(t, c) {
+				parent := headerValue(r, "traceparent")
+				got++
+				switch v := string(r.Value); {
+				case strings.HasPrefix(v, "passed"):
+					if !strings.Contains(parent, testTraceID.String()) {
+						t.Errorf("%s: traceparent %q does not carry the caller's trace", v, parent)
+					}
+				case parent != "":
+					t.Errorf("%s: got traceparent %q", v, parent)
+				}
+			}
+			if got != 6 {
+				t.Errorf("read %d records, want 6", got)
+			}
+		})
 	}
 }
 

@@ -99,6 +99,32 @@ func (t *Timeouts) AttachAt(ctx context.Context, r *kgo.Record, now time.Time) {
 	}
 }
 
+// Shared hands out record contexts for a producer without a delivery
+// timeout (at-most-once): a record without a Context of its own gets one
+// that keeps the produce ctx's values and cancellation (kgo would make ctx
+// itself the record's Context), shared by every record produced with the
+// same ctx in a row, so that [CarriesSpan] answers once for all of them.
+// The zero value is ready to use.
+type Shared struct {
+	last atomic.Pointer[recordCtx]
+}
+
+// Attach gives r, if it has no Context, one for ctx; [Detach] takes it off
+// again. A record produced under context.Background (or nil) is left alone:
+// looking for a span there costs nothing.
+func (s *Shared) Attach(ctx context.Context, r *kgo.Record) {
+	if r.Context != nil || ctx == nil || ctx == context.Background() {
+		return
+	}
+	if c := s.last.Load(); c != nil && same(c.orig, ctx) {
+		r.Context = c
+		return
+	}
+	c := &recordCtx{orig: ctx, end: ctx}
+	s.last.Store(c)
+	r.Context = c
+}
+
 // Detach restores the Context r had before [Timeouts.Attach], if r's
 // Context is still the one Attach set (a tracing hook may have wrapped it,
 // which is then kept). Call it once r's outcome is known.
@@ -244,7 +270,7 @@ func (w *window) Value(key any) any {
 type recordCtx struct {
 	orig    context.Context
 	end     context.Context
-	w       *window
+	w       *window         // nil for a Shared context
 	restore context.Context // r's Context before Attach
 	cancel  context.CancelFunc
 	// last caches the last value looked up in orig: kotel's hooks look
@@ -300,6 +326,9 @@ func (c *recordCtx) Done() <-chan struct{}       { return c.end.Done() }
 func (c *recordCtx) Err() error                  { return c.end.Err() }
 func (c *recordCtx) Value(key any) any {
 	if key == (windowKey{}) {
+		if c.w == nil {
+			return nil // a Shared context: no window
+		}
 		return c.w
 	}
 	if l := c.last.Load(); l != nil && l.key == key {

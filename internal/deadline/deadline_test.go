@@ -272,3 +272,57 @@ func TestCarriesSpan(t *testing.T) {
 		t.Error("CarriesSpan answered for a record without a Context")
 	}
 }
+
+func TestShared(t *testing.T) {
+	var s Shared
+	sc := trace.NewSpanContext(trace.SpanContextConfig{TraceID: trace.TraceID{1}, SpanID: trace.SpanID{2}})
+	type key struct{}
+	ctx, cancel := context.WithCancel(context.WithValue(trace.ContextWithSpanContext(context.Background(), sc), key{}, "v"))
+	a, b := &kgo.Record{}, &kgo.Record{}
+	s.Attach(ctx, a)
+	s.Attach(ctx, b)
+	if a.Context == nil || a.Context != b.Context {
+		t.Fatalf("records produced with the same ctx got contexts %v and %v, want one shared", a.Context, b.Context)
+	}
+	if a.Context.Value(key{}) != "v" {
+		t.Error("the produce ctx's values were lost")
+	}
+	if carries, known := CarriesSpan(a); !carries || !known {
+		t.Errorf("CarriesSpan = %v, %v; want true, true", carries, known)
+	}
+	if _, ok := a.Context.Deadline(); ok {
+		t.Error("a Shared context has a deadline")
+	}
+	if err := Err(a, context.Canceled); err != context.Canceled {
+		t.Errorf("Err = %v, want the error unchanged (no window)", err)
+	}
+	// The produce ctx's cancellation is the record's (kgo fails a
+	// buffered record whose Context ends).
+	cancel()
+	select {
+	case <-a.Context.Done():
+	default:
+		t.Error("the record's Context did not end with the produce ctx")
+	}
+	if a.Context.Err() == nil {
+		t.Error("the record's Context has no error after the produce ctx was cancelled")
+	}
+	Detach(a)
+	if a.Context != nil {
+		t.Errorf("Detach left %v, want nil", a.Context)
+	}
+	// Own Contexts and Background are left as they are.
+	own := context.WithValue(context.Background(), key{}, "own")
+	c, d := &kgo.Record{Context: own}, &kgo.Record{}
+	s.Attach(ctx, c)
+	s.Attach(context.Background(), d)
+	if c.Context != own || d.Context != nil {
+		t.Errorf("Attach changed an own Context (%v) or attached for Background (%v)", c.Context, d.Context)
+	}
+	// Another ctx gets a context of its own.
+	e := &kgo.Record{}
+	s.Attach(own, e)
+	if e.Context == b.Context || e.Context.Value(key{}) != "own" {
+		t.Errorf("a record produced with another ctx got %v", e.Context)
+	}
+}
