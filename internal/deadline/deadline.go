@@ -282,10 +282,11 @@ type recordCtx struct {
 	span atomic.Int32
 }
 
-// CarriesSpan reports whether the Context [Timeouts.Attach] gave r carries
-// a valid trace span, from a cache kept with the context (shared by every
-// record handed over with it): known is false when r's Context is not one
-// Attach gave it (a tracing hook wrapped it, or it was never attached), and
+// CarriesSpan reports whether the Context [Timeouts.Attach] or
+// [Shared.Attach] gave r carries a valid trace span, from a cache kept with
+// the context (shared by every record handed over with it): known is false
+// when r's Context is not one they gave it (a tracing hook wrapped it, or it
+// was never attached), and
 // the caller must look for itself. The tracing hooks' gate asks this twice
 // a record, before and after its delivery.
 func CarriesSpan(r *kgo.Record) (carries, known bool) {
