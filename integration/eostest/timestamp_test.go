@@ -14,7 +14,6 @@ import (
 
 	"github.com/kdeliver/kdeliver"
 	"github.com/kdeliver/kdeliver/eos"
-	"github.com/kdeliver/kdeliver/kdelivertest"
 )
 
 // produceErrors counts a client's produce errors by text (a kgo hook), so a
@@ -144,11 +143,7 @@ func TestOldTimestamps(t *testing.T) {
 		topic string
 		want  []string
 	}{{out, want}, {dlq, []string{failed}}} {
-		got, err := cluster.ReadCommitted(ctx, c.topic)
-		if err != nil {
-			t.Fatal(err)
-		}
-		a := kdelivertest.Audit(c.want, got)
+		a, got := readSettled(t, ctx, c.topic, c.want)
 		t.Logf("%s, read_committed: %s", c.topic, a)
 		if !a.Exact() {
 			t.Errorf("%s is not what it should be: %s", c.topic, a)
