@@ -321,7 +321,7 @@ func (c *Consumer) run(ctx context.Context, h Handler, bh BatchHandler) error {
 		c.mu.Unlock()
 	}()
 
-	r := &run{c: c, h: h, kill: kill, pending: map[string]map[int32]kgo.EpochOffset{}}
+	r := &run{c: c, h: h, kill: kill, pending: map[string]map[int32]kgo.EpochOffset{}, lastCommit: time.Now()}
 	if bh != nil || c.concurrent() {
 		r.eng = newEngine(r, h, bh)
 	}

@@ -273,6 +273,55 @@ func TestAtMostOnceCommitsFirst(t *testing.T) {
 	}
 }
 
+// TestCommitInterval: the sequential AtLeastOnce loop commits once a commit
+// interval has passed, not whenever it has caught up (a commit round trip
+// each time the handler outran the fetches), and a consumer that waits for
+// records still commits what it handled once the interval has passed.
+func TestCommitInterval(t *testing.T) {
+	t.Run("not when caught up", func(t *testing.T) {
+		cl := newCluster(t, 1)
+		produce(t, cl, 0, 10)
+		c := mustNew(t, cl, "g", kdeliver.AtLeastOnce, WithCommitInterval(time.Hour))
+		var handled atomic.Int64
+		seen := make(chan int64, 1) // the group's commit when the 11th record arrives
+		r := start(c, func(_ context.Context, rec *kgo.Record) error {
+			if handled.Add(1) == 11 {
+				seen <- committed(cl, "g")[0]
+			}
+			return nil
+		})
+		waitFor(t, "the first 10 records", func() bool { return handled.Load() == 10 })
+		// The loop handled the 10 records it had and polls again: the
+		// 11th record reaches the handler only after that poll.
+		produce(t, cl, 10, 11)
+		var got int64
+		select {
+		case got = <-seen:
+		case <-time.After(wait):
+			t.Fatal("the 11th record was not handled")
+		}
+		if err := r.stop(t); err != nil {
+			t.Fatal(err)
+		}
+		if got != 0 {
+			t.Errorf("committed %d while caught up, before the hour's interval had passed: want 0", got)
+		}
+		if c := committed(cl, "g")[0]; c != 11 {
+			t.Errorf("committed %d on shutdown, want 11", c)
+		}
+	})
+	t.Run("idle", func(t *testing.T) {
+		cl := newCluster(t, 1)
+		produce(t, cl, 0, 10)
+		c := mustNew(t, cl, "g", kdeliver.AtLeastOnce, WithCommitInterval(50*time.Millisecond))
+		r := start(c, func(context.Context, *kgo.Record) error { return nil })
+		waitFor(t, "the 10 handled records committed while Run waits for more", func() bool { return committed(cl, "g")[0] == 10 })
+		if err := r.stop(t); err != nil {
+			t.Fatal(err)
+		}
+	})
+}
+
 // TestCancelFinishesRecordInHand: cancelling Run's ctx mid-record lets the
 // handler finish with a live ctx, commits that record and returns nil.
 func TestCancelFinishesRecordInHand(t *testing.T) {

@@ -23,7 +23,7 @@
 //
 //   - AtLeastOnce ([New]): the handler runs first; the offsets of records
 //     whose handler returned nil are committed every commit interval
-//     ([WithCommitInterval], 1 s; and once the consumer has caught up), on
+//     ([WithCommitInterval], 1 s; an idle consumer too), on
 //     revoke and on shutdown. A failing handler is retried with exponential backoff
 //     ([kdeliver.WithBackoff], [kdeliver.WithMaxAttempts]) and its offset is
 //     never committed while it fails, nor any later offset of its partition.
@@ -129,9 +129,9 @@
 // Without [kdeliver.WithConcurrency] (and without a dead-letter topic or
 // [Consumer.RunBatch]) the handler runs on Run's goroutine, one record at a
 // time: records of a partition in offset order, partitions of a batch one
-// after another, and the offsets are committed between polls once a commit
-// interval has passed (or the consumer has caught up). A slow or
-// retried record holds up the whole batch.
+// after another, and the offsets are committed between polls, or while it
+// waits for records, once a commit interval has passed. A slow or retried
+// record holds up the whole batch.
 //
 // kdeliver.WithConcurrency(n, order) runs up to n handlers at once in the
 // order's lanes; each lane runs one record at a time, in offset order:

@@ -50,6 +50,13 @@ func (r *run) markDone(rec *kgo.Record) {
 	tp[rec.Partition] = kgo.EpochOffset{Epoch: rec.LeaderEpoch, Offset: rec.Offset + 1}
 }
 
+// hasPending says whether handled records wait for their commit.
+func (r *run) hasPending() bool {
+	r.pmu.Lock()
+	defer r.pmu.Unlock()
+	return len(r.pending) > 0
+}
+
 // commitPending commits the offsets of processed records and forgets those
 // that were committed.
 func (r *run) commitPending(ctx context.Context) error {

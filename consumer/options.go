@@ -118,8 +118,8 @@ func WithKgoOpts(opts ...kgo.Opt) Option {
 // crash repeats up to an interval's worth of finished records, plus those in
 // flight (the sequential consumer: the poll in hand). The sequential
 // consumer commits after a poll once the interval has passed since its last
-// commit, and also when it has caught up (kgo holds no more fetched
-// records), so an idle consumer's offsets are never left behind.
+// commit, or while it waits for records once the interval has passed, so an
+// idle consumer's offsets are never left behind for longer than that.
 // AtMostOnce commits each poll before handling it and ignores it.
 func WithCommitInterval(d time.Duration) Option {
 	return option(func(c *config) {
