@@ -4,6 +4,8 @@ import (
 	"context"
 	"slices"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -88,6 +90,79 @@ func TestReadCommittedExact(t *testing.T) {
 	r := kdelivertest.Audit(append(want, "committed"), got)
 	if !r.Exact() {
 		t.Fatalf("read_committed: %s", r)
+	}
+}
+
+// listOffsetsHook signals once the client it is given to has read n
+// ListOffsets responses.
+type listOffsetsHook struct {
+	n    int
+	seen atomic.Int64
+	once sync.Once
+	done chan struct{}
+}
+
+func (h *listOffsetsHook) OnBrokerRead(_ kgo.BrokerMetadata, key int16, _ int, _, _ time.Duration, _ error) {
+	if key == 2 && h.seen.Add(1) == int64(h.n) {
+		h.once.Do(func() { close(h.done) })
+	}
+}
+
+// TestReadCommittedWaitsForMarkers: a transaction that commits after the
+// reader listed the last stable offsets, while the reader waits for them to
+// reach the high watermarks (as after an EndTxn whose markers the broker
+// has not written yet), is read; one left open is not, and the records
+// committed before it are.
+func TestReadCommittedWaitsForMarkers(t *testing.T) {
+	for _, commit := range []bool{true, false} {
+		name := map[bool]string{true: "committed during the read", false: "left open"}[commit]
+		t.Run(name, func(t *testing.T) {
+			c := kdelivertest.Start(t, kdelivertest.WithTopic("t", 1))
+			want := kdelivertest.Seed(t, c.Brokers(), "t", 5)
+			cl, err := kgo.NewClient(kgo.SeedBrokers(c.Brokers()...), kgo.TransactionalID("x"), kgo.DisableClientMetrics())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer cl.Close()
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+			if err := cl.BeginTransaction(); err != nil {
+				t.Fatal(err)
+			}
+			if err := cl.ProduceSync(ctx, &kgo.Record{Topic: "t", Value: []byte("late")}).FirstErr(); err != nil {
+				t.Fatal(err)
+			}
+			// The reader lists the log starts, then the last stable
+			// offsets: once it has, the transaction commits.
+			h := &listOffsetsHook{n: 2, done: make(chan struct{})}
+			ended := make(chan error, 1)
+			go func() {
+				select {
+				case <-h.done:
+				case <-ctx.Done():
+					ended <- ctx.Err()
+					return
+				}
+				if !commit {
+					ended <- nil
+					return
+				}
+				ended <- cl.EndTransaction(ctx, kgo.TransactionEndTry(kgo.TryCommit))
+			}()
+			got, err := kdelivertest.ReadCommittedRecords(ctx, c.Brokers(), "t", kgo.WithHooks(h))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := <-ended; err != nil {
+				t.Fatal(err)
+			}
+			if commit {
+				want = append(want, "late")
+			}
+			if r := kdelivertest.Audit(want, got); !r.Exact() {
+				t.Fatalf("read_committed: %s", r)
+			}
+		})
 	}
 }
 

@@ -26,6 +26,14 @@ import (
 // transaction markers (and drops them from the result): the last offset
 // below the last stable offset is always a committed record or a marker. It
 // works on any cluster, embedded or real.
+//
+// Kafka writes a transaction's markers after EndTxn has returned to the
+// producer, so right after a commit a partition's last stable offset can
+// still be below the committed records. While a partition's last stable
+// offset is below its high watermark, ReadCommittedRecords waits for it to
+// catch up, up to [SettleTimeout] (bounded by ctx too), and then reads to
+// where it has come: a transaction committed before the call is read, and
+// one still open (a hanging transaction) costs the read that wait.
 func ReadCommittedRecords(ctx context.Context, brokers []string, topic string, opts ...kgo.Opt) ([]*kgo.Record, error) {
 	adm, err := kgo.NewClient(append([]kgo.Opt{kgo.SeedBrokers(brokers...), kgo.DisableClientMetrics()}, opts...)...)
 	if err != nil {
@@ -34,6 +42,9 @@ func ReadCommittedRecords(ctx context.Context, brokers []string, topic string, o
 	defer adm.Close()
 	starts, ends, err := bounds(ctx, adm, topic)
 	if err != nil {
+		return nil, err
+	}
+	if ends, err = settle(ctx, adm, topic, ends); err != nil {
 		return nil, err
 	}
 	want := map[int32]int64{} // partition -> last stable offset
@@ -129,6 +140,52 @@ func bounds(ctx context.Context, cl *kgo.Client, topic string) (starts, ends map
 }
 
 var errNoPartitions = errors.New("no partitions listed yet")
+
+// SettleTimeout bounds how long [ReadCommittedRecords] waits for the last
+// stable offsets of a topic to reach its high watermarks: for the markers
+// of transactions committed just before the read.
+const SettleTimeout = 2 * time.Second
+
+// settle waits, up to [SettleTimeout], while a partition's last stable
+// offset (lso) is below the high watermark the partition had when settle
+// began, and returns the last stable offsets as they are then. A listing
+// that fails while it waits ends the wait with what it had.
+func settle(ctx context.Context, cl *kgo.Client, topic string, lso map[int32]int64) (map[int32]int64, error) {
+	hwm, err := listOffsets(ctx, cl, topic, -1, 0)
+	if err != nil {
+		return lso, nil // the read goes on to the offsets it has
+	}
+	behind := func(lso map[int32]int64) bool {
+		for p, h := range hwm {
+			if lso[p] < h {
+				return true
+			}
+		}
+		return false
+	}
+	if !behind(lso) {
+		return lso, nil
+	}
+	end := time.NewTimer(SettleTimeout)
+	defer end.Stop()
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for behind(lso) {
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("kdelivertest: read %s: waiting for the last stable offsets to reach the high watermarks: %w", topic, ctx.Err())
+		case <-end.C:
+			return lso, nil // an open transaction: read what is committed
+		case <-tick.C:
+		}
+		now, err := listOffsets(ctx, cl, topic, -1, 1)
+		if err != nil {
+			return lso, nil
+		}
+		lso = now
+	}
+	return lso, nil
+}
 
 // listOffsets lists the offsets of every partition of topic at timestamp
 // (-2 the start, -1 the end) with the isolation level (1 read_committed:

@@ -284,7 +284,7 @@ func (r *tail) audit() (distinct, dups int) {
 // value of the same key; the tests that promise an order check it.
 func finalAudit(t *testing.T, ctx context.Context, out string, want []string) kdelivertest.Report {
 	t.Helper()
-	a, _ := readSettled(t, ctx, out, want)
+	a, _ := readAudit(t, ctx, out, want)
 	t.Logf("final read_committed reader: %s", a)
 	if len(a.Lost) > 0 || len(a.Duplicated) > 0 || len(a.Unexpected) > 0 {
 		t.Errorf("output is not exactly the input: %s", a)
@@ -321,25 +321,14 @@ func lastStats(out string) eos.Stats {
 	return st
 }
 
-// readSettled reads topic with read_committed (cluster.ReadCommitted) and
-// audits it against want, reading again while records are missing, for up
-// to 30 seconds: Kafka writes a transaction's commit markers after EndTxn
-// has returned, so right after a commit the last stable offset of an output
-// partition can still be below it, and a reader stops there (CI saw a whole
-// partition's outputs of a just-committed transaction "lost" that way). A
-// record really lost never shows up and fails the audit; a duplicate stays
-// in every read.
-func readSettled(t *testing.T, ctx context.Context, topic string, want []string) (kdelivertest.Report, []*kgo.Record) {
+// readAudit reads topic with read_committed (cluster.ReadCommitted, which
+// waits for the markers of a transaction committed just before: they are
+// written after EndTxn returns) and audits it against want.
+func readAudit(t *testing.T, ctx context.Context, topic string, want []string) (kdelivertest.Report, []*kgo.Record) {
 	t.Helper()
-	for tries := 1; ; tries++ {
-		recs, err := cluster.ReadCommitted(ctx, topic)
-		if err != nil {
-			t.Fatal(err)
-		}
-		a := kdelivertest.Audit(want, recs)
-		if len(a.Lost) == 0 || tries == 60 || ctx.Err() != nil {
-			return a, recs
-		}
-		time.Sleep(500 * time.Millisecond)
+	recs, err := cluster.ReadCommitted(ctx, topic)
+	if err != nil {
+		t.Fatal(err)
 	}
+	return kdelivertest.Audit(want, recs), recs
 }

@@ -143,7 +143,7 @@ func TestOldTimestamps(t *testing.T) {
 		topic string
 		want  []string
 	}{{out, want}, {dlq, []string{failed}}} {
-		a, got := readSettled(t, ctx, c.topic, c.want)
+		a, got := readAudit(t, ctx, c.topic, c.want)
 		t.Logf("%s, read_committed: %s", c.topic, a)
 		if !a.Exact() {
 			t.Errorf("%s is not what it should be: %s", c.topic, a)
