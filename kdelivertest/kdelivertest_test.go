@@ -59,18 +59,26 @@ func TestAuditCatches(t *testing.T) {
 	}
 }
 
+// txnClient returns a transactional client of c and a ctx bounding the
+// test's requests; both end with the test.
+func txnClient(t *testing.T, c *kdelivertest.Cluster) (*kgo.Client, context.Context) {
+	t.Helper()
+	cl, err := kgo.NewClient(kgo.SeedBrokers(c.Brokers()...), kgo.TransactionalID("x"), kgo.DisableClientMetrics())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(cl.Close)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	t.Cleanup(cancel)
+	return cl, ctx
+}
+
 // TestReadCommittedExact: the reader returns what committed transactions and
 // plain producers wrote, not what an aborted transaction did, and in order.
 func TestReadCommittedExact(t *testing.T) {
 	c := kdelivertest.Start(t, kdelivertest.WithTopic("t", 2))
 	want := kdelivertest.Seed(t, c.Brokers(), "t", 20, kdelivertest.Keys(3))
-	cl, err := kgo.NewClient(kgo.SeedBrokers(c.Brokers()...), kgo.TransactionalID("x"), kgo.DisableClientMetrics())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cl.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
+	cl, ctx := txnClient(t, c)
 	for _, commit := range []bool{false, true} {
 		if err := cl.BeginTransaction(); err != nil {
 			t.Fatal(err)
@@ -119,13 +127,7 @@ func TestReadCommittedWaitsForMarkers(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			c := kdelivertest.Start(t, kdelivertest.WithTopic("t", 1))
 			want := kdelivertest.Seed(t, c.Brokers(), "t", 5)
-			cl, err := kgo.NewClient(kgo.SeedBrokers(c.Brokers()...), kgo.TransactionalID("x"), kgo.DisableClientMetrics())
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer cl.Close()
-			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-			defer cancel()
+			cl, ctx := txnClient(t, c)
 			if err := cl.BeginTransaction(); err != nil {
 				t.Fatal(err)
 			}

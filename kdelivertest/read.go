@@ -163,9 +163,6 @@ func settle(ctx context.Context, cl *kgo.Client, topic string, lso map[int32]int
 		}
 		return false
 	}
-	if !behind(lso) {
-		return lso, nil
-	}
 	end := time.NewTimer(SettleTimeout)
 	defer end.Stop()
 	tick := time.NewTicker(20 * time.Millisecond)
