@@ -16,7 +16,7 @@ func TestTable(t *testing.T) {
 	}}
 	res := [][]result{
 		{{records: 100_000, wall: time.Second, cpu: time.Second}, {records: 100_000, wall: time.Second, cpu: time.Second}},
-		{{records: 100_000, wall: 2 * time.Second, cpu: 500 * time.Millisecond}, {records: 100_000, wall: time.Second, cpu: time.Second}},
+		{{records: 100_000, wall: 2 * time.Second, cpu: 500 * time.Millisecond, commits: 4}, {records: 100_000, wall: time.Second, cpu: time.Second, commits: 2}},
 	}
 	var b strings.Builder
 	printTable(&b, sec, res)
@@ -24,6 +24,7 @@ func TestTable(t *testing.T) {
 		"| raw | 100000 (100000–100000) | 102.4 (102.4–102.4) | 1.000 (1.000–1.000) | 1 (base) | 1 (base) | — |",
 		"| other | 75000 (50000–100000) | 76.8 (51.2–102.4) | 0.750 (0.500–1.000) | 0.75 (0.50–1.00) | 0.75 (0.50–1.00) | raw |",
 		"- other: a note",
+		"- records per commit, per round: other 37500 (25000–50000)\n", // raw's turns counted none
 	} {
 		if !strings.Contains(b.String(), want) {
 			t.Errorf("table lacks %q:\n%s", want, b.String())

@@ -162,7 +162,7 @@ func confluentCopy(ctx context.Context, e *env, in, out, group string, n int) (r
 		return result{}, err
 	}
 	var m meter
-	committed, pending := 0, 0
+	committed, pending, commits := 0, 0, 0
 	for committed < n {
 		if err := p.BeginTransaction(); err != nil {
 			return result{}, fmt.Errorf("begin: %w", err)
@@ -225,6 +225,9 @@ func confluentCopy(ctx context.Context, e *env, in, out, group string, n int) (r
 		}
 		committed += pending
 		pending = 0
+		commits++
 	}
-	return m.stop(n), nil
+	r := m.stop(n)
+	r.commits = commits
+	return r, nil
 }

@@ -90,7 +90,7 @@ func rawKgoCopy(ctx context.Context, e *env, in, out, group string, n int) (resu
 			failed.CompareAndSwap(nil, &err)
 		}
 	}
-	committed, pending := 0, 0
+	committed, pending, commits := 0, 0, 0
 	for committed < n {
 		if err := s.Begin(); err != nil {
 			return result{}, fmt.Errorf("begin: %w", err)
@@ -127,8 +127,11 @@ func rawKgoCopy(ctx context.Context, e *env, in, out, group string, n int) (resu
 		}
 		committed += pending
 		pending = 0
+		commits++
 	}
-	return m.stop(n), nil
+	r := m.stop(n)
+	r.commits = commits
+	return r, nil
 }
 
 func kdeliverCopy(ctx context.Context, e *env, in, out, group string, n int) (result, error) {
@@ -145,9 +148,10 @@ func kdeliverCopy(ctx context.Context, e *env, in, out, group string, n int) (re
 	var res atomic.Pointer[result]
 	go func() { // stop at the commit that reaches n records
 		for rctx.Err() == nil {
-			if s.Stats().Records >= int64(n) {
+			if st := s.Stats(); st.Records >= int64(n) {
 				if mp := m.Load(); mp != nil {
 					r := mp.stop(n)
+					r.commits = int(st.Committed)
 					res.Store(&r)
 				}
 				stop()
@@ -204,7 +208,7 @@ func aloCopy(ctx context.Context, e *env, in, out, group string, n int) (result,
 		}
 	}
 	var m meter
-	copied, committed := 0, 0
+	copied, committed, commits := 0, 0, 0
 	produce := func(fs kgo.Fetches) error {
 		if errs := fs.Errors(); len(errs) > 0 && ctx.Err() == nil && !errors.Is(errs[0].Err, context.DeadlineExceeded) {
 			return fmt.Errorf("fetch %s[%d]: %w", errs[0].Topic, errs[0].Partition, errs[0].Err)
@@ -248,8 +252,11 @@ func aloCopy(ctx context.Context, e *env, in, out, group string, n int) (result,
 		cl.AllowRebalance()
 		committed += copied
 		copied = 0
+		commits++
 	}
-	return m.stop(n), nil
+	r := m.stop(n)
+	r.commits = commits
+	return r, nil
 }
 
 func javaCopierArgs(e *env, in, out, group string, n, txnSize int) []string {

@@ -59,6 +59,9 @@ type result struct {
 	records int
 	wall    time.Duration // from the first record to the last acknowledged / handled (and committed)
 	cpu     time.Duration // the client's user + system CPU over the turn
+	// commits counts the copy's commits over the turn (transactions, or
+	// the at-least-once loop's offset commits); 0 where not counted.
+	commits int
 }
 
 // side is one client in a section.
@@ -128,8 +131,12 @@ func runSection(ctx context.Context, e *env, sec section) ([][]result, error) {
 		if r.records < n {
 			return r, fmt.Errorf("%s, %s, round %s: measured %d records, want %d", sec.name, s.name, round, r.records, n)
 		}
-		fmt.Fprintf(os.Stderr, "%s round %s %-28s %9.0f rec/s %7.1f MB/s %6.3f CPU-s/100k  (%.1fs, load %s)\n",
-			sec.name, round, s.name, rate(r), mbps(r), cpuPer100k(r), r.wall.Seconds(), loadAvg())
+		commits := ""
+		if r.commits > 0 {
+			commits = fmt.Sprintf(", %d commits", r.commits)
+		}
+		fmt.Fprintf(os.Stderr, "%s round %s %-28s %9.0f rec/s %7.1f MB/s %6.3f CPU-s/100k  (%.1fs%s, load %s)\n",
+			sec.name, round, s.name, rate(r), mbps(r), cpuPer100k(r), r.wall.Seconds(), commits, loadAvg())
 		return r, nil
 	}
 	warm := max(sec.records/10, 1000)
@@ -184,7 +191,7 @@ func printTable(w io.Writer, sec section, res [][]result) {
 		sec.name, sec.records, recordSize, partitions, len(res[0]))
 	fmt.Fprintln(w, "| client | records/s | MB/s | CPU s / 100k records | throughput × base | CPU/record × base | base |")
 	fmt.Fprintln(w, "|---|---|---|---|---|---|---|")
-	var notes, also []string
+	var notes, also, perCommit []string
 	for k, s := range sec.sides {
 		if a, ok := idx[s.also]; ok {
 			var tr, cr []float64
@@ -214,10 +221,25 @@ func printTable(w io.Writer, sec section, res [][]result) {
 		if s.note != "" {
 			notes = append(notes, fmt.Sprintf("- %s: %s", s.name, s.note))
 		}
+		var per []float64
+		for _, r := range res[k] {
+			if r.commits > 0 {
+				per = append(per, float64(r.records)/float64(r.commits))
+			}
+		}
+		if len(per) == len(res[k]) {
+			perCommit = append(perCommit, fmt.Sprintf("%s %s", s.name, spread(per, 0)))
+		}
 	}
 	if len(also) > 0 {
 		fmt.Fprintln(w)
 		fmt.Fprintln(w, strings.Join(also, "\n"))
+	}
+	if len(perCommit) > 0 {
+		// Each commit drains the producer's pipeline: fewer records a
+		// commit, more drains a record.
+		fmt.Fprintln(w)
+		fmt.Fprintf(w, "- records per commit, per round: %s\n", strings.Join(perCommit, "; "))
 	}
 	if len(notes) > 0 {
 		fmt.Fprintln(w)
