@@ -32,8 +32,9 @@ func (l *loop) handle(ctx context.Context, t *txn, r *kgo.Record, prev time.Time
 	defer span.End()
 	began := time.Now()
 	out, err := l.seq.call(pctx, r)
-	ended := time.Now()
-	l.settle(ctx, t, r, pctx, span, ended.Sub(began), ended, out, err)
+	took := time.Since(began) // a monotonic read only: half a time.Now
+	ended := began.Add(took)  // now, wall and monotonic
+	l.settle(ctx, t, r, pctx, span, took, ended, out, err)
 	return ended
 }
 
