@@ -236,8 +236,8 @@ func printTable(w io.Writer, sec section, res [][]result) {
 		fmt.Fprintln(w, strings.Join(also, "\n"))
 	}
 	if len(perCommit) > 0 {
-		// Each commit drains the producer's pipeline: fewer records a
-		// commit, more drains a record.
+		// What each commit held, to compare the loops' cycles (see
+		// BENCHMARKS.md, runs R–W).
 		fmt.Fprintln(w)
 		fmt.Fprintf(w, "- records per commit, per round: %s\n", strings.Join(perCommit, "; "))
 	}
