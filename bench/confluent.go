@@ -227,7 +227,5 @@ func confluentCopy(ctx context.Context, e *env, in, out, group string, n int) (r
 		pending = 0
 		commits++
 	}
-	r := m.stop(n)
-	r.commits = commits
-	return r, nil
+	return m.stopCommits(n, commits), nil
 }

@@ -54,6 +54,10 @@ func copySection(ctx context.Context, e *env) (section, error) {
 		}), note: "Begin, poll and produce until 100 ms passed, End(TryCommit); read_committed (kgo always requires stable offsets)"},
 		{name: "kdeliver eos", base: "raw kgo GroupTransactSession", also: "kdeliver at-least-once copy", run: copyTo(kdeliverCopy),
 			note: "eos.New with WithCommitEvery(1,000,000 records, 100 ms); measured to the Stats().Records that reach n"},
+		{name: "raw kgo two clients", base: "raw kgo GroupTransactSession", also: "kdeliver at-least-once copy", run: copyTo(rawTwoClientCopy),
+			note: "a read_committed consumer client (BlockRebalanceOnPoll) and a transactional producer client that sends the consumer's offsets, member ID and generation in a TxnOffsetCommit, as Java's and librdkafka's clients do; otherwise the raw GroupTransactSession loop"},
+		{name: "raw kgo one client own End", base: "raw kgo GroupTransactSession", also: "kdeliver at-least-once copy", run: copyTo(rawOneClientCopy),
+			note: "the two-client loop with one client that is group member and transactional producer, as a GroupTransactSession's is, ending each transaction with its own TxnOffsetCommit and EndTransaction instead of GroupTransactSession.End (no forced heartbeat)"},
 		{name: "kdeliver at-least-once copy", base: "raw kgo GroupTransactSession", run: copyTo(aloCopy),
 			note: "not exactly-once: the at-least-once loop eos is compared with (issue 13: eos ≥ 0.95× it): a consumer client with kdeliver's AtLeastOnce consumer preset and producer.New(AtLeastOnce); poll and ProduceAsync until 100 ms passed since the window's first record, Flush, then commit what was polled (a crash repeats output, never loses it)"},
 		{name: "confluent-kafka-go", base: "raw kgo GroupTransactSession", run: copyTo(confluentCopy),
@@ -129,9 +133,7 @@ func rawKgoCopy(ctx context.Context, e *env, in, out, group string, n int) (resu
 		pending = 0
 		commits++
 	}
-	r := m.stop(n)
-	r.commits = commits
-	return r, nil
+	return m.stopCommits(n, commits), nil
 }
 
 func kdeliverCopy(ctx context.Context, e *env, in, out, group string, n int) (result, error) {
@@ -150,8 +152,7 @@ func kdeliverCopy(ctx context.Context, e *env, in, out, group string, n int) (re
 		for rctx.Err() == nil {
 			if st := s.Stats(); st.Records >= int64(n) {
 				if mp := m.Load(); mp != nil {
-					r := mp.stop(n)
-					r.commits = int(st.Committed)
+					r := mp.stopCommits(n, int(st.Committed))
 					res.Store(&r)
 				}
 				stop()
@@ -254,9 +255,7 @@ func aloCopy(ctx context.Context, e *env, in, out, group string, n int) (result,
 		copied = 0
 		commits++
 	}
-	r := m.stop(n)
-	r.commits = commits
-	return r, nil
+	return m.stopCommits(n, commits), nil
 }
 
 func javaCopierArgs(e *env, in, out, group string, n, txnSize int) []string {

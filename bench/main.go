@@ -37,6 +37,7 @@ import (
 	"runtime"
 	"runtime/pprof"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -181,4 +182,48 @@ func loadAvg() string {
 		return strings.TrimSpace(string(b))
 	}
 	return strings.Join(f[:3], " ")
+}
+
+// cpuStat is the machine's CPU time so far, from /proc/stat's first line
+// (clock ticks); ok is false where it cannot be read.
+type cpuStat struct {
+	sys, total uint64
+	ok         bool
+}
+
+func readCPUStat() cpuStat {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return cpuStat{}
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	f := strings.Fields(line)
+	if len(f) < 5 || f[0] != "cpu" {
+		return cpuStat{}
+	}
+	var st cpuStat
+	for i, v := range f[1:] {
+		if i >= 8 { // guest time is already counted in user
+			break
+		}
+		n, err := strconv.ParseUint(v, 10, 64)
+		if err != nil {
+			return cpuStat{}
+		}
+		st.total += n
+		if i == 2 { // user nice system idle iowait irq softirq steal
+			st.sys = n
+		}
+	}
+	st.ok = true
+	return st
+}
+
+// sysShare is the system CPU share between st and a later reading, -1 if
+// either is unknown.
+func (st cpuStat) sysShare(later cpuStat) float64 {
+	if !st.ok || !later.ok || later.total <= st.total {
+		return -1
+	}
+	return float64(later.sys-st.sys) / float64(later.total-st.total)
 }

@@ -62,6 +62,10 @@ type result struct {
 	// commits counts the copy's commits over the turn (transactions, or
 	// the at-least-once loop's offset commits); 0 where not counted.
 	commits int
+	// sys is the machine's system CPU share over the turn (0–1, Linux;
+	// -1 elsewhere): this VM's broker runs at two speeds, and its slow
+	// one spends 40–55 % of the CPU in the kernel (BENCHMARKS.md).
+	sys float64
 }
 
 // side is one client in a section.
@@ -106,6 +110,13 @@ func (m meter) stop(n int) result {
 	return result{records: n, wall: time.Since(m.t0), cpu: cpuNow() - m.cpu0}
 }
 
+// stopCommits is stop for a copy turn that committed commits times.
+func (m meter) stopCommits(n, commits int) result {
+	r := m.stop(n)
+	r.commits = commits
+	return r
+}
+
 // runSection runs a warm-up turn of every side (a tenth of the records),
 // then cfg.rounds rounds of one turn per side, in order.
 func runSection(ctx context.Context, e *env, sec section) ([][]result, error) {
@@ -118,9 +129,11 @@ func runSection(ctx context.Context, e *env, sec section) ([][]result, error) {
 		var r result
 		var err error
 		// -cpuprofile: go tool pprof -tagfocus side=NAME shows one client.
+		st0 := readCPUStat()
 		pprof.Do(tctx, pprof.Labels("side", s.name, "section", sec.name), func(ctx context.Context) {
 			r, err = s.run(ctx, e, n)
 		})
+		r.sys = st0.sysShare(readCPUStat())
 		cancel()
 		if sec.cleanup != nil {
 			sec.cleanup(ctx)
@@ -135,8 +148,12 @@ func runSection(ctx context.Context, e *env, sec section) ([][]result, error) {
 		if r.commits > 0 {
 			commits = fmt.Sprintf(", %d commits", r.commits)
 		}
-		fmt.Fprintf(os.Stderr, "%s round %s %-28s %9.0f rec/s %7.1f MB/s %6.3f CPU-s/100k  (%.1fs%s, load %s)\n",
-			sec.name, round, s.name, rate(r), mbps(r), cpuPer100k(r), r.wall.Seconds(), commits, loadAvg())
+		sys := ""
+		if r.sys >= 0 {
+			sys = fmt.Sprintf(", sys %.0f%%", 100*r.sys)
+		}
+		fmt.Fprintf(os.Stderr, "%s round %s %-28s %9.0f rec/s %7.1f MB/s %6.3f CPU-s/100k  (%.1fs%s%s, load %s)\n",
+			sec.name, round, s.name, rate(r), mbps(r), cpuPer100k(r), r.wall.Seconds(), commits, sys, loadAvg())
 		return r, nil
 	}
 	warm := max(sec.records/10, 1000)

@@ -1,0 +1,173 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"sync/atomic"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kerr"
+	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/kmsg"
+)
+
+// rawTwoClientCopy is the exactly-once copy as Java's and librdkafka's
+// clients do it: a read_committed consumer client of its own, and a
+// transactional producer that puts the consumer's offsets into its
+// transaction (TxnOffsetCommit with the consumer's member ID and
+// generation, which the broker checks: KIP-447). Rebalances wait for the
+// transaction's end (BlockRebalanceOnPoll).
+func rawTwoClientCopy(ctx context.Context, e *env, in, out, group string, n int) (result, error) {
+	return rawManualCopy(ctx, e, in, out, group, n, false)
+}
+
+// rawOneClientCopy is rawTwoClientCopy with one client that is both the
+// group member and the transactional producer, as a GroupTransactSession's
+// is, but ending each transaction without GroupTransactSession.End (which
+// adds a forced heartbeat between the offsets and EndTxn).
+func rawOneClientCopy(ctx context.Context, e *env, in, out, group string, n int) (result, error) {
+	return rawManualCopy(ctx, e, in, out, group, n, true)
+}
+
+// rawManualCopy is a benchmark loop, not a safe one: any error, a
+// rebalance's included, ends the turn.
+func rawManualCopy(ctx context.Context, e *env, in, out, group string, n int, one bool) (result, error) {
+	consOpts := []kgo.Opt{kgo.SeedBrokers(e.brokers...), kgo.ConsumerGroup(group), kgo.ConsumeTopics(in),
+		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()), kgo.FetchIsolationLevel(kgo.ReadCommitted()),
+		kgo.BlockRebalanceOnPoll(), kgo.DisableAutoCommit()} // kgo always requires stable offsets
+	txnID := e.name("bench-raw2-txn")
+	prodOpts := []kgo.Opt{kgo.SeedBrokers(e.brokers...), kgo.TransactionalID(txnID),
+		kgo.RequiredAcks(kgo.AllISRAcks()), kgo.DefaultProduceTopic(out), kgo.RecordPartitioner(kgo.ManualPartitioner())}
+	var cons, prod *kgo.Client
+	var err error
+	if one {
+		cons, err = kgo.NewClient(append(consOpts, prodOpts[1:]...)...)
+		prod = cons
+	} else {
+		cons, err = kgo.NewClient(consOpts...)
+		if err == nil {
+			defer cons.Close()
+			prod, err = kgo.NewClient(prodOpts...)
+		}
+	}
+	if err != nil {
+		return result{}, err
+	}
+	defer prod.Close()
+	ids, err := topicIDs(ctx, cons, in)
+	if err != nil {
+		return result{}, err
+	}
+	var m meter
+	var failed atomic.Pointer[error]
+	promise := func(_ *kgo.Record, err error) {
+		if err != nil {
+			failed.CompareAndSwap(nil, &err)
+		}
+	}
+	committed, pending, commits := 0, 0, 0
+	for committed < n {
+		if err := prod.BeginTransaction(); err != nil {
+			return result{}, fmt.Errorf("begin: %w", err)
+		}
+		var t0 time.Time
+		for pending+committed < n && (t0.IsZero() || time.Since(t0) < txnInterval) {
+			fs := cons.PollRecords(ctx, n-committed-pending)
+			if err := ctx.Err(); err != nil {
+				return result{}, fmt.Errorf("after %d records committed: %w", committed, err)
+			}
+			if errs := fs.Errors(); len(errs) > 0 {
+				return result{}, fmt.Errorf("fetch %s[%d]: %w", errs[0].Topic, errs[0].Partition, errs[0].Err)
+			}
+			fs.EachRecord(func(r *kgo.Record) {
+				if committed == 0 && pending == 0 {
+					m = startMeter()
+				}
+				if t0.IsZero() {
+					t0 = time.Now()
+				}
+				prod.Produce(ctx, &kgo.Record{Key: r.Key, Value: r.Value, Partition: r.Partition}, promise)
+				pending++
+			})
+		}
+		if err := prod.Flush(ctx); err != nil {
+			return result{}, fmt.Errorf("flush: %w", err)
+		}
+		if p := failed.Load(); p != nil {
+			return result{}, fmt.Errorf("produce: %w", *p)
+		}
+		if err := txnCommitOffsets(ctx, prod, cons, txnID, group, ids); err != nil {
+			return result{}, err
+		}
+		if err := prod.EndTransaction(ctx, kgo.TryCommit); err != nil {
+			return result{}, fmt.Errorf("end transaction: %w", err)
+		}
+		cons.AllowRebalance()
+		committed += pending
+		pending = 0
+		commits++
+	}
+	return m.stopCommits(n, commits), nil
+}
+
+// topicIDs returns the IDs of the topics.
+func topicIDs(ctx context.Context, cl *kgo.Client, topics ...string) (map[string][16]byte, error) {
+	req := kmsg.NewPtrMetadataRequest()
+	for _, t := range topics {
+		rt := kmsg.NewMetadataRequestTopic()
+		rt.Topic = kmsg.StringPtr(t)
+		req.Topics = append(req.Topics, rt)
+	}
+	resp, err := req.RequestWith(ctx, cl)
+	if err != nil {
+		return nil, fmt.Errorf("metadata: %w", err)
+	}
+	ids := make(map[string][16]byte)
+	for _, t := range resp.Topics {
+		if err := kerr.ErrorForCode(t.ErrorCode); err != nil {
+			return nil, fmt.Errorf("metadata of %v: %w", t.Topic, err)
+		}
+		ids[*t.Topic] = t.TopicID
+	}
+	return ids, nil
+}
+
+// txnCommitOffsets puts the consumer's polled offsets into prod's open
+// transaction. Only for a transaction that produced: kgo's EndTransaction
+// sends no EndTxn for one that did not, and the offsets would hang until
+// the transaction timeout. The request carries topic IDs as well as names,
+// for TxnOffsetCommit v6 (KIP-1319), which commits by ID.
+func txnCommitOffsets(ctx context.Context, prod, cons *kgo.Client, txnID, group string, ids map[string][16]byte) error {
+	id, epoch, err := prod.ProducerID(ctx)
+	if err != nil {
+		return fmt.Errorf("producer id: %w", err)
+	}
+	member, gen := cons.GroupMetadata()
+	req := kmsg.NewPtrTxnOffsetCommitRequest()
+	req.TransactionalID = txnID
+	req.Group = group
+	req.ProducerID, req.ProducerEpoch = id, epoch
+	req.MemberID, req.Generation = member, gen
+	for topic, parts := range cons.UncommittedOffsets() {
+		rt := kmsg.NewTxnOffsetCommitRequestTopic()
+		rt.Topic, rt.TopicID = topic, ids[topic]
+		for p, eo := range parts {
+			rp := kmsg.NewTxnOffsetCommitRequestTopicPartition()
+			rp.Partition, rp.Offset, rp.LeaderEpoch = p, eo.Offset, eo.Epoch
+			rt.Partitions = append(rt.Partitions, rp)
+		}
+		req.Topics = append(req.Topics, rt)
+	}
+	resp, err := req.RequestWith(ctx, prod)
+	if err != nil {
+		return fmt.Errorf("txn offset commit: %w", err)
+	}
+	for _, t := range resp.Topics {
+		for _, p := range t.Partitions {
+			if err := kerr.ErrorForCode(p.ErrorCode); err != nil {
+				return fmt.Errorf("txn offset commit %s[%d] (v%d): %w", t.Topic, p.Partition, resp.Version, err)
+			}
+		}
+	}
+	return nil
+}
