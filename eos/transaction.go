@@ -65,6 +65,10 @@ type loop struct {
 	// seq calls the handler of the sequential loop; nil when handlers run
 	// concurrently (kdeliver.WithConcurrency, see concurrent.go).
 	seq *caller
+	// paced records were handled in paceTook by the last transaction that
+	// handled any, from its first poll to its end (see pollLimit).
+	paced    int
+	paceTook time.Duration
 	// runTrace is Run's ctx without its cancellation when it carries a
 	// span, else nil: the context of output records when tracing is off
 	// and the input record carries no trace of its own.
@@ -139,7 +143,9 @@ func (l *loop) run(ctx context.Context) error {
 func (l *loop) transaction(ctx context.Context, c *client) error {
 	s := l.s
 	sess := c.gts
-	limit := s.cfg.commitRecords
+	// The first poll asks for what the last transaction's pace handles in
+	// an interval (see pollLimit).
+	limit := pollLimit(s.cfg.commitRecords, l.paced, l.paceTook, s.cfg.commitInterval)
 	if l.seq == nil {
 		limit = -1 // every buffered record: see concurrent.go
 	}
@@ -188,11 +194,12 @@ func (l *loop) transaction(ctx context.Context, c *client) error {
 	}
 	for l.seq != nil {
 		l.handleAll(ctx, t, fs, deadline)
-		if t.reason != "" || t.crashed != nil || t.cut != nil || t.records >= s.cfg.commitRecords || !time.Now().Before(deadline) {
+		now := time.Now()
+		if t.reason != "" || t.crashed != nil || t.cut != nil || t.records >= s.cfg.commitRecords || !now.Before(deadline) {
 			break
 		}
 		pctx, cancel := context.WithDeadline(ctx, deadline)
-		fs = sess.PollRecords(pctx, s.cfg.commitRecords-t.records)
+		fs = sess.PollRecords(pctx, pollLimit(s.cfg.commitRecords-t.records, t.records, now.Sub(t.begun), deadline.Sub(now)))
 		cancel()
 		if fs.IsClientClosed() {
 			t.abort(reasonShutdown)
@@ -224,6 +231,24 @@ func (l *loop) transaction(ctx context.Context, c *client) error {
 		t.abort(reasonShutdown) // stopped before handling anything
 	}
 	return l.end(ctx, t)
+}
+
+// pollLimit is how many records a transaction's next poll asks for: of
+// the left it may still take, those its handling reaches in the time to
+// its deadline (remaining) at the pace of the handled records it took
+// elapsed to handle, and at least one. The records the transaction would
+// not reach then stay in kgo's buffer for the next one: polled, they would
+// be cut, and a cut sets its partitions back (SetOffsets), which drops
+// what kgo had buffered for them and fetches it again.
+func pollLimit(left, handled int, elapsed, remaining time.Duration) int {
+	if handled == 0 || elapsed <= 0 {
+		return left
+	}
+	reach := float64(handled) * (float64(remaining) / float64(elapsed))
+	if reach >= float64(left) {
+		return left
+	}
+	return max(int(reach), 1)
 }
 
 // handleAll handles the polled records in order until the transaction is
@@ -277,6 +302,9 @@ func (l *loop) cutRest(t *txn, fs kgo.Fetches) {
 // end ends t and acts on the outcome.
 func (l *loop) end(ctx context.Context, t *txn) error {
 	s := l.s
+	if t.records > 0 {
+		l.paced, l.paceTook = t.records, time.Since(t.begun)
+	}
 	// kgo commits whatever was written if asked to, even when some records
 	// of the transaction failed: wait for every produce to finish before
 	// deciding, or a failure that lands during End's own flush would commit

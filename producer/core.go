@@ -201,7 +201,7 @@ func (p *core) produceAsync(ctx context.Context, rec *kgo.Record, done func(*kgo
 	default:
 		p.cl.Produce(ctx, rec, func(r *kgo.Record, err error) {
 			err = p.settle(r, err)
-			if err != nil && fail != nil {
+			if err != nil {
 				fail(err)
 			}
 			done(r, err)
