@@ -37,7 +37,11 @@
 // or 100ms by default), checked before each record: a slow handler ends the
 // transaction in the middle of what one poll returned, the handled records'
 // offsets are committed and the rest fetched again, so a transaction stays
-// well within its timeout whatever the handler's speed. A transaction that
+// well within its timeout whatever the handler's speed. Without
+// kdeliver.WithConcurrency, each poll asks for about what the handler gets
+// through before the interval ends, at the pace
+// of the transaction so far (the first, of the last transaction), so that
+// such cuts, and what they fetch again, are rare. A transaction that
 // still outlives its timeout (one record took longer than the timeout) is
 // aborted, logged with its slowest record and what to set, and handled
 // again with that record first in a transaction of its own, where the

@@ -284,7 +284,9 @@ func (s *Session) needed() []string {
 // the input offsets in transactions of up to [WithCommitEvery] records or
 // interval, whichever comes first, even in the middle of what one poll
 // returned: the records after the cut are fetched and handled again in the
-// next transaction.
+// next transaction. Without kdeliver.WithConcurrency, each poll asks for
+// about what the handler gets through before the interval ends, at the
+// transaction's pace so far, so cuts are rare.
 //
 // Before reading, Run waits up to the start timeout
 // (kdeliver.WithStartTimeout) for a broker to answer and for the input,
