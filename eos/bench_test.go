@@ -278,3 +278,56 @@ func pairedTurns(b *testing.B, a, c func() time.Duration) (median float64, aTota
 	slices.Sort(ratios)
 	return ratios[len(ratios)/2], aTotal, cTotal
 }
+
+// fetchCount counts the records the client fetched (kgo's buffered hook).
+type fetchCount struct{ n atomic.Int64 }
+
+func (f *fetchCount) OnFetchRecordBuffered(*kgo.Record) { f.n.Add(1) }
+
+// BenchmarkSlowHandlerFetches copies with a handler that takes 1 ms a
+// record (a database call), in transactions of up to 1000 records or
+// 100 ms, from 3 partitions on one kfake broker, and reports how many
+// records the client fetched for each one it handled: a poll that returns
+// more than the interval's handling reaches is cut, and what follows the
+// cut is fetched again. Each op copies 500 records.
+//
+//	go test -run '^$' -bench SlowHandlerFetches -benchtime 4x -count 3 ./eos/
+func BenchmarkSlowHandlerFetches(b *testing.B) {
+	const perOp = 500
+	n := b.N * perOp
+	c := kdelivertest.Start(b, kdelivertest.WithBrokers(1), kdelivertest.WithTopic("in", 3), kdelivertest.WithTopic("out", 3))
+	kdelivertest.Seed(b, c.Brokers(), "in", n)
+	var fetched fetchCount
+	s, err := New(c.Brokers(), "g", []string{"in"}, "slow-fetches", WithOutputTopic("out"), WithCommitEvery(1000, 100*time.Millisecond),
+		WithKgoOpts(kgo.DisableClientMetrics(), kgo.WithHooks(&fetched)))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer s.Close(context.Background())
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	b.ResetTimer()
+	go func() {
+		done <- s.Run(ctx, func(_ context.Context, in *kgo.Record, emit func(*kgo.Record)) error {
+			time.Sleep(time.Millisecond)
+			emit(&kgo.Record{Key: in.Key, Value: in.Value})
+			return nil
+		})
+	}()
+	for deadline := time.Now().Add(time.Minute); s.Stats().Records < int64(n); {
+		if time.Now().After(deadline) {
+			b.Fatalf("%d of %d records committed after a minute", s.Stats().Records, n)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	b.StopTimer()
+	handled := s.Stats().Records
+	cancel()
+	if err := <-done; err != nil {
+		b.Fatal(err)
+	}
+	b.ReportMetric(float64(fetched.n.Load())/float64(handled), "fetched/record")
+	b.ReportMetric(float64(handled)/b.Elapsed().Seconds(), "records/s")
+	b.ReportMetric(0, "ns/op")
+}
