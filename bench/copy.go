@@ -87,6 +87,24 @@ func rawKgoCopy(ctx context.Context, e *env, in, out, group string, n int) (resu
 		return result{}, err
 	}
 	defer s.Close()
+	return rawTxnCopy(ctx, n, rawTxn{begin: s.Begin, poll: s.PollRecords, produce: s.Produce, flush: s.Client().Flush,
+		end: func(ctx context.Context) (bool, error) { return s.End(ctx, kgo.TryCommit) }})
+}
+
+// rawTxn is what a raw transactional copy loop calls.
+type rawTxn struct {
+	begin   func() error
+	poll    func(ctx context.Context, max int) kgo.Fetches
+	produce func(ctx context.Context, r *kgo.Record, promise func(*kgo.Record, error))
+	flush   func(ctx context.Context) error
+	// end commits the flushed transaction and reports whether it did.
+	end func(ctx context.Context) (bool, error)
+}
+
+// rawTxnCopy copies n records in transactions: begin, then poll and
+// produce until txnInterval has passed since the transaction's first
+// record, then flush and, if every output was written, end.
+func rawTxnCopy(ctx context.Context, n int, t rawTxn) (result, error) {
 	var m meter
 	var failed atomic.Pointer[error]
 	promise := func(_ *kgo.Record, err error) {
@@ -96,12 +114,12 @@ func rawKgoCopy(ctx context.Context, e *env, in, out, group string, n int) (resu
 	}
 	committed, pending, commits := 0, 0, 0
 	for committed < n {
-		if err := s.Begin(); err != nil {
+		if err := t.begin(); err != nil {
 			return result{}, fmt.Errorf("begin: %w", err)
 		}
 		var t0 time.Time
 		for pending+committed < n && (t0.IsZero() || time.Since(t0) < txnInterval) {
-			fs := s.PollRecords(ctx, n-committed-pending)
+			fs := t.poll(ctx, n-committed-pending)
 			if err := ctx.Err(); err != nil {
 				return result{}, fmt.Errorf("after %d records committed: %w", committed, err)
 			}
@@ -115,16 +133,19 @@ func rawKgoCopy(ctx context.Context, e *env, in, out, group string, n int) (resu
 				if t0.IsZero() {
 					t0 = time.Now()
 				}
-				s.Produce(ctx, &kgo.Record{Key: r.Key, Value: r.Value, Partition: r.Partition}, promise)
+				t.produce(ctx, &kgo.Record{Key: r.Key, Value: r.Value, Partition: r.Partition}, promise)
 				pending++
 			})
 		}
-		ok, err := s.End(ctx, kgo.TryCommit)
-		if err != nil {
-			return result{}, fmt.Errorf("end transaction: %w", err)
+		if err := t.flush(ctx); err != nil {
+			return result{}, fmt.Errorf("flush: %w", err)
 		}
 		if p := failed.Load(); p != nil {
 			return result{}, fmt.Errorf("produce: %w", *p)
+		}
+		ok, err := t.end(ctx)
+		if err != nil {
+			return result{}, fmt.Errorf("end transaction: %w", err)
 		}
 		if !ok {
 			return result{}, fmt.Errorf("transaction of %d records aborted (rebalance?) after %d committed", pending, committed)

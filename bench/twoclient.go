@@ -3,9 +3,8 @@ package main
 import (
 	"context"
 	"fmt"
-	"sync/atomic"
-	"time"
 
+	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/pkg/kmsg"
@@ -58,76 +57,31 @@ func rawManualCopy(ctx context.Context, e *env, in, out, group string, n int, on
 	if err != nil {
 		return result{}, err
 	}
-	var m meter
-	var failed atomic.Pointer[error]
-	promise := func(_ *kgo.Record, err error) {
-		if err != nil {
-			failed.CompareAndSwap(nil, &err)
-		}
-	}
-	committed, pending, commits := 0, 0, 0
-	for committed < n {
-		if err := prod.BeginTransaction(); err != nil {
-			return result{}, fmt.Errorf("begin: %w", err)
-		}
-		var t0 time.Time
-		for pending+committed < n && (t0.IsZero() || time.Since(t0) < txnInterval) {
-			fs := cons.PollRecords(ctx, n-committed-pending)
-			if err := ctx.Err(); err != nil {
-				return result{}, fmt.Errorf("after %d records committed: %w", committed, err)
+	return rawTxnCopy(ctx, n, rawTxn{begin: prod.BeginTransaction, poll: cons.PollRecords, produce: prod.Produce, flush: prod.Flush,
+		end: func(ctx context.Context) (bool, error) {
+			if err := txnCommitOffsets(ctx, prod, cons, txnID, group, ids); err != nil {
+				return false, err
 			}
-			if errs := fs.Errors(); len(errs) > 0 {
-				return result{}, fmt.Errorf("fetch %s[%d]: %w", errs[0].Topic, errs[0].Partition, errs[0].Err)
+			if err := prod.EndTransaction(ctx, kgo.TryCommit); err != nil {
+				return false, err
 			}
-			fs.EachRecord(func(r *kgo.Record) {
-				if committed == 0 && pending == 0 {
-					m = startMeter()
-				}
-				if t0.IsZero() {
-					t0 = time.Now()
-				}
-				prod.Produce(ctx, &kgo.Record{Key: r.Key, Value: r.Value, Partition: r.Partition}, promise)
-				pending++
-			})
-		}
-		if err := prod.Flush(ctx); err != nil {
-			return result{}, fmt.Errorf("flush: %w", err)
-		}
-		if p := failed.Load(); p != nil {
-			return result{}, fmt.Errorf("produce: %w", *p)
-		}
-		if err := txnCommitOffsets(ctx, prod, cons, txnID, group, ids); err != nil {
-			return result{}, err
-		}
-		if err := prod.EndTransaction(ctx, kgo.TryCommit); err != nil {
-			return result{}, fmt.Errorf("end transaction: %w", err)
-		}
-		cons.AllowRebalance()
-		committed += pending
-		pending = 0
-		commits++
-	}
-	return m.stopCommits(n, commits), nil
+			cons.AllowRebalance()
+			return true, nil
+		}})
 }
 
 // topicIDs returns the IDs of the topics.
 func topicIDs(ctx context.Context, cl *kgo.Client, topics ...string) (map[string][16]byte, error) {
-	req := kmsg.NewPtrMetadataRequest()
-	for _, t := range topics {
-		rt := kmsg.NewMetadataRequestTopic()
-		rt.Topic = kmsg.StringPtr(t)
-		req.Topics = append(req.Topics, rt)
+	ds, err := kadm.NewClient(cl).ListTopics(ctx, topics...)
+	if err == nil {
+		err = ds.Error()
 	}
-	resp, err := req.RequestWith(ctx, cl)
 	if err != nil {
-		return nil, fmt.Errorf("metadata: %w", err)
+		return nil, fmt.Errorf("topic IDs of %v: %w", topics, err)
 	}
 	ids := make(map[string][16]byte)
-	for _, t := range resp.Topics {
-		if err := kerr.ErrorForCode(t.ErrorCode); err != nil {
-			return nil, fmt.Errorf("metadata of %v: %w", t.Topic, err)
-		}
-		ids[*t.Topic] = t.TopicID
+	for t, d := range ds {
+		ids[t] = d.ID
 	}
 	return ids, nil
 }
