@@ -40,14 +40,15 @@
 // well within its timeout whatever the handler's speed. Without
 // kdeliver.WithConcurrency, each poll asks for about what the handler gets
 // through before the interval ends, at the pace of the transaction so far
-// (the first poll, of the last transaction), so that such cuts, and what
-// they fetch again, are rare. A transaction that still outlives its timeout
-// (one record took longer than the timeout) is aborted, logged with its
-// slowest record and what to set, and handled again with that record first
-// in a transaction of its own, where the broker's timer starts only at its
-// output. Outputs and dead letters are delivered whatever their timestamps:
-// their delivery timeout (the transaction timeout) counts from when they are
-// produced. Ending has three outcomes, all handled inside Run:
+// (the first poll, of the last transaction; a Run's first poll asks for
+// one record), so that such cuts, and what they fetch again, are rare. A
+// transaction that still outlives its timeout (one record took longer than
+// the timeout) is aborted, logged with its slowest record and what to set,
+// and handled again with that record first in a transaction of its own,
+// where the broker's timer starts only at its output. Outputs and dead
+// letters are delivered whatever their timestamps: their delivery timeout
+// (the transaction timeout) counts from when they are produced. Ending has
+// three outcomes, all handled inside Run:
 //
 //   - committed: the output and offsets are visible together;
 //   - aborted without error, after a rebalance revoked partitions or an

@@ -144,8 +144,12 @@ func (l *loop) transaction(ctx context.Context, c *client) error {
 	s := l.s
 	sess := c.gts
 	// The first poll asks for what the last transaction's pace handles in
-	// an interval (see pollLimit).
-	limit := pollLimit(s.cfg.commitRecords, l.paced, l.paceTook, s.cfg.commitInterval)
+	// an interval (see pollLimit); the Run's first, for one record, whose
+	// handling gives the pace.
+	limit := 1
+	if l.paced > 0 {
+		limit = pollLimit(s.cfg.commitRecords, l.paced, l.paceTook, s.cfg.commitInterval)
+	}
 	if l.seq == nil {
 		limit = -1 // every buffered record: see concurrent.go
 	}
@@ -233,18 +237,23 @@ func (l *loop) transaction(ctx context.Context, c *client) error {
 	return l.end(ctx, t)
 }
 
+// pollShare is the share of what a transaction's pace reaches by its
+// deadline that a poll asks for: a poll that asks for less costs one more
+// poll of kgo's buffer, one that asks for more than is reached costs a cut.
+const pollShare = 0.8
+
 // pollLimit is how many records a transaction's next poll asks for: of
-// the left it may still take, those its handling reaches in the time to
-// its deadline (remaining) at the pace of the handled records it took
-// elapsed to handle, and at least one. The records the transaction would
-// not reach then stay in kgo's buffer for the next one: polled, they would
-// be cut, and a cut sets its partitions back (SetOffsets), which drops
-// what kgo had buffered for them and fetches it again.
+// the left it may still take, pollShare of those its handling reaches in
+// the time to its deadline (remaining) at the pace of the handled records
+// it took elapsed to handle, and at least one. The records the transaction
+// would not reach then stay in kgo's buffer for the next one: polled, they
+// would be cut, and a cut sets its partitions back (SetOffsets), which
+// drops what kgo had buffered for them and fetches it again.
 func pollLimit(left, handled int, elapsed, remaining time.Duration) int {
 	if handled == 0 || elapsed <= 0 {
 		return left
 	}
-	reach := float64(handled) * (float64(remaining) / float64(elapsed))
+	reach := pollShare * float64(handled) * (float64(remaining) / float64(elapsed))
 	if reach >= float64(left) {
 		return left
 	}
