@@ -51,7 +51,7 @@ func copySection(ctx context.Context, e *env) (section, error) {
 				rawRate.Store(int64(rate(r)))
 			}
 			return r, err
-		}), note: "Begin, poll and produce until 100 ms passed, End(TryCommit); read_committed (kgo always requires stable offsets)"},
+		}), note: "Begin, poll and produce until 100 ms passed, Flush, End(TryCommit); read_committed (kgo always requires stable offsets)"},
 		{name: "kdeliver eos", base: "raw kgo GroupTransactSession", also: "kdeliver at-least-once copy", run: copyTo(kdeliverCopy),
 			note: "eos.New with WithCommitEvery(1,000,000 records, 100 ms); measured to the Stats().Records that reach n"},
 		{name: "raw kgo two clients", base: "raw kgo GroupTransactSession", also: "kdeliver at-least-once copy", run: copyTo(rawTwoClientCopy),

@@ -62,10 +62,6 @@ type result struct {
 	// commits counts the copy's commits over the turn (transactions, or
 	// the at-least-once loop's offset commits); 0 where not counted.
 	commits int
-	// sys is the machine's system CPU share over the turn (0–1, Linux;
-	// -1 elsewhere): this VM's broker runs at two speeds, and its slow
-	// one spends 40–55 % of the CPU in the kernel (BENCHMARKS.md).
-	sys float64
 }
 
 // side is one client in a section.
@@ -133,7 +129,10 @@ func runSection(ctx context.Context, e *env, sec section) ([][]result, error) {
 		pprof.Do(tctx, pprof.Labels("side", s.name, "section", sec.name), func(ctx context.Context) {
 			r, err = s.run(ctx, e, n)
 		})
-		r.sys = st0.sysShare(readCPUStat())
+		// The machine's system CPU share: this VM's broker runs at two
+		// speeds, the slow one with 40 % or more in the kernel
+		// (BENCHMARKS.md, runs X1–X7).
+		sysShare := st0.sysShare(readCPUStat())
 		cancel()
 		if sec.cleanup != nil {
 			sec.cleanup(ctx)
@@ -149,8 +148,8 @@ func runSection(ctx context.Context, e *env, sec section) ([][]result, error) {
 			commits = fmt.Sprintf(", %d commits", r.commits)
 		}
 		sys := ""
-		if r.sys >= 0 {
-			sys = fmt.Sprintf(", sys %.0f%%", 100*r.sys)
+		if sysShare >= 0 {
+			sys = fmt.Sprintf(", sys %.0f%%", 100*sysShare)
 		}
 		fmt.Fprintf(os.Stderr, "%s round %s %-28s %9.0f rec/s %7.1f MB/s %6.3f CPU-s/100k  (%.1fs%s%s, load %s)\n",
 			sec.name, round, s.name, rate(r), mbps(r), cpuPer100k(r), r.wall.Seconds(), commits, sys, loadAvg())

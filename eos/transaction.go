@@ -144,12 +144,8 @@ func (l *loop) transaction(ctx context.Context, c *client) error {
 	s := l.s
 	sess := c.gts
 	// The first poll asks for what the last transaction's pace handles in
-	// an interval (see pollLimit); the Run's first, for one record, whose
-	// handling gives the pace.
-	limit := 1
-	if l.paced > 0 {
-		limit = pollLimit(s.cfg.commitRecords, l.paced, l.paceTook, s.cfg.commitInterval)
-	}
+	// an interval (see pollLimit).
+	limit := pollLimit(s.cfg.commitRecords, l.paced, l.paceTook, s.cfg.commitInterval)
 	if l.seq == nil {
 		limit = -1 // every buffered record: see concurrent.go
 	}
@@ -245,12 +241,17 @@ const pollShare = 0.8
 // pollLimit is how many records a transaction's next poll asks for: of
 // the left it may still take, pollShare of those its handling reaches in
 // the time to its deadline (remaining) at the pace of the handled records
-// it took elapsed to handle, and at least one. The records the transaction
-// would not reach then stay in kgo's buffer for the next one: polled, they
-// would be cut, and a cut sets its partitions back (SetOffsets), which
-// drops what kgo had buffered for them and fetches it again.
+// it took elapsed to handle, and at least one; with no pace yet (a Run's
+// first poll), one record, whose handling gives the pace. The records the
+// transaction would not reach then stay in kgo's buffer for the next one:
+// polled, they would be cut, and a cut sets its partitions back
+// (SetOffsets), which drops what kgo had buffered for them and fetches it
+// again.
 func pollLimit(left, handled int, elapsed, remaining time.Duration) int {
-	if handled == 0 || elapsed <= 0 {
+	if handled == 0 {
+		return min(left, 1)
+	}
+	if elapsed <= 0 {
 		return left
 	}
 	reach := pollShare * float64(handled) * (float64(remaining) / float64(elapsed))

@@ -16,7 +16,7 @@ func TestPollLimit(t *testing.T) {
 		elapsed, remaining time.Duration
 		want               int
 	}{
-		{"nothing handled yet: all it may take", 1000, 0, 5 * ms, 95 * ms, 1000},
+		{"no pace yet: one record", 1000, 0, 5 * ms, 95 * ms, 1},
 		{"no time elapsed: all it may take", 1000, 10, 0, 95 * ms, 1000},
 		{"at its pace: 300 handled in 30 ms, 20 ms left", 100_000, 300, 30 * ms, 20 * ms, 160},
 		{"capped by what it may take", 150, 300, 30 * ms, 20 * ms, 150},
