@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kgo"
@@ -143,7 +144,7 @@ type caller struct {
 	mu       sync.Mutex // emit may be called from goroutines the handler starts
 	out      []*kgo.Record
 	emit     func(*kgo.Record)
-	handling bool
+	handling atomic.Bool // set before the handler runs; cleared under mu once it returned
 }
 
 func newCaller(l *loop) *caller {
@@ -151,7 +152,7 @@ func newCaller(l *loop) *caller {
 	c.emit = func(o *kgo.Record) {
 		c.mu.Lock()
 		defer c.mu.Unlock()
-		if !c.handling {
+		if !c.handling.Load() {
 			panic("eos: emit called after the handler returned")
 		}
 		c.out = append(c.out, o)
@@ -163,18 +164,19 @@ func newCaller(l *loop) *caller {
 // emitted records. The records returned are valid until the next call.
 func (c *caller) call(ctx context.Context, r *kgo.Record) (out []*kgo.Record, err error) {
 	l := c.l
-	c.mu.Lock()
+	// Between calls no emit touches out: it finds handling cleared and
+	// panics. So out is reset without mu, and the emits of this call see
+	// the reset (they load handling after the store below).
 	clear(c.out)
 	c.out = c.out[:0]
-	c.handling = true
-	c.mu.Unlock()
+	c.handling.Store(true)
 	returned := false
 	defer func() {
 		if returned {
 			return
 		}
 		c.mu.Lock()
-		c.handling = false
+		c.handling.Store(false)
 		c.mu.Unlock()
 		if v := recover(); v != nil {
 			out, err = nil, fmt.Errorf("%w: %v", kdeliver.ErrPanic, v)
@@ -184,7 +186,7 @@ func (c *caller) call(ctx context.Context, r *kgo.Record) (out []*kgo.Record, er
 	returned = true
 	c.mu.Lock() // once for both: the end of handling and the check
 	defer c.mu.Unlock()
-	c.handling = false
+	c.handling.Store(false)
 	if err != nil {
 		return nil, err
 	}
