@@ -39,7 +39,7 @@ func consumeSection(ctx context.Context, e *env) (section, error) {
 			note: "poll, handle each record, CommitUncommittedOffsets (synchronous) after each poll"},
 		{name: "raw kgo at-least-once, 500 a poll, commit every 1 s", run: read(rawKgoConsume(kdeliver.AtLeastOnce, consumer.DefaultMaxPollRecords, consumer.DefaultCommitInterval)),
 			note: "kdeliver's policy on a bare client: PollRecords(500) (consumer.WithMaxPollRecords, which bounds how long a poll's records hold a rebalance), handle, CommitUncommittedOffsets (synchronous) once 1 s (consumer.WithCommitInterval) has passed since the last, and at the end"},
-		{name: "kdeliver at-least-once", base: "raw kgo at-least-once", also: "raw kgo at-least-once, 500 a poll, commit every 1 s", run: read(kdeliverConsume(kdeliver.AtLeastOnce))},
+		{name: "kdeliver at-least-once", base: "raw kgo at-least-once", also: []string{"raw kgo at-least-once, 500 a poll, commit every 1 s"}, run: read(kdeliverConsume(kdeliver.AtLeastOnce))},
 		{name: "sarama", base: "raw kgo at-least-once", run: read(saramaConsume),
 			note: "consumer group, MarkMessage after each record, auto-commit of marks every 1 s, Commit at the end"},
 		{name: "kafka-go", base: "raw kgo at-least-once", run: read(kafkaGoConsume),

@@ -52,14 +52,16 @@ func copySection(ctx context.Context, e *env) (section, error) {
 			}
 			return r, err
 		}), note: "Begin, poll and produce until 100 ms passed, Flush, End(TryCommit); read_committed (kgo always requires stable offsets)"},
-		{name: "kdeliver eos", base: "raw kgo GroupTransactSession", also: "kdeliver at-least-once copy", run: copyTo(kdeliverCopy),
+		{name: "kdeliver eos", base: "raw kgo GroupTransactSession", also: []string{"kdeliver at-least-once copy", "kdeliver at-least-once copy cut at 100 ms"}, run: copyTo(kdeliverCopy),
 			note: "eos.New with WithCommitEvery(1,000,000 records, 100 ms); measured to the Stats().Records that reach n"},
-		{name: "raw kgo two clients", base: "raw kgo GroupTransactSession", also: "kdeliver at-least-once copy", run: copyTo(rawTwoClientCopy),
+		{name: "raw kgo two clients", base: "raw kgo GroupTransactSession", also: []string{"kdeliver at-least-once copy"}, run: copyTo(rawTwoClientCopy),
 			note: "a read_committed consumer client (BlockRebalanceOnPoll) and a transactional producer client that sends the consumer's offsets, member ID and generation in a TxnOffsetCommit, as Java's and librdkafka's clients do; otherwise the raw GroupTransactSession loop"},
-		{name: "raw kgo one client own End", base: "raw kgo GroupTransactSession", also: "kdeliver at-least-once copy", run: copyTo(rawOneClientCopy),
+		{name: "raw kgo one client own End", base: "raw kgo GroupTransactSession", also: []string{"kdeliver at-least-once copy"}, run: copyTo(rawOneClientCopy),
 			note: "the two-client loop with one client that is group member and transactional producer, as a GroupTransactSession's is, ending each transaction with its own TxnOffsetCommit and EndTransaction instead of GroupTransactSession.End (no forced heartbeat)"},
 		{name: "kdeliver at-least-once copy", base: "raw kgo GroupTransactSession", run: copyTo(aloCopy),
 			note: "not exactly-once: the at-least-once loop eos is compared with (issue 13: eos ≥ 0.95× it): a consumer client with kdeliver's AtLeastOnce consumer preset and producer.New(AtLeastOnce); poll and ProduceAsync until 100 ms passed since the window's first record, Flush, then commit what was polled (a crash repeats output, never loses it)"},
+		{name: "kdeliver at-least-once copy cut at 100 ms", base: "raw kgo GroupTransactSession", run: copyTo(aloCutCopy),
+			note: "the at-least-once copy with its windows cut at 100 ms, as eos cuts its transactions: each copy is timed, the records polled after the window's end are held for the next window, and a window commits the offsets it copied (CommitRecords); the plain copy checks the time between polls only, and its last poll's copies run on past 100 ms"},
 		{name: "confluent-kafka-go", base: "raw kgo GroupTransactSession", run: copyTo(confluentCopy),
 			note: "transactional producer + read_committed consumer: BeginTransaction, Poll and Produce until 100 ms passed, SendOffsetsToTransaction(Position, group metadata), CommitTransaction"},
 		{name: "Java TransactionalMessageCopier", base: "raw kgo GroupTransactSession", run: copyTo(func(ctx context.Context, e *env, in, out, group string, n int) (result, error) {
@@ -209,26 +211,11 @@ func kdeliverCopy(ctx context.Context, e *env, in, out, group string, n int) (re
 // kdeliver AtLeastOnce producer; it commits what it polled once the copies
 // are acknowledged, every 100 ms.
 func aloCopy(ctx context.Context, e *env, in, out, group string, n int) (result, error) {
-	base, _ := preset.Base(&shared.Settings{Logger: slog.New(slog.DiscardHandler)}, group)
-	opts := append(base, kgo.SeedBrokers(e.brokers...), kgo.BlockRebalanceOnPoll())
-	opts = append(opts, preset.Consumer{Semantics: kdeliver.AtLeastOnce, Group: group, Topics: []string{in}}.Opts()...)
-	cl, err := kgo.NewClient(opts...)
+	cl, p, promise, failed, closeAll, err := aloClients(e, in, group)
 	if err != nil {
 		return result{}, err
 	}
-	defer cl.Close()
-	p, err := producer.New(e.brokers, kdeliver.AtLeastOnce, kdeliver.WithLogger(slog.New(slog.DiscardHandler)),
-		producer.WithKgoOpts(kgo.RecordPartitioner(kgo.ManualPartitioner())))
-	if err != nil {
-		return result{}, err
-	}
-	defer p.Close(context.Background())
-	var failed atomic.Pointer[error]
-	promise := func(_ *kgo.Record, err error) {
-		if err != nil {
-			failed.CompareAndSwap(nil, &err)
-		}
-	}
+	defer closeAll()
 	var m meter
 	copied, committed, commits := 0, 0, 0
 	produce := func(fs kgo.Fetches) error {
@@ -274,6 +261,111 @@ func aloCopy(ctx context.Context, e *env, in, out, group string, n int) (result,
 		cl.AllowRebalance()
 		committed += copied
 		copied = 0
+		commits++
+	}
+	return m.stopCommits(n, commits), nil
+}
+
+// aloClients builds the at-least-once copy's clients: a consumer client
+// with kdeliver's AtLeastOnce consumer preset (BlockRebalanceOnPoll) and a
+// kdeliver AtLeastOnce producer, with a promise that keeps the first
+// produce error.
+func aloClients(e *env, in, group string) (*kgo.Client, *producer.Producer, func(*kgo.Record, error), *atomic.Pointer[error], func(), error) {
+	base, _ := preset.Base(&shared.Settings{Logger: slog.New(slog.DiscardHandler)}, group)
+	opts := append(base, kgo.SeedBrokers(e.brokers...), kgo.BlockRebalanceOnPoll())
+	opts = append(opts, preset.Consumer{Semantics: kdeliver.AtLeastOnce, Group: group, Topics: []string{in}}.Opts()...)
+	cl, err := kgo.NewClient(opts...)
+	if err != nil {
+		return nil, nil, nil, nil, nil, err
+	}
+	p, err := producer.New(e.brokers, kdeliver.AtLeastOnce, kdeliver.WithLogger(slog.New(slog.DiscardHandler)),
+		producer.WithKgoOpts(kgo.RecordPartitioner(kgo.ManualPartitioner())))
+	if err != nil {
+		cl.Close()
+		return nil, nil, nil, nil, nil, err
+	}
+	failed := new(atomic.Pointer[error])
+	promise := func(_ *kgo.Record, err error) {
+		if err != nil {
+			failed.CompareAndSwap(nil, &err)
+		}
+	}
+	return cl, p, promise, failed, func() { p.Close(context.Background()); cl.Close() }, nil
+}
+
+// aloCutCopy is aloCopy with its windows cut at 100 ms as eos cuts its
+// transactions: each record's copy is timed, and the records polled after
+// the window's end are held for the next window; a window commits the
+// offsets of the records it copied (CommitRecords), not all it polled.
+// aloCopy's windows overrun: it checks the time between polls only, and
+// a poll returns all kgo buffered, whose copies block on the producer's
+// buffer until the broker acknowledges them.
+func aloCutCopy(ctx context.Context, e *env, in, out, group string, n int) (result, error) {
+	cl, p, promise, failed, closeAll, err := aloClients(e, in, group)
+	if err != nil {
+		return result{}, err
+	}
+	defer closeAll()
+	var m meter
+	var held []*kgo.Record // polled after the last window's end
+	last := map[int32]*kgo.Record{}
+	committed, commits := 0, 0
+	for committed < n {
+		copied := 0
+		var t0 time.Time
+		// copyRecs copies rs until the window ends, and holds the rest.
+		copyRecs := func(rs []*kgo.Record) {
+			for i, r := range rs {
+				now := time.Now()
+				if t0.IsZero() {
+					t0 = now
+					if committed == 0 {
+						m = startMeter()
+					}
+				} else if now.Sub(t0) >= txnInterval {
+					held = rs[i:]
+					return
+				}
+				p.ProduceAsync(ctx, &kgo.Record{Topic: out, Key: r.Key, Value: r.Value, Partition: r.Partition}, promise)
+				last[r.Partition] = r
+				copied++
+			}
+			held = nil
+		}
+		copyRecs(held)
+		for len(held) == 0 && committed+copied < n && (t0.IsZero() || time.Since(t0) < txnInterval) {
+			pctx, cancel := ctx, context.CancelFunc(func() {})
+			if !t0.IsZero() {
+				pctx, cancel = context.WithDeadline(ctx, t0.Add(txnInterval))
+			}
+			fs := cl.PollRecords(pctx, n-committed-copied)
+			cancel()
+			if err := ctx.Err(); err != nil {
+				return result{}, fmt.Errorf("after %d records committed: %w", committed, err)
+			}
+			if errs := fs.Errors(); len(errs) > 0 && !errors.Is(errs[0].Err, context.DeadlineExceeded) {
+				return result{}, fmt.Errorf("fetch %s[%d]: %w", errs[0].Topic, errs[0].Partition, errs[0].Err)
+			}
+			copyRecs(fs.Records())
+		}
+		if err := p.Flush(ctx); err != nil {
+			return result{}, fmt.Errorf("flush: %w", err)
+		}
+		if err := failed.Load(); err != nil {
+			return result{}, fmt.Errorf("produce: %w", *err)
+		}
+		rs := make([]*kgo.Record, 0, len(last))
+		for _, r := range last {
+			rs = append(rs, r)
+		}
+		clear(last)
+		if err := cl.CommitRecords(ctx, rs...); err != nil {
+			return result{}, fmt.Errorf("commit: %w", err)
+		}
+		if len(held) == 0 {
+			cl.AllowRebalance() // none held of a partition a rebalance could take
+		}
+		committed += copied
 		commits++
 	}
 	return m.stopCommits(n, commits), nil

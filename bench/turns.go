@@ -70,9 +70,9 @@ type side struct {
 	// base names the side its ratios are to (raw kgo with the same
 	// semantics); "" for a side that is its own base.
 	base string
-	// also names a second side to compare with, printed under the table
-	// (kdeliver eos against the at-least-once copy loop).
-	also string
+	// also names more sides to compare with, printed under the table
+	// (kdeliver eos against the at-least-once copy loops).
+	also []string
 	// note is printed under the table (e.g. "no idempotence").
 	note string
 	// run does one turn of n records.
@@ -209,13 +209,17 @@ func printTable(w io.Writer, sec section, res [][]result) {
 	fmt.Fprintln(w, "|---|---|---|---|---|---|---|")
 	var notes, also, perCommit []string
 	for k, s := range sec.sides {
-		if a, ok := idx[s.also]; ok {
+		for _, name := range s.also {
+			a, ok := idx[name]
+			if !ok {
+				continue
+			}
 			var tr, cr []float64
 			for i, r := range res[k] {
 				tr = append(tr, rate(r)/rate(res[a][i]))
 				cr = append(cr, cpuPer100k(r)/cpuPer100k(res[a][i]))
 			}
-			also = append(also, fmt.Sprintf("- %s × %s, per round: throughput %s, CPU/record %s", s.name, s.also, spread(tr, 2), spread(cr, 2)))
+			also = append(also, fmt.Sprintf("- %s × %s, per round: throughput %s, CPU/record %s", s.name, name, spread(tr, 2), spread(cr, 2)))
 		}
 		var rs, ms, cs, tr, cr []float64
 		b, hasBase := idx[s.base]
@@ -272,7 +276,7 @@ func keep(e *env, sides []side) []side {
 	bases := map[string]bool{}
 	for _, s := range sides {
 		if slices.Contains(e.cfg.only, s.name) {
-			for _, b := range []string{s.base, s.also} {
+			for _, b := range append([]string{s.base}, s.also...) {
 				if b != "" {
 					bases[b] = true
 				}
