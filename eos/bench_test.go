@@ -289,17 +289,25 @@ func (f *fetchCount) OnFetchRecordBuffered(*kgo.Record) { f.n.Add(1) }
 // 100 ms, from 3 partitions on one kfake broker, and reports how many
 // records the client fetched for each one it handled: a poll that returns
 // more than the interval's handling reaches is cut, and what follows the
-// cut is fetched again. Each op copies 500 records.
+// cut is fetched again. Each op copies 500 records; "concurrent" runs the
+// handler on 3 goroutines, one a partition.
 //
 //	go test -run '^$' -bench SlowHandlerFetches -benchtime 4x -count 3 ./eos/
 func BenchmarkSlowHandlerFetches(b *testing.B) {
-	const perOp = 500
+	b.Run("sequential", func(b *testing.B) { slowHandlerFetches(b, 500) })
+	b.Run("concurrent", func(b *testing.B) {
+		slowHandlerFetches(b, 1500, kdeliver.WithConcurrency(3, kdeliver.ByPartition))
+	})
+}
+
+func slowHandlerFetches(b *testing.B, perOp int, opts ...Option) {
 	n := b.N * perOp
 	c := kdelivertest.Start(b, kdelivertest.WithBrokers(1), kdelivertest.WithTopic("in", 3), kdelivertest.WithTopic("out", 3))
 	kdelivertest.Seed(b, c.Brokers(), "in", n)
 	var fetched fetchCount
-	s, err := New(c.Brokers(), "g", []string{"in"}, "slow-fetches", WithOutputTopic("out"), WithCommitEvery(1000, 100*time.Millisecond),
-		WithKgoOpts(kgo.DisableClientMetrics(), kgo.WithHooks(&fetched)))
+	opts = append([]Option{WithOutputTopic("out"), WithCommitEvery(1000, 100*time.Millisecond),
+		WithKgoOpts(kgo.DisableClientMetrics(), kgo.WithHooks(&fetched))}, opts...)
+	s, err := New(c.Brokers(), "g", []string{"in"}, "slow-fetches", opts...)
 	if err != nil {
 		b.Fatal(err)
 	}
