@@ -145,7 +145,8 @@ func (l *loop) transaction(ctx context.Context, c *client) error {
 	sess := c.gts
 	// The first poll asks for what the last transaction's pace handles in
 	// an interval (see pollLimit).
-	limit := pollLimit(s.cfg.commitRecords, l.paced, l.paceTook, s.cfg.commitInterval)
+	slack := time.Duration(float64(s.cfg.commitInterval) * overrunShare)
+	limit := pollLimit(s.cfg.commitRecords, int(sess.Client().BufferedFetchRecords()), l.paced, l.paceTook, s.cfg.commitInterval, slack)
 	if l.seq == nil {
 		limit = -1 // every buffered record: see concurrent.go
 	}
@@ -193,13 +194,14 @@ func (l *loop) transaction(ctx context.Context, c *client) error {
 		l.handleConcurrently(ctx, t, fs, deadline)
 	}
 	for l.seq != nil {
-		l.handleAll(ctx, t, fs, deadline)
+		l.handleAll(ctx, t, fs, deadline.Add(slack))
 		now := time.Now()
 		if t.reason != "" || t.crashed != nil || t.cut != nil || t.records >= s.cfg.commitRecords || !now.Before(deadline) {
 			break
 		}
 		pctx, cancel := context.WithDeadline(ctx, deadline)
-		fs = sess.PollRecords(pctx, pollLimit(s.cfg.commitRecords-t.records, t.records, now.Sub(t.begun), deadline.Sub(now)))
+		buffered := int(sess.Client().BufferedFetchRecords())
+		fs = sess.PollRecords(pctx, pollLimit(s.cfg.commitRecords-t.records, buffered, t.records, now.Sub(t.begun), deadline.Sub(now), slack))
 		cancel()
 		if fs.IsClientClosed() {
 			t.abort(reasonShutdown)
@@ -238,6 +240,10 @@ func (l *loop) transaction(ctx context.Context, c *client) error {
 // poll of kgo's buffer, one that asks for more than is reached costs a cut.
 const pollShare = 0.8
 
+// overrunShare is the share of the interval a transaction may run past its
+// deadline to handle the rest of kgo's buffer (see pollLimit).
+const overrunShare = 0.1
+
 // pollLimit is how many records a transaction's next poll asks for: of
 // the left it may still take, pollShare of those its handling reaches in
 // the time to its deadline (remaining) at the pace of the handled records
@@ -247,14 +253,25 @@ const pollShare = 0.8
 // polled, they would be cut, and a cut sets its partitions back
 // (SetOffsets), which drops what kgo had buffered for them and fetches it
 // again.
-func pollLimit(left, handled int, elapsed, remaining time.Duration) int {
+//
+// But when the pace handles all kgo has buffered by the deadline plus
+// slack, the poll takes it all, and the transaction may run up to slack
+// past its deadline to handle it: kgo fetches again only once its buffer
+// is drained, so a remainder left in it would hold back the next fetch
+// while the transaction ends, and the next transaction would start by
+// waiting for it.
+func pollLimit(left, buffered, handled int, elapsed, remaining, slack time.Duration) int {
 	if handled == 0 {
 		return min(left, 1)
 	}
 	if elapsed <= 0 {
 		return left
 	}
-	reach := pollShare * float64(handled) * (float64(remaining) / float64(elapsed))
+	rate := float64(handled) / float64(elapsed)
+	reach := pollShare * rate * float64(remaining)
+	if buffered > 0 && float64(buffered) <= rate*float64(remaining+slack) {
+		reach = max(reach, float64(buffered))
+	}
 	if reach >= float64(left) {
 		return left
 	}
