@@ -41,7 +41,11 @@
 // kdeliver.WithConcurrency, each poll asks for about what the handler gets
 // through before the interval ends, at the pace of the transaction so far
 // (the first poll, of the last transaction; a Run's first poll asks for
-// one record), so that such cuts, and what they fetch again, are rare. A
+// one record), so that such cuts, and what they fetch again, are rare; and
+// when the pace gets through all the client has buffered by a tenth of the
+// interval past its end, the poll takes it all and the transaction runs on
+// to handle it: the client fetches again only once its buffer is empty, so
+// it then fetches the next records while the transaction ends. A
 // transaction that still outlives its timeout (one record took longer than
 // the timeout) is aborted, logged with its slowest record and what to set,
 // and handled again with that record first in a transaction of its own,

@@ -72,7 +72,10 @@ func apply(opts []Option) *config {
 
 // WithCommitEvery ends a transaction once it holds records input records or
 // has been open for interval, whichever comes first, overriding the defaults
-// [DefaultCommitRecords] and [DefaultCommitInterval]. Larger transactions cost
+// [DefaultCommitRecords] and [DefaultCommitInterval]. Without
+// kdeliver.WithConcurrency a transaction may run up to a tenth of interval
+// longer, to handle the rest of what the client has buffered (see the
+// package doc, Transactions). Larger transactions cost
 // less per record, but more work is redone after an abort, and readers with
 // read_committed see output later. interval must stay below half the
 // transaction timeout.

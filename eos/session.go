@@ -286,7 +286,9 @@ func (s *Session) needed() []string {
 // returned: the records after the cut are fetched and handled again in the
 // next transaction. Without kdeliver.WithConcurrency, each poll asks for
 // about what the handler gets through before the interval ends, at the
-// transaction's pace so far, so cuts are rare.
+// transaction's pace so far, so cuts are rare; a transaction runs up to a
+// tenth of the interval past it to handle the rest of the client's buffer
+// when its pace gets through it by then.
 //
 // Before reading, Run waits up to the start timeout
 // (kdeliver.WithStartTimeout) for a broker to answer and for the input,
