@@ -211,11 +211,12 @@ func kdeliverCopy(ctx context.Context, e *env, in, out, group string, n int) (re
 // kdeliver AtLeastOnce producer; it commits what it polled once the copies
 // are acknowledged, every 100 ms.
 func aloCopy(ctx context.Context, e *env, in, out, group string, n int) (result, error) {
-	cl, p, promise, failed, closeAll, err := aloClients(e, in, group)
+	a, err := newAloClients(e, in, group)
 	if err != nil {
 		return result{}, err
 	}
-	defer closeAll()
+	defer a.close()
+	cl, p, promise, failed := a.cl, a.p, a.promise, &a.failed
 	var m meter
 	copied, committed, commits := 0, 0, 0
 	produce := func(fs kgo.Fetches) error {
@@ -266,46 +267,59 @@ func aloCopy(ctx context.Context, e *env, in, out, group string, n int) (result,
 	return m.stopCommits(n, commits), nil
 }
 
-// aloClients builds the at-least-once copy's clients: a consumer client
-// with kdeliver's AtLeastOnce consumer preset (BlockRebalanceOnPoll) and a
-// kdeliver AtLeastOnce producer, with a promise that keeps the first
-// produce error.
-func aloClients(e *env, in, group string) (*kgo.Client, *producer.Producer, func(*kgo.Record, error), *atomic.Pointer[error], func(), error) {
+// aloClients are the at-least-once copy's clients: a consumer client with
+// kdeliver's AtLeastOnce consumer preset (BlockRebalanceOnPoll) and a
+// kdeliver AtLeastOnce producer, whose promise keeps the first produce
+// error in failed.
+type aloClients struct {
+	cl      *kgo.Client
+	p       *producer.Producer
+	promise func(*kgo.Record, error)
+	failed  atomic.Pointer[error]
+}
+
+func newAloClients(e *env, in, group string) (*aloClients, error) {
 	base, _ := preset.Base(&shared.Settings{Logger: slog.New(slog.DiscardHandler)}, group)
 	opts := append(base, kgo.SeedBrokers(e.brokers...), kgo.BlockRebalanceOnPoll())
 	opts = append(opts, preset.Consumer{Semantics: kdeliver.AtLeastOnce, Group: group, Topics: []string{in}}.Opts()...)
 	cl, err := kgo.NewClient(opts...)
 	if err != nil {
-		return nil, nil, nil, nil, nil, err
+		return nil, err
 	}
 	p, err := producer.New(e.brokers, kdeliver.AtLeastOnce, kdeliver.WithLogger(slog.New(slog.DiscardHandler)),
 		producer.WithKgoOpts(kgo.RecordPartitioner(kgo.ManualPartitioner())))
 	if err != nil {
 		cl.Close()
-		return nil, nil, nil, nil, nil, err
+		return nil, err
 	}
-	failed := new(atomic.Pointer[error])
-	promise := func(_ *kgo.Record, err error) {
+	a := &aloClients{cl: cl, p: p}
+	a.promise = func(_ *kgo.Record, err error) {
 		if err != nil {
-			failed.CompareAndSwap(nil, &err)
+			a.failed.CompareAndSwap(nil, &err)
 		}
 	}
-	return cl, p, promise, failed, func() { p.Close(context.Background()); cl.Close() }, nil
+	return a, nil
+}
+
+func (a *aloClients) close() {
+	a.p.Close(context.Background())
+	a.cl.Close()
 }
 
 // aloCutCopy is aloCopy with its windows cut at 100 ms as eos cuts its
 // transactions: each record's copy is timed, and the records polled after
 // the window's end are held for the next window; a window commits the
 // offsets of the records it copied (CommitRecords), not all it polled.
-// aloCopy's windows overrun: it checks the time between polls only, and
-// a poll returns all kgo buffered, whose copies block on the producer's
-// buffer until the broker acknowledges them.
+// aloCopy checks the time between polls only, so the copies of a window's
+// last poll run on past it: this side is the control for that (it changed
+// neither the throughput nor the records a commit: BENCHMARKS.md, run Y2).
 func aloCutCopy(ctx context.Context, e *env, in, out, group string, n int) (result, error) {
-	cl, p, promise, failed, closeAll, err := aloClients(e, in, group)
+	a, err := newAloClients(e, in, group)
 	if err != nil {
 		return result{}, err
 	}
-	defer closeAll()
+	defer a.close()
+	cl, p, promise, failed := a.cl, a.p, a.promise, &a.failed
 	var m meter
 	var held []*kgo.Record // polled after the last window's end
 	last := map[int32]*kgo.Record{}
