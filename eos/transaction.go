@@ -146,9 +146,9 @@ func (l *loop) transaction(ctx context.Context, c *client) error {
 	// The first poll asks for what the last transaction's pace handles in
 	// an interval (see pollLimit).
 	slack := time.Duration(float64(s.cfg.commitInterval) * overrunShare)
-	limit := pollLimit(s.cfg.commitRecords, int(sess.Client().BufferedFetchRecords()), l.paced, l.paceTook, s.cfg.commitInterval, slack)
-	if l.seq == nil {
-		limit = -1 // every buffered record: see concurrent.go
+	limit := -1 // every buffered record: see concurrent.go
+	if l.seq != nil {
+		limit = pollLimit(s.cfg.commitRecords, int(sess.Client().BufferedFetchRecords()), l.paced, l.paceTook, s.cfg.commitInterval, slack)
 	}
 	fs := sess.PollRecords(ctx, limit)
 	if fs.IsClientClosed() {
@@ -194,7 +194,7 @@ func (l *loop) transaction(ctx context.Context, c *client) error {
 		l.handleConcurrently(ctx, t, fs, deadline)
 	}
 	for l.seq != nil {
-		l.handleAll(ctx, t, fs, deadline.Add(slack))
+		l.handleAll(ctx, t, fs, deadline.Add(slack)) // handles up to slack past the deadline (see pollLimit)
 		now := time.Now()
 		if t.reason != "" || t.crashed != nil || t.cut != nil || t.records >= s.cfg.commitRecords || !now.Before(deadline) {
 			break
