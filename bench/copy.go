@@ -216,7 +216,6 @@ func aloCopy(ctx context.Context, e *env, in, out, group string, n int) (result,
 		return result{}, err
 	}
 	defer a.close()
-	cl, p, promise, failed := a.cl, a.p, a.promise, &a.failed
 	var m meter
 	copied, committed, commits := 0, 0, 0
 	produce := func(fs kgo.Fetches) error {
@@ -228,12 +227,12 @@ func aloCopy(ctx context.Context, e *env, in, out, group string, n int) (result,
 				m = startMeter()
 			}
 			copied++
-			p.ProduceAsync(ctx, &kgo.Record{Topic: out, Key: r.Key, Value: r.Value, Partition: r.Partition}, promise)
+			a.p.ProduceAsync(ctx, &kgo.Record{Topic: out, Key: r.Key, Value: r.Value, Partition: r.Partition}, a.promise)
 		})
 		return nil
 	}
 	for committed < n {
-		if err := produce(cl.PollRecords(ctx, n-committed-copied)); err != nil {
+		if err := produce(a.cl.PollRecords(ctx, n-committed-copied)); err != nil {
 			return result{}, err
 		}
 		if err := ctx.Err(); err != nil {
@@ -244,22 +243,22 @@ func aloCopy(ctx context.Context, e *env, in, out, group string, n int) (result,
 		}
 		wctx, cancel := context.WithTimeout(ctx, txnInterval) // the rest of the window
 		for wctx.Err() == nil && committed+copied < n {
-			if err := produce(cl.PollRecords(wctx, n-committed-copied)); err != nil {
+			if err := produce(a.cl.PollRecords(wctx, n-committed-copied)); err != nil {
 				cancel()
 				return result{}, err
 			}
 		}
 		cancel()
-		if err := p.Flush(ctx); err != nil {
+		if err := a.p.Flush(ctx); err != nil {
 			return result{}, fmt.Errorf("flush: %w", err)
 		}
-		if err := failed.Load(); err != nil {
+		if err := a.failed.Load(); err != nil {
 			return result{}, fmt.Errorf("produce: %w", *err)
 		}
-		if err := cl.CommitUncommittedOffsets(ctx); err != nil {
+		if err := a.cl.CommitUncommittedOffsets(ctx); err != nil {
 			return result{}, fmt.Errorf("commit: %w", err)
 		}
-		cl.AllowRebalance()
+		a.cl.AllowRebalance()
 		committed += copied
 		copied = 0
 		commits++
@@ -319,7 +318,6 @@ func aloCutCopy(ctx context.Context, e *env, in, out, group string, n int) (resu
 		return result{}, err
 	}
 	defer a.close()
-	cl, p, promise, failed := a.cl, a.p, a.promise, &a.failed
 	var m meter
 	var held []*kgo.Record // polled after the last window's end
 	last := map[int32]*kgo.Record{}
@@ -340,7 +338,7 @@ func aloCutCopy(ctx context.Context, e *env, in, out, group string, n int) (resu
 					held = rs[i:]
 					return
 				}
-				p.ProduceAsync(ctx, &kgo.Record{Topic: out, Key: r.Key, Value: r.Value, Partition: r.Partition}, promise)
+				a.p.ProduceAsync(ctx, &kgo.Record{Topic: out, Key: r.Key, Value: r.Value, Partition: r.Partition}, a.promise)
 				last[r.Partition] = r
 				copied++
 			}
@@ -352,7 +350,7 @@ func aloCutCopy(ctx context.Context, e *env, in, out, group string, n int) (resu
 			if !t0.IsZero() {
 				pctx, cancel = context.WithDeadline(ctx, t0.Add(txnInterval))
 			}
-			fs := cl.PollRecords(pctx, n-committed-copied)
+			fs := a.cl.PollRecords(pctx, n-committed-copied)
 			cancel()
 			if err := ctx.Err(); err != nil {
 				return result{}, fmt.Errorf("after %d records committed: %w", committed, err)
@@ -362,10 +360,10 @@ func aloCutCopy(ctx context.Context, e *env, in, out, group string, n int) (resu
 			}
 			copyRecs(fs.Records())
 		}
-		if err := p.Flush(ctx); err != nil {
+		if err := a.p.Flush(ctx); err != nil {
 			return result{}, fmt.Errorf("flush: %w", err)
 		}
-		if err := failed.Load(); err != nil {
+		if err := a.failed.Load(); err != nil {
 			return result{}, fmt.Errorf("produce: %w", *err)
 		}
 		rs := make([]*kgo.Record, 0, len(last))
@@ -373,11 +371,11 @@ func aloCutCopy(ctx context.Context, e *env, in, out, group string, n int) (resu
 			rs = append(rs, r)
 		}
 		clear(last)
-		if err := cl.CommitRecords(ctx, rs...); err != nil {
+		if err := a.cl.CommitRecords(ctx, rs...); err != nil {
 			return result{}, fmt.Errorf("commit: %w", err)
 		}
 		if len(held) == 0 {
-			cl.AllowRebalance() // none held of a partition a rebalance could take
+			a.cl.AllowRebalance() // none held of a partition a rebalance could take
 		}
 		committed += copied
 		commits++
