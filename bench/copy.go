@@ -84,17 +84,25 @@ func copySection(ctx context.Context, e *env) (section, error) {
 	}}, nil
 }
 
-func rawKgoCopy(ctx context.Context, e *env, in, out, group string, n int) (result, error) {
-	s, err := kgo.NewGroupTransactSession(kgo.SeedBrokers(e.brokers...), kgo.TransactionalID(e.name("bench-raw-txn")),
+// rawSession is the raw copies' GroupTransactSession, with transactional
+// ID prefix txnID.
+func rawSession(e *env, txnID, in, out, group string) (*kgo.GroupTransactSession, error) {
+	return kgo.NewGroupTransactSession(kgo.SeedBrokers(e.brokers...), kgo.TransactionalID(e.name(txnID)),
 		kgo.ConsumerGroup(group), kgo.ConsumeTopics(in), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
 		kgo.FetchIsolationLevel(kgo.ReadCommitted()),
 		kgo.RequiredAcks(kgo.AllISRAcks()), kgo.DefaultProduceTopic(out), kgo.RecordPartitioner(kgo.ManualPartitioner()))
+}
+
+func rawKgoCopy(ctx context.Context, e *env, in, out, group string, n int) (result, error) {
+	s, err := rawSession(e, "bench-raw-txn", in, out, group)
 	if err != nil {
 		return result{}, err
 	}
 	defer s.Close()
 	return rawTxnCopy(ctx, n, rawTxn{begin: s.Begin, poll: s.PollRecords, produce: s.Produce, flush: s.Client().Flush,
-		end: func(ctx context.Context) (bool, error) { return s.End(ctx, kgo.TryCommit) }})
+		end: func(ctx context.Context, _ map[string]map[int32]kgo.EpochOffset) (bool, error) {
+			return s.End(ctx, kgo.TryCommit)
+		}})
 }
 
 // rawTxn is what a raw transactional copy loop calls.
@@ -102,10 +110,20 @@ type rawTxn struct {
 	begin   func() error
 	poll    func(ctx context.Context, max int) kgo.Fetches
 	produce func(ctx context.Context, r *kgo.Record, promise func(*kgo.Record, error))
-	flush   func(ctx context.Context) error
-	// end commits the flushed transaction and reports whether it did.
-	end func(ctx context.Context) (bool, error)
+	flush   func(ctx context.Context) error // nil: none (during flushes)
+	// end commits the flushed transaction and reports whether it did;
+	// offs are the offsets taken for during, or nil.
+	end func(ctx context.Context, offs map[string]map[int32]kgo.EpochOffset) (bool, error)
+	// With during set, the loop takes offsets after the flush and runs
+	// during with them on a goroutine, polling meanwhile up to overlapHeld
+	// records, which it produces first in the next transaction.
+	offsets func() map[string]map[int32]kgo.EpochOffset
+	during  func(ctx context.Context, offs map[string]map[int32]kgo.EpochOffset) error
 }
+
+// overlapHeld bounds the records an overlapped copy polls while a
+// transaction ends.
+const overlapHeld = 20_000
 
 // rawTxnCopy copies n records in transactions: begin, then poll and
 // produce until txnInterval has passed since the transaction's first
@@ -119,11 +137,27 @@ func rawTxnCopy(ctx context.Context, n int, t rawTxn) (result, error) {
 		}
 	}
 	committed, pending, commits := 0, 0, 0
+	var held []*kgo.Record
+	var t0 time.Time
+	copyRecord := func(r *kgo.Record) {
+		if committed == 0 && pending == 0 {
+			m = startMeter()
+		}
+		if t0.IsZero() {
+			t0 = time.Now()
+		}
+		t.produce(ctx, &kgo.Record{Key: r.Key, Value: r.Value, Partition: r.Partition}, promise)
+		pending++
+	}
 	for committed < n {
 		if err := t.begin(); err != nil {
 			return result{}, fmt.Errorf("begin: %w", err)
 		}
-		var t0 time.Time
+		t0 = time.Time{}
+		for _, r := range held {
+			copyRecord(r)
+		}
+		held = held[:0]
 		for pending+committed < n && (t0.IsZero() || time.Since(t0) < txnInterval) {
 			fs := t.poll(ctx, n-committed-pending)
 			if err := ctx.Err(); err != nil {
@@ -132,24 +166,28 @@ func rawTxnCopy(ctx context.Context, n int, t rawTxn) (result, error) {
 			if errs := fs.Errors(); len(errs) > 0 {
 				return result{}, fmt.Errorf("fetch %s[%d]: %w", errs[0].Topic, errs[0].Partition, errs[0].Err)
 			}
-			fs.EachRecord(func(r *kgo.Record) {
-				if committed == 0 && pending == 0 {
-					m = startMeter()
-				}
-				if t0.IsZero() {
-					t0 = time.Now()
-				}
-				t.produce(ctx, &kgo.Record{Key: r.Key, Value: r.Value, Partition: r.Partition}, promise)
-				pending++
-			})
+			fs.EachRecord(copyRecord)
 		}
-		if err := t.flush(ctx); err != nil {
-			return result{}, fmt.Errorf("flush: %w", err)
+		if t.flush != nil {
+			if err := t.flush(ctx); err != nil {
+				return result{}, fmt.Errorf("flush: %w", err)
+			}
+			if p := failed.Load(); p != nil {
+				return result{}, fmt.Errorf("produce: %w", *p)
+			}
 		}
-		if p := failed.Load(); p != nil {
-			return result{}, fmt.Errorf("produce: %w", *p)
+		var offs map[string]map[int32]kgo.EpochOffset
+		if t.during != nil {
+			offs = t.offsets()
+			var err error
+			if held, err = pollDuring(ctx, t, offs, held, min(overlapHeld, n-committed-pending)); err != nil {
+				return result{}, err
+			}
+			if p := failed.Load(); p != nil {
+				return result{}, fmt.Errorf("produce: %w", *p)
+			}
 		}
-		ok, err := t.end(ctx)
+		ok, err := t.end(ctx, offs)
 		if err != nil {
 			return result{}, fmt.Errorf("end transaction: %w", err)
 		}
@@ -161,6 +199,33 @@ func rawTxnCopy(ctx context.Context, n int, t rawTxn) (result, error) {
 		commits++
 	}
 	return m.stopCommits(n, commits), nil
+}
+
+// pollDuring runs t.during on a goroutine and, until it returns, polls up
+// to limit records into held.
+func pollDuring(ctx context.Context, t rawTxn, offs map[string]map[int32]kgo.EpochOffset, held []*kgo.Record, limit int) ([]*kgo.Record, error) {
+	pctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() {
+		defer cancel()
+		done <- t.during(ctx, offs)
+	}()
+	for pctx.Err() == nil && len(held) < limit {
+		fs := t.poll(pctx, limit-len(held))
+		for _, fe := range fs.Errors() {
+			if !errors.Is(fe.Err, context.Canceled) {
+				cancel()
+				<-done
+				return nil, fmt.Errorf("fetch %s[%d]: %w", fe.Topic, fe.Partition, fe.Err)
+			}
+		}
+		fs.EachRecord(func(r *kgo.Record) { held = append(held, r) })
+	}
+	if err := <-done; err != nil {
+		return nil, fmt.Errorf("end transaction: %w", err)
+	}
+	return held, nil
 }
 
 func kdeliverCopy(ctx context.Context, e *env, in, out, group string, n int) (result, error) {

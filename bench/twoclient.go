@@ -2,10 +2,7 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"sync/atomic"
-	"time"
 
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kerr"
@@ -56,7 +53,7 @@ func rawManualCopy(ctx context.Context, e *env, in, out, group string, n int, on
 		return result{}, err
 	}
 	return rawTxnCopy(ctx, n, rawTxn{begin: prod.BeginTransaction, poll: cons.PollRecords, produce: prod.Produce, flush: prod.Flush,
-		end: func(ctx context.Context) (bool, error) {
+		end: func(ctx context.Context, _ map[string]map[int32]kgo.EpochOffset) (bool, error) {
 			if err := txnCommitOffsets(ctx, prod, cons, txnID, group, ids, cons.UncommittedOffsets()); err != nil {
 				return false, err
 			}
@@ -78,105 +75,6 @@ func manualOpts(e *env, in, out, group string) (cons, prod []kgo.Opt, txnID stri
 	prodOpts := []kgo.Opt{kgo.SeedBrokers(e.brokers...), kgo.TransactionalID(txnID),
 		kgo.RequiredAcks(kgo.AllISRAcks()), kgo.DefaultProduceTopic(out), kgo.RecordPartitioner(kgo.ManualPartitioner())}
 	return consOpts, prodOpts, txnID
-}
-
-// overlapHeld bounds the records rawOverlapCopy polls while a
-// transaction ends.
-const overlapHeld = 20_000
-
-// rawOverlapCopy is rawOneClientCopy with the end of each transaction
-// overlapped by the next one's polls: after the flush it takes the polled
-// offsets, sends TxnOffsetCommit and EndTransaction on a goroutine, and
-// polls on meanwhile, holding up to overlapHeld records for the next
-// transaction, whose first produces they are. A benchmark loop, not a
-// safe one, as rawManualCopy.
-func rawOverlapCopy(ctx context.Context, e *env, in, out, group string, n int) (result, error) {
-	consOpts, prodOpts, txnID := manualOpts(e, in, out, group)
-	cl, err := kgo.NewClient(append(consOpts, prodOpts[1:]...)...)
-	if err != nil {
-		return result{}, err
-	}
-	defer cl.Close()
-	ids, err := topicIDs(ctx, cl, in)
-	if err != nil {
-		return result{}, err
-	}
-	var m meter
-	var failed atomic.Pointer[error]
-	promise := func(_ *kgo.Record, err error) {
-		if err != nil {
-			failed.CompareAndSwap(nil, &err)
-		}
-	}
-	committed, pending, commits := 0, 0, 0
-	var held []*kgo.Record
-	var t0 time.Time
-	copyRecord := func(r *kgo.Record) {
-		if committed == 0 && pending == 0 {
-			m = startMeter()
-		}
-		if t0.IsZero() {
-			t0 = time.Now()
-		}
-		cl.Produce(ctx, &kgo.Record{Key: r.Key, Value: r.Value, Partition: r.Partition}, promise)
-		pending++
-	}
-	for committed < n {
-		if err := cl.BeginTransaction(); err != nil {
-			return result{}, fmt.Errorf("begin: %w", err)
-		}
-		t0 = time.Time{}
-		for _, r := range held {
-			copyRecord(r)
-		}
-		held = held[:0]
-		for pending+committed < n && (t0.IsZero() || time.Since(t0) < txnInterval) {
-			fs := cl.PollRecords(ctx, n-committed-pending)
-			if err := ctx.Err(); err != nil {
-				return result{}, fmt.Errorf("after %d records committed: %w", committed, err)
-			}
-			if errs := fs.Errors(); len(errs) > 0 {
-				return result{}, fmt.Errorf("fetch %s[%d]: %w", errs[0].Topic, errs[0].Partition, errs[0].Err)
-			}
-			fs.EachRecord(copyRecord)
-		}
-		if err := cl.Flush(ctx); err != nil {
-			return result{}, fmt.Errorf("flush: %w", err)
-		}
-		if p := failed.Load(); p != nil {
-			return result{}, fmt.Errorf("produce: %w", *p)
-		}
-		offs := cl.UncommittedOffsets()
-		ectx, cancel := context.WithCancel(ctx)
-		done := make(chan error, 1)
-		go func() {
-			defer cancel()
-			err := txnCommitOffsets(ctx, cl, cl, txnID, group, ids, offs)
-			if err == nil {
-				err = cl.EndTransaction(ctx, kgo.TryCommit)
-			}
-			done <- err
-		}()
-		for ectx.Err() == nil && len(held) < overlapHeld && committed+pending+len(held) < n {
-			fs := cl.PollRecords(ectx, min(overlapHeld-len(held), n-committed-pending-len(held)))
-			for _, fe := range fs.Errors() {
-				if !errors.Is(fe.Err, context.Canceled) {
-					cancel()
-					<-done
-					return result{}, fmt.Errorf("fetch %s[%d]: %w", fe.Topic, fe.Partition, fe.Err)
-				}
-			}
-			fs.EachRecord(func(r *kgo.Record) { held = append(held, r) })
-		}
-		if err := <-done; err != nil {
-			return result{}, fmt.Errorf("end transaction: %w", err)
-		}
-		cl.AllowRebalance()
-		committed += pending
-		pending = 0
-		commits++
-	}
-	return m.stopCommits(n, commits), nil
 }
 
 // topicIDs returns the IDs of the topics.
@@ -235,113 +133,67 @@ func txnCommitOffsets(ctx context.Context, prod, cons *kgo.Client, txnID, group 
 	return nil
 }
 
+// rawOverlapCopy is rawOneClientCopy with the end of each transaction
+// overlapped by the next one's polls: after the flush it takes the polled
+// offsets, sends TxnOffsetCommit and EndTransaction on a goroutine, and
+// polls on meanwhile. A benchmark loop, not a safe one, as rawManualCopy.
+func rawOverlapCopy(ctx context.Context, e *env, in, out, group string, n int) (result, error) {
+	consOpts, prodOpts, txnID := manualOpts(e, in, out, group)
+	cl, err := kgo.NewClient(append(consOpts, prodOpts[1:]...)...)
+	if err != nil {
+		return result{}, err
+	}
+	defer cl.Close()
+	ids, err := topicIDs(ctx, cl, in)
+	if err != nil {
+		return result{}, err
+	}
+	return rawTxnCopy(ctx, n, rawTxn{begin: cl.BeginTransaction, poll: cl.PollRecords, produce: cl.Produce,
+		flush: cl.Flush, offsets: cl.UncommittedOffsets,
+		during: func(ctx context.Context, offs map[string]map[int32]kgo.EpochOffset) error {
+			if err := txnCommitOffsets(ctx, cl, cl, txnID, group, ids, offs); err != nil {
+				return err
+			}
+			return cl.EndTransaction(ctx, kgo.TryCommit)
+		},
+		end: func(context.Context, map[string]map[int32]kgo.EpochOffset) (bool, error) {
+			cl.AllowRebalance()
+			return true, nil
+		}})
+}
+
 // rawGTSOverlapCopy is the raw GroupTransactSession loop with each
 // transaction's flush overlapped by the next one's polls: it takes the
-// polled offsets, flushes on a goroutine and polls on meanwhile, holding up
-// to overlapHeld records for the next transaction; End's TxnOffsetCommit is
-// rewritten to the offsets taken (PreTxnCommitFnContext). A benchmark
-// loop, not a safe one: an End that does not commit ends the turn (kgo
-// would rewind to offsets past the held records).
+// polled offsets, flushes on a goroutine and polls on meanwhile; End's
+// TxnOffsetCommit is rewritten to the offsets taken (PreTxnCommitFnContext).
+// A benchmark loop, not a safe one: an End that does not commit ends the
+// turn (kgo would rewind to offsets past the held records).
 func rawGTSOverlapCopy(ctx context.Context, e *env, in, out, group string, n int) (result, error) {
-	s, err := kgo.NewGroupTransactSession(kgo.SeedBrokers(e.brokers...), kgo.TransactionalID(e.name("bench-rawov-txn")),
-		kgo.ConsumerGroup(group), kgo.ConsumeTopics(in), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
-		kgo.FetchIsolationLevel(kgo.ReadCommitted()),
-		kgo.RequiredAcks(kgo.AllISRAcks()), kgo.DefaultProduceTopic(out), kgo.RecordPartitioner(kgo.ManualPartitioner()))
+	s, err := rawSession(e, "bench-rawov-txn", in, out, group)
 	if err != nil {
 		return result{}, err
 	}
 	defer s.Close()
 	cl := s.Client()
-	var m meter
-	var failed atomic.Pointer[error]
-	promise := func(_ *kgo.Record, err error) {
-		if err != nil {
-			failed.CompareAndSwap(nil, &err)
-		}
-	}
-	committed, pending, commits := 0, 0, 0
-	var held []*kgo.Record
-	var t0 time.Time
-	copyRecord := func(r *kgo.Record) {
-		if committed == 0 && pending == 0 {
-			m = startMeter()
-		}
-		if t0.IsZero() {
-			t0 = time.Now()
-		}
-		s.Produce(ctx, &kgo.Record{Key: r.Key, Value: r.Value, Partition: r.Partition}, promise)
-		pending++
-	}
-	for committed < n {
-		if err := s.Begin(); err != nil {
-			return result{}, fmt.Errorf("begin: %w", err)
-		}
-		t0 = time.Time{}
-		for _, r := range held {
-			copyRecord(r)
-		}
-		held = held[:0]
-		for pending+committed < n && (t0.IsZero() || time.Since(t0) < txnInterval) {
-			fs := s.PollRecords(ctx, n-committed-pending)
-			if err := ctx.Err(); err != nil {
-				return result{}, fmt.Errorf("after %d records committed: %w", committed, err)
-			}
-			if errs := fs.Errors(); len(errs) > 0 {
-				return result{}, fmt.Errorf("fetch %s[%d]: %w", errs[0].Topic, errs[0].Partition, errs[0].Err)
-			}
-			fs.EachRecord(copyRecord)
-		}
-		offs := cl.UncommittedOffsets()
-		fctx, cancel := context.WithCancel(ctx)
-		done := make(chan error, 1)
-		go func() {
-			defer cancel()
-			done <- cl.Flush(ctx)
-		}()
-		for fctx.Err() == nil && len(held) < overlapHeld && committed+pending+len(held) < n {
-			fs := s.PollRecords(fctx, min(overlapHeld-len(held), n-committed-pending-len(held)))
-			for _, fe := range fs.Errors() {
-				if !errors.Is(fe.Err, context.Canceled) {
-					cancel()
-					<-done
-					return result{}, fmt.Errorf("fetch %s[%d]: %w", fe.Topic, fe.Partition, fe.Err)
-				}
-			}
-			fs.EachRecord(func(r *kgo.Record) { held = append(held, r) })
-		}
-		if err := <-done; err != nil {
-			return result{}, fmt.Errorf("flush: %w", err)
-		}
-		if p := failed.Load(); p != nil {
-			return result{}, fmt.Errorf("produce: %w", *p)
-		}
-		ectx := kgo.PreTxnCommitFnContext(ctx, func(req *kmsg.TxnOffsetCommitRequest) error {
-			topics := req.Topics[:0]
-			for _, rt := range req.Topics {
-				parts := rt.Partitions[:0]
-				for _, rp := range rt.Partitions {
-					if eo, ok := offs[rt.Topic][rp.Partition]; ok {
-						rp.Offset, rp.LeaderEpoch = eo.Offset, eo.Epoch
-						parts = append(parts, rp)
+	return rawTxnCopy(ctx, n, rawTxn{begin: s.Begin, poll: s.PollRecords, produce: s.Produce, offsets: cl.UncommittedOffsets,
+		during: func(ctx context.Context, _ map[string]map[int32]kgo.EpochOffset) error { return cl.Flush(ctx) },
+		end: func(ctx context.Context, offs map[string]map[int32]kgo.EpochOffset) (bool, error) {
+			return s.End(kgo.PreTxnCommitFnContext(ctx, func(req *kmsg.TxnOffsetCommitRequest) error {
+				topics := req.Topics[:0]
+				for _, rt := range req.Topics {
+					parts := rt.Partitions[:0]
+					for _, rp := range rt.Partitions {
+						if eo, ok := offs[rt.Topic][rp.Partition]; ok {
+							rp.Offset, rp.LeaderEpoch = eo.Offset, eo.Epoch
+							parts = append(parts, rp)
+						}
+					}
+					if rt.Partitions = parts; len(parts) > 0 {
+						topics = append(topics, rt)
 					}
 				}
-				if rt.Partitions = parts; len(parts) > 0 {
-					topics = append(topics, rt)
-				}
-			}
-			req.Topics = topics
-			return nil
-		})
-		ok, err := s.End(ectx, kgo.TryCommit)
-		if err != nil {
-			return result{}, fmt.Errorf("end transaction: %w", err)
-		}
-		if !ok {
-			return result{}, fmt.Errorf("transaction of %d records aborted (rebalance?) after %d committed", pending, committed)
-		}
-		committed += pending
-		pending = 0
-		commits++
-	}
-	return m.stopCommits(n, commits), nil
+				req.Topics = topics
+				return nil
+			}), kgo.TryCommit)
+		}})
 }

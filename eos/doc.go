@@ -45,7 +45,15 @@
 // when the pace gets through all the client has buffered by a tenth of the
 // interval past its end, the poll takes it all and the transaction runs on
 // to handle it: the client fetches again only once its buffer is empty, so
-// it then fetches the next records while the transaction ends. A
+// it then fetches the next records while the transaction ends. And while a
+// transaction's outputs are flushed, before it commits, the loop polls the
+// next transaction's first records (up to what the pace handles in an
+// interval), for the same reason: the transaction commits the offsets
+// before them, and the next one handles them first. Their offsets are
+// committed with the group generation of that poll, so that if the group
+// rebalanced since, the broker refuses them and the transaction aborts, as
+// after any rebalance; after an abort, their partitions resume at the
+// offsets the group has committed. A
 // transaction that still outlives its timeout (one record took longer than
 // the timeout) is aborted, logged with its slowest record and what to set,
 // and handled again with that record first in a transaction of its own,

@@ -170,7 +170,7 @@ func checkFaultyCopy(t *testing.T, c *kdelivertest.Cluster, r *copierRun, tail *
 	final := kdelivertest.Audit(want, kdelivertest.ReadCommitted(t, c.Brokers(), "out"))
 	concurrent := tail.catchUp(t, want, final)
 	st := r.total()
-	t.Logf("crashes=%d graceful=%d stats=%+v final: %s concurrent: %s", r.crashes, r.graceful, st, final, concurrent)
+	t.Logf("crashes=%d graceful=%d stats=%+v held=%d rewoundAhead=%d final: %s concurrent: %s", r.crashes, r.graceful, st, r.held, r.rewoundAhead, final, concurrent)
 	if !final.Exact() {
 		t.Errorf("final read_committed reader: %s, want %d exactly once", final, len(want))
 	}

@@ -241,6 +241,9 @@ type Stats struct {
 type counters struct {
 	committed, aborted, abortedRebalance, abortedHandler, abortedTimeout, abortedProduce, abortedOther, fenced,
 	records, deadLettered, recreated, rewind atomic.Int64
+	// For tests: records polled while a transaction flushed, and rewinds
+	// of their partitions after an abort (see flushPolling, rewindAhead).
+	held, rewoundAhead atomic.Int64
 }
 
 // Stats returns the counters.

@@ -41,6 +41,9 @@ type copierRun struct {
 
 	crashes, graceful int
 	stats             []Stats
+	// held and rewoundAhead sum the sessions' counters of records polled
+	// while a transaction flushed and of their rewinds after an abort.
+	held, rewoundAhead int64
 }
 
 // newCopierRun copies "in" of c in group "g" as transactional ID
@@ -98,6 +101,8 @@ func (r *copierRun) run(ctx context.Context) {
 		if err := s.Close(context.Background()); err != nil {
 			t.Fatalf("Close: %v", err)
 		}
+		r.held += s.stats.held.Load()
+		r.rewoundAhead += s.stats.rewoundAhead.Load()
 		r.stats = append(r.stats, s.Stats())
 	}
 }
@@ -162,6 +167,9 @@ func TestCopierExactlyOnceUnderAbortsAndCrashes(t *testing.T) {
 	r.runFor(60 * time.Second)
 
 	checkFaultyCopy(t, c, r, tail, want, 3)
+	if r.held == 0 || r.rewoundAhead == 0 {
+		t.Errorf("%d records polled while a transaction flushed, %d rewinds of them after an abort: want both above 0 (the overlap was not exercised)", r.held, r.rewoundAhead)
+	}
 }
 
 // T1 ordered: 1 → 1 partition; the output is the input, in order.

@@ -4,10 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 
 	"github.com/cenkalti/backoff/v4"
+	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/pkg/kmsg"
@@ -69,6 +71,14 @@ type loop struct {
 	// handled any, from its first poll to its end (see pollLimit).
 	paced    int
 	paceTook time.Duration
+	// held is what the last transaction polled while it flushed, for the
+	// next one (see flushPolling).
+	held *heldPoll
+	// ahead holds the partitions of the last commit's held records, whose
+	// end kgo takes as committed, and the client it was made on (see
+	// rewindAhead).
+	ahead   map[string]map[int32]kgo.EpochOffset
+	aheadOf *client
 	// runTrace is Run's ctx without its cancellation when it carries a
 	// span, else nil: the context of output records when tracing is off
 	// and the input record carries no trace of its own.
@@ -92,6 +102,13 @@ type txn struct {
 	// handled, the offset of the first one not handled: the transaction
 	// commits that offset instead of the end of the poll.
 	cut map[string]map[int32]kgo.EpochOffset
+	// ahead holds, for partitions with records polled while the
+	// transaction flushed (held for the next one), the offset of the first
+	// such record: the transaction commits that offset.
+	ahead map[string]map[int32]kgo.EpochOffset
+	// held is what the transaction handled first, polled while the last
+	// one flushed; nil if it began with a poll of its own.
+	held *heldPoll
 	// slowest is the record whose handler took longest, and how long.
 	slowest     recordKey
 	slowestTook time.Duration
@@ -150,7 +167,15 @@ func (l *loop) transaction(ctx context.Context, c *client) error {
 	if l.seq != nil {
 		limit = pollLimit(s.cfg.commitRecords, int(sess.Client().BufferedFetchRecords()), l.paced, l.paceTook, s.cfg.commitInterval, slack)
 	}
-	fs := sess.PollRecords(ctx, limit)
+	var fs kgo.Fetches
+	held := l.held
+	l.held = nil
+	if held != nil && held.c == c {
+		fs = held.fs // polled while the last transaction flushed (see flushPolling)
+	} else {
+		held = nil
+		fs = sess.PollRecords(ctx, limit)
+	}
 	if fs.IsClientClosed() {
 		return nil
 	}
@@ -173,7 +198,7 @@ func (l *loop) transaction(ctx context.Context, c *client) error {
 	if fs.Empty() {
 		return nil
 	}
-	t := &txn{c: c, sess: sess, begun: time.Now()}
+	t := &txn{c: c, sess: sess, begun: time.Now(), held: held}
 	if err := sess.Begin(); err != nil {
 		// The previous End left the producer unusable.
 		if f := l.fenced(err, t); f != nil {
@@ -339,7 +364,11 @@ func (l *loop) end(ctx context.Context, t *txn) error {
 	var prodErr error
 	if t.reason == "" {
 		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.txnTimeout)
-		prodErr = t.sess.Client().Flush(fctx)
+		if l.seq != nil && t.cut == nil && ctx.Err() == nil {
+			prodErr = l.flushPolling(ctx, fctx, t)
+		} else {
+			prodErr = t.sess.Client().Flush(fctx)
+		}
 		cancel()
 	}
 	t.prodMu.Lock()
@@ -373,13 +402,25 @@ func (l *loop) end(ctx context.Context, t *txn) error {
 	// transaction in an unknown state. Close unblocks it by closing the
 	// client.
 	ectx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.txnTimeout+s.cfg.sessionTimeout)
-	if t.reason == "" && t.cut != nil {
+	if t.reason == "" && (t.cut != nil || t.ahead != nil || t.held != nil) {
 		ectx = kgo.PreTxnCommitFnContext(ectx, func(req *kmsg.TxnOffsetCommitRequest) error {
+			if t.held != nil {
+				// Commit as the member that polled the held records: if
+				// the group rebalanced since, the broker refuses the
+				// offsets and the transaction aborts, as a rebalance
+				// during it would (kgo may have revoked their partitions
+				// after the last End, unseen by this one).
+				req.MemberID, req.Generation = t.held.member, t.held.generation
+				t.held.addEnds(req, t.cut)
+			}
+
 			for i := range req.Topics {
 				rt := &req.Topics[i]
 				for j := range rt.Partitions {
 					rp := &rt.Partitions[j]
 					if eo, ok := t.cut[rt.Topic][rp.Partition]; ok {
+						rp.Offset, rp.LeaderEpoch = eo.Offset, eo.Epoch
+					} else if eo, ok := t.ahead[rt.Topic][rp.Partition]; ok {
 						rp.Offset, rp.LeaderEpoch = eo.Offset, eo.Epoch
 					}
 				}
@@ -389,9 +430,15 @@ func (l *loop) end(ctx context.Context, t *txn) error {
 	}
 	committed, err := t.sess.End(ectx, kgo.TransactionEndTry(t.reason == ""))
 	cancel()
+	if !committed {
+		l.held = nil // the client rewinds past them
+	}
 
 	switch {
 	case committed:
+		// kgo takes the end of the held records as committed, where the
+		// group has the offsets of their first (t.ahead).
+		l.ahead, l.aheadOf = t.ahead, t.c
 		if t.cut != nil {
 			// End moved the client to the end of the poll; resume at
 			// the cut instead (the offset just committed).
@@ -463,10 +510,171 @@ func (l *loop) end(ctx context.Context, t *txn) error {
 		}
 		return nil
 	}
+	if err := l.rewindAhead(ctx, t.c); err != nil {
+		if ctx.Err() == nil {
+			l.replace(ctx, t.c, "rewinding held records failed", err)
+		}
+		return nil
+	}
 	l.expect = committedOffsets(t.sess.Client())
 	if t.reason == reasonHandler {
 		wait(ctx, l.bo.NextBackOff())
 	}
+	return nil
+}
+
+// heldPoll is what a transaction polled while its flush ran, for the next
+// transaction to handle first, and the group member that polled it.
+type heldPoll struct {
+	c          *client
+	fs         kgo.Fetches
+	member     string
+	generation int32
+	// ends holds the offset after each partition's last held record, and
+	// ids the topics' IDs (see addEnds).
+	ends map[string]map[int32]kgo.EpochOffset
+	ids  map[string][16]byte
+}
+
+// addEnds adds to the offsets of the transaction that handled h the
+// partitions of h that kgo left out: it takes the end of h as committed
+// by the transaction that polled it, which committed their start.
+// A partition cut (in cut) commits the cut.
+func (h *heldPoll) addEnds(req *kmsg.TxnOffsetCommitRequest, cut map[string]map[int32]kgo.EpochOffset) {
+	for topic, ps := range h.ends {
+		i := slices.IndexFunc(req.Topics, func(rt kmsg.TxnOffsetCommitRequestTopic) bool { return rt.Topic == topic })
+		if i < 0 {
+			rt := kmsg.NewTxnOffsetCommitRequestTopic()
+			rt.Topic, rt.TopicID = topic, h.ids[topic]
+			req.Topics = append(req.Topics, rt)
+			i = len(req.Topics) - 1
+		}
+		rt := &req.Topics[i]
+		for p, eo := range ps {
+			if slices.ContainsFunc(rt.Partitions, func(rp kmsg.TxnOffsetCommitRequestTopicPartition) bool { return rp.Partition == p }) {
+				continue // polled on since: kgo has its end
+			}
+			if c, ok := cut[topic][p]; ok {
+				eo = c
+			}
+			rp := kmsg.NewTxnOffsetCommitRequestTopicPartition()
+			rp.Partition, rp.Offset, rp.LeaderEpoch = p, eo.Offset, eo.Epoch
+			rt.Partitions = append(rt.Partitions, rp)
+		}
+	}
+}
+
+// flushPolling flushes t's outputs and, while the flush runs, polls what
+// the next transaction handles first (up to what the pace handles in an
+// interval, see pollLimit), so that kgo's next fetch runs while t ends
+// instead of after it: kgo fetches again only once its buffer is drained.
+// t commits the offset of each partition's first polled record (t.ahead).
+func (l *loop) flushPolling(ctx, fctx context.Context, t *txn) error {
+	s := l.s
+	cl := t.sess.Client()
+	member, generation := cl.GroupMetadata()
+	pctx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() {
+		defer stop()
+		done <- cl.Flush(fctx)
+	}()
+	slack := time.Duration(float64(s.cfg.commitInterval) * overrunShare)
+	var fs kgo.Fetches
+	for n, limit := 0, -1; pctx.Err() == nil; {
+		if limit < 0 {
+			limit = pollLimit(s.cfg.commitRecords, int(cl.BufferedFetchRecords()), l.paced, l.paceTook, s.cfg.commitInterval, slack)
+		}
+		if n >= limit {
+			break
+		}
+		p := t.sess.PollRecords(pctx, limit-n)
+		if p.IsClientClosed() || pctx.Err() != nil && p.NumRecords() == 0 {
+			break
+		}
+		fs = append(fs, p...)
+		n += p.NumRecords()
+		if len(p.Errors()) > 0 {
+			break // the next transaction's first poll acts on them
+		}
+	}
+	err := <-done
+	if len(fs) == 0 {
+		return err
+	}
+	h := &heldPoll{c: t.c, fs: fs, member: member, generation: generation,
+		ends: map[string]map[int32]kgo.EpochOffset{}, ids: map[string][16]byte{}}
+	t.ahead = map[string]map[int32]kgo.EpochOffset{}
+	for _, f := range fs {
+		for _, ft := range f.Topics {
+			for _, fp := range ft.Partitions {
+				if len(fp.Records) == 0 {
+					continue
+				}
+				if t.ahead[ft.Topic] == nil {
+					t.ahead[ft.Topic], h.ends[ft.Topic] = map[int32]kgo.EpochOffset{}, map[int32]kgo.EpochOffset{}
+					h.ids[ft.Topic] = ft.TopicID
+				}
+				if _, ok := t.ahead[ft.Topic][fp.Partition]; !ok {
+					first := fp.Records[0]
+					t.ahead[ft.Topic][fp.Partition] = kgo.EpochOffset{Epoch: first.LeaderEpoch, Offset: first.Offset}
+				}
+				last := fp.Records[len(fp.Records)-1]
+				h.ends[ft.Topic][fp.Partition] = kgo.EpochOffset{Epoch: last.LeaderEpoch, Offset: last.Offset + 1}
+			}
+		}
+	}
+	if len(t.ahead) == 0 {
+		t.ahead = nil
+	}
+	l.held = h
+	s.stats.held.Add(int64(fs.NumRecords()))
+	return err
+}
+
+// rewindAhead, after a transaction that did not commit, sets the
+// partitions whose records the last commit held for the next transaction
+// to the offsets the group has: kgo takes the end of those records as
+// committed, and its rewind after the abort stops there.
+func (l *loop) rewindAhead(ctx context.Context, c *client) error {
+	ahead, of := l.ahead, l.aheadOf
+	l.ahead, l.aheadOf = nil, nil
+	if ahead == nil || of != c {
+		return nil
+	}
+	cl := c.gts.Client()
+	fctx, cancel := context.WithTimeout(ctx, l.s.cfg.sessionTimeout)
+	defer cancel()
+	var resps kadm.OffsetResponses
+	var err error
+	for {
+		// The aborted transaction's markers may still be on their way:
+		// the broker answers UNSTABLE_OFFSET_COMMIT until they land.
+		resps, err = kadm.NewClient(cl).FetchOffsets(kadm.RequireStable(fctx), l.s.group)
+		if err == nil {
+			err = resps.Error()
+		}
+		if !errors.Is(err, kerr.UnstableOffsetCommit) || fctx.Err() != nil {
+			break
+		}
+		wait(fctx, 20*time.Millisecond)
+	}
+	if err != nil {
+		return fmt.Errorf("fetching the committed offsets of group %q: %w", l.s.group, err)
+	}
+	set := map[string]map[int32]kgo.EpochOffset{}
+	for topic, ps := range ahead {
+		for p := range ps {
+			if o, ok := resps.Lookup(topic, p); ok && o.At >= 0 {
+				if set[topic] == nil {
+					set[topic] = map[int32]kgo.EpochOffset{}
+				}
+				set[topic][p] = kgo.EpochOffset{Epoch: o.LeaderEpoch, Offset: o.At}
+			}
+		}
+	}
+	cl.SetOffsets(set)
+	l.s.stats.rewoundAhead.Add(1)
 	return nil
 }
 

@@ -1,8 +1,12 @@
 package eos
 
 import (
+	"reflect"
 	"testing"
 	"time"
+
+	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/kmsg"
 )
 
 // TestPollLimit: a transaction's next poll asks for pollShare of what its
@@ -34,5 +38,48 @@ func TestPollLimit(t *testing.T) {
 		if got := pollLimit(c.left, c.buffered, c.handled, c.elapsed, c.remaining, c.slack); got != c.want {
 			t.Errorf("%s: pollLimit(%d, %d, %d, %v, %v, %v) = %d, want %d", c.name, c.left, c.buffered, c.handled, c.elapsed, c.remaining, c.slack, got, c.want)
 		}
+	}
+}
+
+// TestAddEnds: a transaction that handled held records commits, for each
+// of their partitions kgo left out of its offsets (it takes their end as
+// committed already), the end of the held records, or the cut; partitions
+// kgo has (polled on since) keep kgo's offset.
+func TestAddEnds(t *testing.T) {
+	id := [16]byte{7}
+	h := &heldPoll{
+		ends: map[string]map[int32]kgo.EpochOffset{
+			"a": {0: {Epoch: 1, Offset: 10}, 1: {Epoch: 1, Offset: 20}, 2: {Epoch: 1, Offset: 30}},
+			"b": {0: {Epoch: 2, Offset: 5}},
+		},
+		ids: map[string][16]byte{"a": {1}, "b": id},
+	}
+	req := kmsg.NewPtrTxnOffsetCommitRequest()
+	rt := kmsg.NewTxnOffsetCommitRequestTopic()
+	rt.Topic, rt.TopicID = "a", [16]byte{1}
+	rp := kmsg.NewTxnOffsetCommitRequestTopicPartition()
+	rp.Partition, rp.Offset = 0, 15 // polled on since the held records
+	rt.Partitions = append(rt.Partitions, rp)
+	req.Topics = append(req.Topics, rt)
+
+	h.addEnds(req, map[string]map[int32]kgo.EpochOffset{"a": {2: {Epoch: 1, Offset: 25}}})
+
+	got := map[string]map[int32]int64{}
+	ids := map[string][16]byte{}
+	for _, rt := range req.Topics {
+		if got[rt.Topic] != nil {
+			t.Fatalf("topic %s twice in the request", rt.Topic)
+		}
+		got[rt.Topic], ids[rt.Topic] = map[int32]int64{}, rt.TopicID
+		for _, rp := range rt.Partitions {
+			got[rt.Topic][rp.Partition] = rp.Offset
+		}
+	}
+	want := map[string]map[int32]int64{"a": {0: 15, 1: 20, 2: 25}, "b": {0: 5}}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("offsets %v, want %v (kgo's for a[0], the held end for a[1] and b[0], the cut for a[2])", got, want)
+	}
+	if ids["b"] != id {
+		t.Errorf("topic b added with ID %v, want %v (TxnOffsetCommit v6 commits by ID)", ids["b"], id)
 	}
 }
