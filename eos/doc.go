@@ -53,10 +53,10 @@
 // committed with the group generation of that poll, so that if the group
 // rebalanced since, the broker refuses them and the transaction aborts, as
 // after any rebalance; after an abort, their partitions resume at the
-// offsets the group has committed. A
-// transaction that still outlives its timeout (one record took longer than
-// the timeout) is aborted, logged with its slowest record and what to set,
-// and handled again with that record first in a transaction of its own,
+// offsets the group has committed. A transaction that still outlives its
+// timeout (one record took longer than the timeout) is aborted, logged
+// with its slowest record and what to set, and handled again with that
+// record first in a transaction of its own,
 // where the broker's timer starts only at its output. Outputs and dead
 // letters are delivered whatever their timestamps: their delivery timeout
 // (the transaction timeout) counts from when they are produced. Ending has

@@ -291,7 +291,9 @@ func (s *Session) needed() []string {
 // about what the handler gets through before the interval ends, at the
 // transaction's pace so far, so cuts are rare; a transaction runs up to a
 // tenth of the interval past it to handle the rest of the client's buffer
-// when its pace gets through it by then.
+// when its pace gets through it by then, and while its outputs are flushed
+// it polls the next transaction's first records (see the package doc,
+// Transactions).
 //
 // Before reading, Run waits up to the start timeout
 // (kdeliver.WithStartTimeout) for a broker to answer and for the input,
