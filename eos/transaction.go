@@ -162,11 +162,7 @@ func (l *loop) transaction(ctx context.Context, c *client) error {
 	sess := c.gts
 	// The first poll asks for what the last transaction's pace handles in
 	// an interval (see pollLimit).
-	slack := time.Duration(float64(s.cfg.commitInterval) * overrunShare)
-	limit := -1 // every buffered record: see concurrent.go
-	if l.seq != nil {
-		limit = pollLimit(s.cfg.commitRecords, int(sess.Client().BufferedFetchRecords()), l.paced, l.paceTook, s.cfg.commitInterval, slack)
-	}
+	slack := s.slack()
 	var fs kgo.Fetches
 	held := l.held
 	l.held = nil
@@ -174,6 +170,10 @@ func (l *loop) transaction(ctx context.Context, c *client) error {
 		fs = held.fs // polled while the last transaction flushed (see flushPolling)
 	} else {
 		held = nil
+		limit := -1 // every buffered record: see concurrent.go
+		if l.seq != nil {
+			limit = pollLimit(s.cfg.commitRecords, int(sess.Client().BufferedFetchRecords()), l.paced, l.paceTook, s.cfg.commitInterval, slack)
+		}
 		fs = sess.PollRecords(ctx, limit)
 	}
 	if fs.IsClientClosed() {
@@ -269,6 +269,12 @@ const pollShare = 0.8
 // deadline to handle the rest of kgo's buffer (see pollLimit).
 const overrunShare = 0.1
 
+// slack is how long a transaction may run past its deadline (overrunShare
+// of the interval).
+func (s *Session) slack() time.Duration {
+	return time.Duration(float64(s.cfg.commitInterval) * overrunShare)
+}
+
 // pollLimit is how many records a transaction's next poll asks for: of
 // the left it may still take, pollShare of those its handling reaches in
 // the time to its deadline (remaining) at the pace of the handled records
@@ -328,14 +334,18 @@ func (l *loop) handleAll(ctx context.Context, t *txn, fs kgo.Fetches, deadline t
 
 // cutAt notes that r and the records after it in its partition are not
 // handled in this transaction (the lowest such record of a partition wins).
-func (t *txn) cutAt(r *kgo.Record) {
-	if t.cut == nil {
-		t.cut = map[string]map[int32]kgo.EpochOffset{}
+func (t *txn) cutAt(r *kgo.Record) { lowest(&t.cut, r) }
+
+// lowest sets r's offset as its partition's in *m, unless *m has a lower
+// one, making the maps as needed.
+func lowest(m *map[string]map[int32]kgo.EpochOffset, r *kgo.Record) {
+	if *m == nil {
+		*m = map[string]map[int32]kgo.EpochOffset{}
 	}
-	ps := t.cut[r.Topic]
+	ps := (*m)[r.Topic]
 	if ps == nil {
 		ps = map[int32]kgo.EpochOffset{}
-		t.cut[r.Topic] = ps
+		(*m)[r.Topic] = ps
 	}
 	if eo, ok := ps[r.Partition]; !ok || r.Offset < eo.Offset {
 		ps[r.Partition] = kgo.EpochOffset{Epoch: r.LeaderEpoch, Offset: r.Offset}
@@ -530,10 +540,6 @@ type heldPoll struct {
 	fs         kgo.Fetches
 	member     string
 	generation int32
-	// ends holds the offset after each partition's last held record, and
-	// ids the topics' IDs (see addEnds).
-	ends map[string]map[int32]kgo.EpochOffset
-	ids  map[string][16]byte
 }
 
 // addEnds adds to the offsets of the transaction that handled h the
@@ -541,11 +547,27 @@ type heldPoll struct {
 // by the transaction that polled it, which committed their start.
 // A partition cut (in cut) commits the cut.
 func (h *heldPoll) addEnds(req *kmsg.TxnOffsetCommitRequest, cut map[string]map[int32]kgo.EpochOffset) {
-	for topic, ps := range h.ends {
+	ends := map[string]map[int32]kgo.EpochOffset{} // after each partition's last held record
+	ids := map[string][16]byte{}
+	for _, f := range h.fs {
+		for _, ft := range f.Topics {
+			for _, fp := range ft.Partitions {
+				if len(fp.Records) == 0 {
+					continue
+				}
+				if ends[ft.Topic] == nil {
+					ends[ft.Topic], ids[ft.Topic] = map[int32]kgo.EpochOffset{}, ft.TopicID
+				}
+				last := fp.Records[len(fp.Records)-1]
+				ends[ft.Topic][fp.Partition] = kgo.EpochOffset{Epoch: last.LeaderEpoch, Offset: last.Offset + 1}
+			}
+		}
+	}
+	for topic, ps := range ends {
 		i := slices.IndexFunc(req.Topics, func(rt kmsg.TxnOffsetCommitRequestTopic) bool { return rt.Topic == topic })
 		if i < 0 {
 			rt := kmsg.NewTxnOffsetCommitRequestTopic()
-			rt.Topic, rt.TopicID = topic, h.ids[topic]
+			rt.Topic, rt.TopicID = topic, ids[topic]
 			req.Topics = append(req.Topics, rt)
 			i = len(req.Topics) - 1
 		}
@@ -579,15 +601,9 @@ func (l *loop) flushPolling(ctx, fctx context.Context, t *txn) error {
 		defer stop()
 		done <- cl.Flush(fctx)
 	}()
-	slack := time.Duration(float64(s.cfg.commitInterval) * overrunShare)
+	limit := pollLimit(s.cfg.commitRecords, int(cl.BufferedFetchRecords()), l.paced, l.paceTook, s.cfg.commitInterval, s.slack())
 	var fs kgo.Fetches
-	for n, limit := 0, -1; pctx.Err() == nil; {
-		if limit < 0 {
-			limit = pollLimit(s.cfg.commitRecords, int(cl.BufferedFetchRecords()), l.paced, l.paceTook, s.cfg.commitInterval, slack)
-		}
-		if n >= limit {
-			break
-		}
+	for n := 0; n < limit && pctx.Err() == nil; {
 		p := t.sess.PollRecords(pctx, limit-n)
 		if p.IsClientClosed() || pctx.Err() != nil && p.NumRecords() == 0 {
 			break
@@ -602,32 +618,12 @@ func (l *loop) flushPolling(ctx, fctx context.Context, t *txn) error {
 	if len(fs) == 0 {
 		return err
 	}
-	h := &heldPoll{c: t.c, fs: fs, member: member, generation: generation,
-		ends: map[string]map[int32]kgo.EpochOffset{}, ids: map[string][16]byte{}}
-	t.ahead = map[string]map[int32]kgo.EpochOffset{}
-	for _, f := range fs {
-		for _, ft := range f.Topics {
-			for _, fp := range ft.Partitions {
-				if len(fp.Records) == 0 {
-					continue
-				}
-				if t.ahead[ft.Topic] == nil {
-					t.ahead[ft.Topic], h.ends[ft.Topic] = map[int32]kgo.EpochOffset{}, map[int32]kgo.EpochOffset{}
-					h.ids[ft.Topic] = ft.TopicID
-				}
-				if _, ok := t.ahead[ft.Topic][fp.Partition]; !ok {
-					first := fp.Records[0]
-					t.ahead[ft.Topic][fp.Partition] = kgo.EpochOffset{Epoch: first.LeaderEpoch, Offset: first.Offset}
-				}
-				last := fp.Records[len(fp.Records)-1]
-				h.ends[ft.Topic][fp.Partition] = kgo.EpochOffset{Epoch: last.LeaderEpoch, Offset: last.Offset + 1}
-			}
+	fs.EachPartition(func(p kgo.FetchTopicPartition) {
+		if len(p.Records) > 0 {
+			lowest(&t.ahead, p.Records[0])
 		}
-	}
-	if len(t.ahead) == 0 {
-		t.ahead = nil
-	}
-	l.held = h
+	})
+	l.held = &heldPoll{c: t.c, fs: fs, member: member, generation: generation}
 	s.stats.held.Add(int64(fs.NumRecords()))
 	return err
 }

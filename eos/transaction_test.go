@@ -47,13 +47,22 @@ func TestPollLimit(t *testing.T) {
 // kgo has (polled on since) keep kgo's offset.
 func TestAddEnds(t *testing.T) {
 	id := [16]byte{7}
-	h := &heldPoll{
-		ends: map[string]map[int32]kgo.EpochOffset{
-			"a": {0: {Epoch: 1, Offset: 10}, 1: {Epoch: 1, Offset: 20}, 2: {Epoch: 1, Offset: 30}},
-			"b": {0: {Epoch: 2, Offset: 5}},
-		},
-		ids: map[string][16]byte{"a": {1}, "b": id},
+	recs := func(topic string, p int32, epoch int32, offsets ...int64) kgo.FetchPartition {
+		fp := kgo.FetchPartition{Partition: p}
+		for _, o := range offsets {
+			fp.Records = append(fp.Records, &kgo.Record{Topic: topic, Partition: p, LeaderEpoch: epoch, Offset: o})
+		}
+		return fp
 	}
+	h := &heldPoll{fs: kgo.Fetches{
+		{Topics: []kgo.FetchTopic{
+			{Topic: "a", TopicID: [16]byte{1}, Partitions: []kgo.FetchPartition{recs("a", 0, 1, 8, 9), recs("a", 1, 1, 15)}},
+			{Topic: "b", TopicID: id, Partitions: []kgo.FetchPartition{recs("b", 0, 2, 3, 4)}},
+		}},
+		{Topics: []kgo.FetchTopic{ // a second poll: its ends win
+			{Topic: "a", TopicID: [16]byte{1}, Partitions: []kgo.FetchPartition{recs("a", 1, 1, 16, 19), recs("a", 2, 1, 29)}},
+		}},
+	}}
 	req := kmsg.NewPtrTxnOffsetCommitRequest()
 	rt := kmsg.NewTxnOffsetCommitRequestTopic()
 	rt.Topic, rt.TopicID = "a", [16]byte{1}
