@@ -15,8 +15,8 @@ func TestTable(t *testing.T) {
 		{name: "other", base: "raw", note: "a note"},
 	}}
 	res := [][]result{
-		{{records: 100_000, wall: time.Second, cpu: time.Second}, {records: 100_000, wall: time.Second, cpu: time.Second}},
-		{{records: 100_000, wall: 2 * time.Second, cpu: 500 * time.Millisecond, commits: 4}, {records: 100_000, wall: time.Second, cpu: time.Second, commits: 2}},
+		{{records: 100_000, wall: time.Second, cpu: time.Second, machine: 2 * time.Second}, {records: 100_000, wall: time.Second, cpu: time.Second, machine: 2 * time.Second}},
+		{{records: 100_000, wall: 2 * time.Second, cpu: 500 * time.Millisecond, commits: 4, machine: time.Second}, {records: 100_000, wall: time.Second, cpu: time.Second, commits: 2, machine: 3 * time.Second}},
 	}
 	var b strings.Builder
 	printTable(&b, sec, res)
@@ -24,6 +24,7 @@ func TestTable(t *testing.T) {
 		"| raw | 100000 (100000–100000) | 102.4 (102.4–102.4) | 1.000 (1.000–1.000) | 1 (base) | 1 (base) | — |",
 		"| other | 75000 (50000–100000) | 76.8 (51.2–102.4) | 0.750 (0.500–1.000) | 0.75 (0.50–1.00) | 0.75 (0.50–1.00) | raw |",
 		"- other: a note",
+		"- machine CPU-s per 100k records (this process, the broker and the rest), per round: raw 2.000 (2.000–2.000); other 2.000 (1.000–3.000)\n",
 		"- records per commit, per round: other 37500 (25000–50000)\n", // raw's turns counted none
 	} {
 		if !strings.Contains(b.String(), want) {
@@ -39,5 +40,33 @@ func TestPayloadValues(t *testing.T) {
 	}
 	if v := p.value(payloadSize/recordSize - 1); len(v) != recordSize {
 		t.Fatalf("last value: %d bytes", len(v))
+	}
+}
+
+func TestMedianCI(t *testing.T) {
+	seq := func(n int) []float64 {
+		xs := make([]float64, n)
+		for i := range xs {
+			xs[i] = float64(n - i) // unsorted: medianCI sorts a copy
+		}
+		return xs
+	}
+	for _, c := range []struct {
+		n      int
+		lo, hi float64 // 0, 0: no interval
+	}{
+		{5, 0, 0},    // P(B = 0) = 1/32 > 2.5 %
+		{6, 1, 6},    // 1/64 ≤ 2.5 % < 7/64
+		{10, 2, 9},   // P(B ≤ 1) = 11/1024
+		{50, 18, 33}, // P(B ≤ 17) = 1.6 %, P(B ≤ 18) = 3.2 %
+	} {
+		xs := seq(c.n)
+		lo, hi, ok := medianCI(xs)
+		if ok != (c.hi != 0) || lo != c.lo || hi != c.hi {
+			t.Errorf("n=%d: medianCI = %v, %v, %v; want %v, %v", c.n, lo, hi, ok, c.lo, c.hi)
+		}
+		if xs[0] != float64(c.n) {
+			t.Errorf("n=%d: medianCI sorted its input", c.n)
+		}
 	}
 }

@@ -187,8 +187,8 @@ func loadAvg() string {
 // cpuStat is the machine's CPU time so far, from /proc/stat's first line
 // (clock ticks); ok is false where it cannot be read.
 type cpuStat struct {
-	sys, total uint64
-	ok         bool
+	sys, busy, total uint64 // clock ticks (USER_HZ, 100 a second)
+	ok               bool
 }
 
 func readCPUStat() cpuStat {
@@ -211,12 +211,26 @@ func readCPUStat() cpuStat {
 			return cpuStat{}
 		}
 		st.total += n
-		if i == 2 { // user nice system idle iowait irq softirq steal
+		switch i { // user nice system idle iowait irq softirq steal
+		case 2:
 			st.sys = n
+		case 3, 4:
+			continue // idle, not busy
 		}
+		st.busy += n
 	}
 	st.ok = true
 	return st
+}
+
+// busyCPU is the CPU the whole machine was busy for between st and a later
+// reading (every process: the client, the broker, the rest), -1 if either
+// is unknown.
+func (st cpuStat) busyCPU(later cpuStat) time.Duration {
+	if !st.ok || !later.ok || later.busy < st.busy {
+		return -1
+	}
+	return time.Duration(later.busy-st.busy) * (time.Second / 100)
 }
 
 // sysShare is the system CPU share between st and a later reading, -1 if

@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"runtime"
 	"runtime/pprof"
@@ -59,6 +60,10 @@ type result struct {
 	records int
 	wall    time.Duration // from the first record to the last acknowledged / handled (and committed)
 	cpu     time.Duration // the client's user + system CPU over the turn
+	// machine is the whole machine's busy CPU over the turn (the client's,
+	// the broker's and the rest's), -1 when /proc/stat cannot be read;
+	// 0 in made-up results.
+	machine time.Duration
 	// commits counts the copy's commits over the turn (transactions, or
 	// the at-least-once loop's offset commits); 0 where not counted.
 	commits int
@@ -132,7 +137,9 @@ func runSection(ctx context.Context, e *env, sec section) ([][]result, error) {
 		// The machine's system CPU share: this VM's broker runs at two
 		// speeds, the slow one with 40 % or more in the kernel
 		// (BENCHMARKS.md, runs X1–X7).
-		sysShare := st0.sysShare(readCPUStat())
+		st1 := readCPUStat()
+		sysShare := st0.sysShare(st1)
+		r.machine = st0.busyCPU(st1)
 		cancel()
 		if sec.cleanup != nil {
 			sec.cleanup(ctx)
@@ -150,6 +157,9 @@ func runSection(ctx context.Context, e *env, sec section) ([][]result, error) {
 		sys := ""
 		if sysShare >= 0 {
 			sys = fmt.Sprintf(", sys %.0f%%", 100*sysShare)
+		}
+		if r.machine > 0 {
+			sys += fmt.Sprintf(", machine %.3f CPU-s/100k", machinePer100k(r))
 		}
 		fmt.Fprintf(os.Stderr, "%s round %s %-28s %9.0f rec/s %7.1f MB/s %6.3f CPU-s/100k  (%.1fs%s%s, load %s)\n",
 			sec.name, round, s.name, rate(r), mbps(r), cpuPer100k(r), r.wall.Seconds(), commits, sys, loadAvg())
@@ -179,6 +189,11 @@ func cpuPer100k(r result) float64 {
 	return r.cpu.Seconds() / float64(r.records) * 100_000
 }
 
+// machinePer100k is the whole machine's CPU seconds per 100k records.
+func machinePer100k(r result) float64 {
+	return r.machine.Seconds() / float64(r.records) * 100_000
+}
+
 func median(xs []float64) float64 {
 	s := slices.Clone(xs)
 	slices.Sort(s)
@@ -198,6 +213,37 @@ func spread(xs []float64, prec int) string {
 		strconv.FormatFloat(slices.Min(xs), 'f', prec, 64), strconv.FormatFloat(slices.Max(xs), 'f', prec, 64))
 }
 
+// medianCI returns the distribution-free 95 % confidence interval of the
+// median of xs: the order statistics k and n-k+1, k the largest with
+// P(Binomial(n, ½) < k) ≤ 2.5 %. ok is false below 6 values, where no such
+// k exists. Per-round ratios on a noisy machine are read against it, not
+// against their min–max (BENCHMARKS.md, runs Z1–Z6).
+func medianCI(xs []float64) (lo, hi float64, ok bool) {
+	n := len(xs)
+	k, cdf, pmf := 0, 0.0, math.Pow(0.5, float64(n)) // P(B < k), P(B = k)
+	for cdf+pmf <= 0.025 {
+		cdf += pmf
+		k++
+		pmf *= float64(n-k+1) / float64(k)
+	}
+	if k == 0 {
+		return 0, 0, false
+	}
+	s := slices.Clone(xs)
+	slices.Sort(s)
+	return s[k-1], s[n-k], true
+}
+
+// ci formats the 95 % confidence interval of xs's median, or "" (see
+// medianCI).
+func ci(name string, xs []float64) string {
+	lo, hi, ok := medianCI(xs)
+	if !ok {
+		return ""
+	}
+	return fmt.Sprintf("%s %.2f–%.2f", name, lo, hi)
+}
+
 func printTable(w io.Writer, sec section, res [][]result) {
 	idx := map[string]int{}
 	for k, s := range sec.sides {
@@ -207,19 +253,33 @@ func printTable(w io.Writer, sec section, res [][]result) {
 		sec.name, sec.records, recordSize, partitions, len(res[0]))
 	fmt.Fprintln(w, "| client | records/s | MB/s | CPU s / 100k records | throughput × base | CPU/record × base | base |")
 	fmt.Fprintln(w, "|---|---|---|---|---|---|---|")
-	var notes, also, perCommit []string
+	var notes, also, perCommit, cis, machine []string
 	for k, s := range sec.sides {
 		for _, name := range s.also {
 			a, ok := idx[name]
 			if !ok {
 				continue
 			}
-			var tr, cr []float64
+			var tr, cr, mr []float64
 			for i, r := range res[k] {
 				tr = append(tr, rate(r)/rate(res[a][i]))
 				cr = append(cr, cpuPer100k(r)/cpuPer100k(res[a][i]))
+				if r.machine > 0 && res[a][i].machine > 0 {
+					mr = append(mr, machinePer100k(r)/machinePer100k(res[a][i]))
+				}
 			}
-			also = append(also, fmt.Sprintf("- %s × %s, per round: throughput %s, CPU/record %s", s.name, name, spread(tr, 2), spread(cr, 2)))
+			mcol := ""
+			if len(mr) == len(tr) {
+				mcol = ", machine CPU/record " + spread(mr, 2)
+			}
+			also = append(also, fmt.Sprintf("- %s × %s, per round: throughput %s, CPU/record %s%s", s.name, name, spread(tr, 2), spread(cr, 2), mcol))
+			if c := ci("throughput", tr); c != "" {
+				c = fmt.Sprintf("- %s × %s: %s, %s", s.name, name, c, ci("CPU/record", cr))
+				if mcol != "" {
+					c += ", " + ci("machine CPU/record", mr)
+				}
+				cis = append(cis, c)
+			}
 		}
 		var rs, ms, cs, tr, cr []float64
 		b, hasBase := idx[s.base]
@@ -236,10 +296,22 @@ func printTable(w io.Writer, sec section, res [][]result) {
 		trs, crs, base := "1 (base)", "1 (base)", "—"
 		if hasBase {
 			trs, crs, base = spread(tr, 2), spread(cr, 2), s.base
+			if c := ci("throughput", tr); c != "" {
+				cis = append(cis, fmt.Sprintf("- %s × %s: %s, %s", s.name, s.base, c, ci("CPU/record", cr)))
+			}
 		}
 		fmt.Fprintf(w, "| %s | %s | %s | %s | %s | %s | %s |\n", s.name, spread(rs, 0), spread(ms, 1), spread(cs, 3), trs, crs, base)
 		if s.note != "" {
 			notes = append(notes, fmt.Sprintf("- %s: %s", s.name, s.note))
+		}
+		var mc []float64
+		for _, r := range res[k] {
+			if r.machine > 0 {
+				mc = append(mc, machinePer100k(r))
+			}
+		}
+		if len(mc) == len(res[k]) {
+			machine = append(machine, fmt.Sprintf("%s %s", s.name, spread(mc, 3)))
 		}
 		var per []float64
 		for _, r := range res[k] {
@@ -254,6 +326,17 @@ func printTable(w io.Writer, sec section, res [][]result) {
 	if len(also) > 0 {
 		fmt.Fprintln(w)
 		fmt.Fprintln(w, strings.Join(also, "\n"))
+	}
+	if len(cis) > 0 {
+		fmt.Fprintln(w)
+		fmt.Fprintf(w, "95 %% confidence intervals of the median ratios (distribution-free, %d paired rounds):\n", len(res[0]))
+		fmt.Fprintln(w, strings.Join(cis, "\n"))
+	}
+	if len(machine) > 0 {
+		// The broker shares the machine: a client that costs it more CPU
+		// a record leaves the other less.
+		fmt.Fprintln(w)
+		fmt.Fprintf(w, "- machine CPU-s per 100k records (this process, the broker and the rest), per round: %s\n", strings.Join(machine, "; "))
 	}
 	if len(perCommit) > 0 {
 		// What each commit held, to compare the loops' cycles (see
