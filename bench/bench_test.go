@@ -70,3 +70,27 @@ func TestMedianCI(t *testing.T) {
 		}
 	}
 }
+
+func TestCPUStat(t *testing.T) {
+	// user nice system idle iowait irq softirq steal guest guest_nice
+	st0 := parseCPUStat("cpu  100 10 50 1000 20 5 5 0 7 0")
+	st1 := parseCPUStat("cpu  250 10 150 1300 40 5 15 10 9 0")
+	if !st0.ok || !st1.ok {
+		t.Fatal("lines not parsed")
+	}
+	// busy: user, nice, system, irq, softirq and steal (150+0+100+0+10+10
+	// ticks), not idle or iowait, and guest is in user already.
+	if got := st0.busyCPU(st1); got != 2700*time.Millisecond {
+		t.Errorf("busyCPU = %v, want 2.7s", got)
+	}
+	// sys 100 of 150+0+100+300+20+0+10+10 = 590 ticks
+	if got := st0.sysShare(st1); got != 100.0/590 {
+		t.Errorf("sysShare = %v, want %v", got, 100.0/590)
+	}
+	if got := st1.busyCPU(st0); got != -1 {
+		t.Errorf("busyCPU backwards = %v, want -1", got)
+	}
+	if st := parseCPUStat("intr 1 2 3"); st.ok {
+		t.Error("a line that is not cpu parsed")
+	}
+}

@@ -197,6 +197,11 @@ func readCPUStat() cpuStat {
 		return cpuStat{}
 	}
 	line, _, _ := strings.Cut(string(b), "\n")
+	return parseCPUStat(line)
+}
+
+// parseCPUStat parses /proc/stat's first line, the machine's "cpu" totals.
+func parseCPUStat(line string) cpuStat {
 	f := strings.Fields(line)
 	if len(f) < 5 || f[0] != "cpu" {
 		return cpuStat{}
