@@ -94,3 +94,34 @@ func TestCPUStat(t *testing.T) {
 		t.Error("a line that is not cpu parsed")
 	}
 }
+
+// TestTableCI checks the confidence-interval lines, printed from 6 rounds on,
+// for a base and for an also comparison.
+func TestTableCI(t *testing.T) {
+	sec := section{name: "copy", records: 100_000, sides: []side{
+		{name: "raw"},
+		{name: "other", base: "raw", also: []string{"loop"}},
+		{name: "loop", base: "raw"},
+	}}
+	turn := func(wall, machine time.Duration) result {
+		return result{records: 100_000, wall: wall, cpu: time.Second, machine: machine}
+	}
+	res := make([][]result, 3)
+	for range 6 {
+		res[0] = append(res[0], turn(time.Second, 2*time.Second))
+		res[1] = append(res[1], turn(2*time.Second, time.Second))
+		res[2] = append(res[2], turn(time.Second, 0)) // no machine CPU: left out of its ratios
+	}
+	var b strings.Builder
+	printTable(&b, sec, res)
+	for _, want := range []string{
+		"95 % confidence intervals of the median ratios (distribution-free, 6 paired rounds):\n",
+		"- other × loop: throughput 0.50–0.50, CPU/record 1.00–1.00\n",
+		"- other × raw: throughput 0.50–0.50, CPU/record 1.00–1.00, machine CPU/record 0.50–0.50\n",
+		"- loop × raw: throughput 1.00–1.00, CPU/record 1.00–1.00\n",
+	} {
+		if !strings.Contains(b.String(), want) {
+			t.Errorf("table lacks %q:\n%s", want, b.String())
+		}
+	}
+}

@@ -158,11 +158,12 @@ func runSection(ctx context.Context, e *env, sec section) ([][]result, error) {
 		if sysShare >= 0 {
 			sys = fmt.Sprintf(", sys %.0f%%", 100*sysShare)
 		}
+		machine := ""
 		if r.machine > 0 {
-			sys += fmt.Sprintf(", machine %.3f CPU-s/100k", machinePer100k(r))
+			machine = fmt.Sprintf(", machine %.3f CPU-s/100k", machinePer100k(r))
 		}
-		fmt.Fprintf(os.Stderr, "%s round %s %-28s %9.0f rec/s %7.1f MB/s %6.3f CPU-s/100k  (%.1fs%s%s, load %s)\n",
-			sec.name, round, s.name, rate(r), mbps(r), cpuPer100k(r), r.wall.Seconds(), commits, sys, loadAvg())
+		fmt.Fprintf(os.Stderr, "%s round %s %-28s %9.0f rec/s %7.1f MB/s %6.3f CPU-s/100k  (%.1fs%s%s%s, load %s)\n",
+			sec.name, round, s.name, rate(r), mbps(r), cpuPer100k(r), r.wall.Seconds(), commits, sys, machine, loadAvg())
 		return r, nil
 	}
 	warm := max(sec.records/10, 1000)
@@ -217,7 +218,7 @@ func spread(xs []float64, prec int) string {
 // median of xs: the order statistics k and n-k+1, k the largest with
 // P(Binomial(n, ½) < k) ≤ 2.5 %. ok is false below 6 values, where no such
 // k exists. Per-round ratios on a noisy machine are read against it, not
-// against their min–max (BENCHMARKS.md, runs Z1–Z6).
+// against their min–max (BENCHMARKS.md, runs Z6–Z9).
 func medianCI(xs []float64) (lo, hi float64, ok bool) {
 	n := len(xs)
 	k, cdf, pmf := 0, 0.0, math.Pow(0.5, float64(n)) // P(B < k), P(B = k)
@@ -244,6 +245,37 @@ func ci(name string, xs []float64) string {
 	return fmt.Sprintf("%s %.2f–%.2f", name, lo, hi)
 }
 
+// ratios are the per-round ratios of a side's turns to another's:
+// throughput, the client's CPU a record and the machine's CPU a record (nil
+// unless every round of both has it).
+func ratios(r, to []result) (tr, cr, mr []float64) {
+	for i, x := range r {
+		tr = append(tr, rate(x)/rate(to[i]))
+		cr = append(cr, cpuPer100k(x)/cpuPer100k(to[i]))
+		if x.machine > 0 && to[i].machine > 0 {
+			mr = append(mr, machinePer100k(x)/machinePer100k(to[i]))
+		}
+	}
+	if len(mr) != len(tr) {
+		mr = nil
+	}
+	return tr, cr, mr
+}
+
+// ciLine formats the confidence intervals of the ratios of name to base,
+// or "" below 6 rounds (see medianCI).
+func ciLine(name, base string, tr, cr, mr []float64) string {
+	c := ci("throughput", tr)
+	if c == "" {
+		return ""
+	}
+	c = fmt.Sprintf("- %s × %s: %s, %s", name, base, c, ci("CPU/record", cr))
+	if mr != nil {
+		c += ", " + ci("machine CPU/record", mr)
+	}
+	return c
+}
+
 func printTable(w io.Writer, sec section, res [][]result) {
 	idx := map[string]int{}
 	for k, s := range sec.sides {
@@ -260,55 +292,36 @@ func printTable(w io.Writer, sec section, res [][]result) {
 			if !ok {
 				continue
 			}
-			var tr, cr, mr []float64
-			for i, r := range res[k] {
-				tr = append(tr, rate(r)/rate(res[a][i]))
-				cr = append(cr, cpuPer100k(r)/cpuPer100k(res[a][i]))
-				if r.machine > 0 && res[a][i].machine > 0 {
-					mr = append(mr, machinePer100k(r)/machinePer100k(res[a][i]))
-				}
-			}
+			tr, cr, mr := ratios(res[k], res[a])
 			mcol := ""
-			if len(mr) == len(tr) {
+			if mr != nil {
 				mcol = ", machine CPU/record " + spread(mr, 2)
 			}
 			also = append(also, fmt.Sprintf("- %s × %s, per round: throughput %s, CPU/record %s%s", s.name, name, spread(tr, 2), spread(cr, 2), mcol))
-			if c := ci("throughput", tr); c != "" {
-				c = fmt.Sprintf("- %s × %s: %s, %s", s.name, name, c, ci("CPU/record", cr))
-				if mcol != "" {
-					c += ", " + ci("machine CPU/record", mr)
-				}
+			if c := ciLine(s.name, name, tr, cr, mr); c != "" {
 				cis = append(cis, c)
 			}
 		}
-		var rs, ms, cs, tr, cr []float64
-		b, hasBase := idx[s.base]
-		for i, r := range res[k] {
+		var rs, ms, cs, mc []float64
+		for _, r := range res[k] {
 			rs = append(rs, rate(r))
 			ms = append(ms, mbps(r))
 			cs = append(cs, cpuPer100k(r))
-			if hasBase {
-				br := res[b][i]
-				tr = append(tr, rate(r)/rate(br))
-				cr = append(cr, cpuPer100k(r)/cpuPer100k(br))
+			if r.machine > 0 {
+				mc = append(mc, machinePer100k(r))
 			}
 		}
 		trs, crs, base := "1 (base)", "1 (base)", "—"
-		if hasBase {
+		if b, ok := idx[s.base]; ok {
+			tr, cr, mr := ratios(res[k], res[b])
 			trs, crs, base = spread(tr, 2), spread(cr, 2), s.base
-			if c := ci("throughput", tr); c != "" {
-				cis = append(cis, fmt.Sprintf("- %s × %s: %s, %s", s.name, s.base, c, ci("CPU/record", cr)))
+			if c := ciLine(s.name, s.base, tr, cr, mr); c != "" {
+				cis = append(cis, c)
 			}
 		}
 		fmt.Fprintf(w, "| %s | %s | %s | %s | %s | %s | %s |\n", s.name, spread(rs, 0), spread(ms, 1), spread(cs, 3), trs, crs, base)
 		if s.note != "" {
 			notes = append(notes, fmt.Sprintf("- %s: %s", s.name, s.note))
-		}
-		var mc []float64
-		for _, r := range res[k] {
-			if r.machine > 0 {
-				mc = append(mc, machinePer100k(r))
-			}
 		}
 		if len(mc) == len(res[k]) {
 			machine = append(machine, fmt.Sprintf("%s %s", s.name, spread(mc, 3)))
