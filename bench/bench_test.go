@@ -18,17 +18,28 @@ func TestTable(t *testing.T) {
 		{{records: 100_000, wall: time.Second, cpu: time.Second, machine: 2 * time.Second}, {records: 100_000, wall: time.Second, cpu: time.Second, machine: 2 * time.Second}},
 		{{records: 100_000, wall: 2 * time.Second, cpu: 500 * time.Millisecond, commits: 4, machine: time.Second}, {records: 100_000, wall: time.Second, cpu: time.Second, commits: 2, machine: 3 * time.Second}},
 	}
-	var b strings.Builder
-	printTable(&b, sec, res)
-	for _, want := range []string{
+	hasAll(t, printed(sec, res),
 		"| raw | 100000 (100000–100000) | 102.4 (102.4–102.4) | 1.000 (1.000–1.000) | 1 (base) | 1 (base) | — |",
 		"| other | 75000 (50000–100000) | 76.8 (51.2–102.4) | 0.750 (0.500–1.000) | 0.75 (0.50–1.00) | 0.75 (0.50–1.00) | raw |",
 		"- other: a note",
 		"- machine CPU-s per 100k records (this process, the broker and the rest), per round: raw 2.000 (2.000–2.000); other 2.000 (1.000–3.000)\n",
 		"- records per commit, per round: other 37500 (25000–50000)\n", // raw's turns counted none
-	} {
-		if !strings.Contains(b.String(), want) {
-			t.Errorf("table lacks %q:\n%s", want, b.String())
+	)
+}
+
+// printed is the table printTable prints.
+func printed(sec section, res [][]result) string {
+	var b strings.Builder
+	printTable(&b, sec, res)
+	return b.String()
+}
+
+// hasAll fails t for each of wants that table does not contain.
+func hasAll(t *testing.T, table string, wants ...string) {
+	t.Helper()
+	for _, want := range wants {
+		if !strings.Contains(table, want) {
+			t.Errorf("table lacks %q:\n%s", want, table)
 		}
 	}
 }
@@ -112,16 +123,10 @@ func TestTableCI(t *testing.T) {
 		res[1] = append(res[1], turn(2*time.Second, time.Second))
 		res[2] = append(res[2], turn(time.Second, 0)) // no machine CPU: left out of its ratios
 	}
-	var b strings.Builder
-	printTable(&b, sec, res)
-	for _, want := range []string{
+	hasAll(t, printed(sec, res),
 		"95 % confidence intervals of the median ratios (distribution-free, 6 paired rounds):\n",
 		"- other × loop: throughput 0.50–0.50, CPU/record 1.00–1.00\n",
 		"- other × raw: throughput 0.50–0.50, CPU/record 1.00–1.00, machine CPU/record 0.50–0.50\n",
 		"- loop × raw: throughput 1.00–1.00, CPU/record 1.00–1.00\n",
-	} {
-		if !strings.Contains(b.String(), want) {
-			t.Errorf("table lacks %q:\n%s", want, b.String())
-		}
-	}
+	)
 }
